@@ -1,0 +1,167 @@
+"""The LeRobot dataset layout, as read and written here.
+
+v3.0 (written and read)::
+
+    meta/info.json                                   fps, features, path templates, totals
+    meta/stats.json                                  action statistics
+    meta/tasks.parquet                               task string (pandas index) → task_index
+    meta/episodes/chunk-000/file-000.parquet         one row per episode: length, data and video
+                                                     file indices, dataset_from/to_index,
+                                                     videos/<key>/from_/to_timestamp
+    data/chunk-XXX/file-XXX.parquet                  per frame: action, timestamp, frame_index,
+                                                     episode_index, index, task_index
+    videos/<video_key>/chunk-XXX/file-XXX.mp4        the image stream
+    meta/wm_video.json                               ours: which action names are buttons vs
+                                                     deltas, the keymap, the source settings
+
+v3.0 lets a file hold several episodes (located by row range and timestamps); this writer puts
+one episode in each data and video file, so an episode is committed atomically and a collection
+can append to a dataset without rewriting video. Readers handle both.
+
+v2.1 (read only)::
+
+    meta/info.json, meta/episodes.jsonl (episode_index, tasks, length), meta/tasks.jsonl
+    data/chunk-XXX/episode_XXXXXX.parquet, videos/chunk-XXX/<video_key>/episode_XXXXXX.mp4
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from wm_video.errors import DatasetError
+
+CODEBASE_VERSION = "v3.0"
+READABLE_VERSIONS = ("v3.0", "v2.1", "v2.0")
+DEFAULT_VIDEO_KEY = "observation.image"
+CHUNKS_SIZE = 1000
+DATA_PATH_V3 = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+VIDEO_PATH_V3 = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
+EPISODES_META_PATH = "meta/episodes/chunk-000/file-000.parquet"
+TIMESTAMP_TOLERANCE_S = 1e-4  # the tolerance LeRobot itself uses between timestamps and fps
+
+
+def info_path(root: Path) -> Path:
+    return Path(root) / "meta" / "info.json"
+
+
+def ours_path(root: Path) -> Path:
+    return Path(root) / "meta" / "wm_video.json"
+
+
+def scalar_feature(dtype: str) -> dict[str, Any]:
+    return {"dtype": dtype, "shape": [1], "names": None}
+
+
+def make_info(
+    *,
+    fps: float,
+    video_key: str,
+    frame_shape: tuple[int, int, int],
+    action_names: list[str],
+    codec: str,
+    pix_fmt: str,
+) -> dict[str, Any]:
+    """A fresh v3.0 meta/info.json with no episodes."""
+    height, width, channels = frame_shape
+    fps_value: float | int = int(fps) if float(fps).is_integer() else float(fps)
+    return {
+        "codebase_version": CODEBASE_VERSION,
+        "robot_type": None,
+        "total_episodes": 0,
+        "total_frames": 0,
+        "total_tasks": 1,
+        "chunks_size": CHUNKS_SIZE,
+        "data_files_size_in_mb": 100,
+        "video_files_size_in_mb": 500,
+        "fps": fps_value,
+        "splits": {"train": "0:0"},
+        "data_path": DATA_PATH_V3,
+        "video_path": VIDEO_PATH_V3,
+        "features": {
+            video_key: {
+                "dtype": "video",
+                "shape": [height, width, channels],
+                "names": ["height", "width", "channels"],
+                "info": {
+                    "video.height": height,
+                    "video.width": width,
+                    "video.codec": codec,
+                    "video.pix_fmt": pix_fmt,
+                    "video.is_depth_map": False,
+                    "video.fps": fps_value,
+                    "video.channels": channels,
+                    "has_audio": False,
+                },
+            },
+            "action": {"dtype": "float32", "shape": [len(action_names)], "names": list(action_names)},
+            "timestamp": scalar_feature("float32"),
+            "frame_index": scalar_feature("int64"),
+            "episode_index": scalar_feature("int64"),
+            "index": scalar_feature("int64"),
+            "task_index": scalar_feature("int64"),
+        },
+    }
+
+
+def read_json(path: Path, what: str) -> Any:
+    if not path.exists():
+        raise DatasetError(f"{what} is missing", path=path)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"{what} is not valid JSON: {exc}", path=path) from exc
+
+
+def read_info(root: Path) -> dict[str, Any]:
+    """Read and check the parts of meta/info.json that everything else relies on."""
+    root = Path(root)
+    if not root.exists():
+        raise DatasetError("dataset folder does not exist", path=root)
+    if root.is_dir() and not any(root.iterdir()):
+        raise DatasetError("dataset folder is empty (expected meta/info.json, data/ and videos/)", path=root)
+    path = info_path(root)
+    info = read_json(path, "meta/info.json (is this a LeRobot dataset?)")
+    if not isinstance(info, dict):
+        raise DatasetError("meta/info.json must hold a JSON object", path=path)
+    version = info.get("codebase_version")
+    if version not in READABLE_VERSIONS:
+        raise DatasetError(f"codebase_version {version!r} is not one of {READABLE_VERSIONS}", path=path)
+    for key in ("fps", "features", "data_path"):
+        if key not in info:
+            raise DatasetError(f"meta/info.json lacks {key!r}", path=path)
+    fps = info["fps"]
+    if not isinstance(fps, int | float) or fps <= 0:
+        raise DatasetError(f"fps must be a positive number; found {fps!r}", path=path)
+    features = info["features"]
+    action = features.get("action")
+    if not isinstance(action, dict):
+        raise DatasetError(f"no 'action' feature; features are {sorted(features)}", path=path)
+    if action.get("dtype") not in ("float32", "float64"):
+        raise DatasetError(f"'action' must be float32; found {action.get('dtype')!r}", path=path)
+    if not video_keys(info):
+        raise DatasetError(f"no video feature (dtype 'video'); features are {sorted(features)}", path=path)
+    return info
+
+
+def video_keys(info: dict[str, Any]) -> list[str]:
+    return [
+        key
+        for key, spec in info["features"].items()
+        if isinstance(spec, dict) and spec.get("dtype") == "video"
+    ]
+
+
+def action_names(info: dict[str, Any]) -> list[str]:
+    """Flat list of action entry names (LeRobot allows a list, or a dict of lists)."""
+    action = info["features"]["action"]
+    names = action.get("names")
+    size = int(action["shape"][0])
+    if isinstance(names, dict):
+        names = [name for group in names.values() for name in group]
+    if not names:
+        names = [f"action_{i}" for i in range(size)]
+    if len(names) != size:
+        raise DatasetError(f"action has shape [{size}] but {len(names)} names", path="meta/info.json")
+    return [str(name) for name in names]
