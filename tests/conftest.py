@@ -1,0 +1,71 @@
+"""Shared test setup: no screen, no network, tiny datasets made on the fly."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from wm_video.actions import ActionSpace
+from wm_video.data.video import VideoSettings
+from wm_video.data.writer import DatasetWriter
+
+SPACE = ActionSpace(("forward", "turn_left"), ("mouse_dx",), {"w": "forward", "left": "turn_left"})
+
+
+@dataclass
+class TinyDataset:
+    root: Path
+    frames: list[np.ndarray]
+    actions: list[np.ndarray]
+    fps: float = 17.5
+
+
+def smooth_frames(length: int, size: int, seed: int) -> np.ndarray:
+    """Moving gradients: compress like game footage (random noise would not)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size]
+    phase = rng.uniform(0, 6.28, 3)
+    frames = [
+        np.stack([127 + 120 * np.sin((x + 2 * t) / 5 + phase[c]) * np.cos((y - t) / 7) for c in range(3)], -1)
+        for t in range(length)
+    ]
+    return np.clip(frames, 0, 255).astype(np.uint8)
+
+
+def random_actions(length: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    buttons = rng.integers(0, 2, (length, 2))
+    return np.concatenate([buttons, rng.normal(size=(length, 1))], 1).astype(np.float32)
+
+
+def make_dataset(root: Path, lengths: list[int], *, size: int = 32, codec: str = "lossless") -> TinyDataset:
+    data = TinyDataset(root, [], [])
+    with DatasetWriter(
+        root,
+        fps=data.fps,
+        action_space=SPACE,
+        frame_shape=(size, size, 3),
+        task="test",
+        video=VideoSettings(codec=codec),
+    ) as writer:
+        for i, length in enumerate(lengths):
+            frames, actions = smooth_frames(length, size, i), random_actions(length, i)
+            writer.write_episode(frames, actions)
+            data.frames.append(frames)
+            data.actions.append(actions)
+    return data
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path: Path) -> TinyDataset:
+    return make_dataset(tmp_path / "ds", [12, 7, 20])
