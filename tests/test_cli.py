@@ -1,0 +1,100 @@
+"""The `wm-video` command on tiny data: every subcommand runs, and bad input gets one clear line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import TinyDataset, smooth_frames
+
+from wm_video.cli import main
+from wm_video.data.reader import open_dataset
+from wm_video.data.video import VideoSettings, encode_video
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    try:
+        code = main(args)
+    except SystemExit as exc:  # argparse errors
+        code = int(exc.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_console_script_and_module_entry_points() -> None:
+    for command in (["wm-video", "--help"], [sys.executable, "-m", "wm_video", "--version"]):
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+    help_text = subprocess.run(["wm-video", "--help"], capture_output=True, text=True, timeout=60).stdout
+    for sub in ("collect", "record", "import", "inspect", "cache", "bench"):
+        assert sub in help_text
+
+
+def test_inspect_summarises_a_good_dataset(tiny_dataset: TinyDataset, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(["inspect", str(tiny_dataset.root)], capsys)
+    assert code == 0, out
+    assert "episodes    3" in out and "frames 39" in out and "fps 17.5" in out and "32×32" in out
+    assert "forward" in out and "% of frames" in out and "mouse_dx" in out and "OK" in out
+
+
+def test_inspect_exits_nonzero_on_a_problem(tiny_dataset: TinyDataset, capsys: pytest.CaptureFixture[str]) -> None:
+    (tiny_dataset.root / "videos/observation.image/chunk-000/file-002.mp4").write_bytes(b"")
+    code, out, _ = run_cli(["inspect", str(tiny_dataset.root)], capsys)
+    assert code == 1 and "episode 2" in out and "file-002.mp4" in out
+
+
+def test_cache_subcommand(tiny_dataset: TinyDataset, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(["cache", str(tiny_dataset.root), "--size", "16"], capsys)
+    assert code == 0, err
+    assert "3 episodes, 39 frames at 16×16" in out
+
+
+def test_import_mp4_jsonl_subcommand(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "recordings"
+    src.mkdir()
+    encode_video(src / "run1.mp4", smooth_frames(6, 32, 0), 20.0, VideoSettings(codec="lossless"))
+    lines = [json.dumps({"keys": ["w"] if i % 2 else []}) for i in range(6)]
+    (src / "run1.jsonl").write_text("\n".join(lines) + "\n")
+    code, out, err = run_cli(["import", "mp4-jsonl", str(src), "--out", str(tmp_path / "ds")], capsys)
+    assert code == 0, err
+    ds = open_dataset(tmp_path / "ds")
+    assert ds.num_frames == 6 and "w" in ds.action_names
+
+
+def test_collect_subcommand_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "doom"
+    base = ["collect", "--out", str(out), "--steps", "12", "--size", "32", "--workers", "1"]
+    code, _, err = run_cli([*base, "--episodes", "1"], capsys)
+    assert code == 0, err
+    code, _, err = run_cli([*base, "--episodes", "2"], capsys)
+    assert code == 0, err
+    ds = open_dataset(out)
+    assert len(ds.episodes) == 2 and ds.fps == 17.5
+    code, out_text, _ = run_cli(["inspect", str(out)], capsys)
+    assert code == 0, out_text
+
+
+BAD_INPUT = {
+    "collect: size 0": (["collect", "--out", "{tmp}/x", "--size", "0"], "must be ≥ 1"),
+    "collect: unknown scenario": (["collect", "--out", "{tmp}/x", "--scenario", "nowhere"], "nowhere"),
+    "collect: bad policy file": (["collect", "--out", "{tmp}/x", "--policy", "{tmp}/none.jsonl"], "none.jsonl"),
+    "import: missing folder": (["import", "mp4-jsonl", "{tmp}/absent", "--out", "{tmp}/x"], "absent"),
+    "import: empty folder": (["import", "vpt", "{tmp}/empty", "--out", "{tmp}/x"], "empty"),
+    "cache: not a dataset": (["cache", "{tmp}/empty"], "empty"),
+    "bench: zero repeats": (["bench", "data", "--repeats", "0"], "must be ≥ 1"),
+    "record: bad keymap": (["record", "--out", "{tmp}/x", "--keymap", "{tmp}/keys.json"], "keys.json"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUT))
+def test_bad_input_gets_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "keys.json").write_text('{"w": "fly"}')
+    args, expected = BAD_INPUT[case]
+    code, out, err = run_cli([a.replace("{tmp}", str(tmp_path)) for a in args], capsys)
+    assert code == 2, (out, err)
+    assert expected in err, err
+    assert "Traceback" not in err
