@@ -2,3 +2,7 @@
 
 Only this package imports pygame; the library and the models never do.
 """
+
+import os
+
+os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")  # no banner on every import

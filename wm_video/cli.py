@@ -115,6 +115,7 @@ def _record(args: argparse.Namespace) -> int:
         keymap_path=args.keymap,
         seed=args.seed,
         max_episodes=args.max_episodes,
+        video=_video_settings(args),
     )
     print(f"{args.out}: {result.episodes} episodes, {result.frames:,} frames recorded")
     return 0
