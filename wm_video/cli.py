@@ -221,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument(
         "--max-episodes", type=_positive_int, default=None, help="stop after this many episodes"
     )
+    _add_video_flags(p)
     p.set_defaults(handler=_record)
 
     p = commands.add_parser("import", help="turn recordings (mp4 + per-frame action logs) into a dataset")

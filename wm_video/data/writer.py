@@ -157,6 +157,14 @@ class DatasetWriter:
         shape = tuple(info["features"].get(self.video_key, {}).get("shape", ()))
         if shape != self.frame_shape:
             problems.append(f"{self.video_key} shape {list(shape)} (this run: {list(self.frame_shape)})")
+        stored = (
+            lerobot.read_json(lerobot.ours_path(self.root), "meta/wm_video.json").get("video")
+            if (lerobot.ours_path(self.root).exists())
+            else None
+        )
+        wanted = {"codec": self.video.codec, "crf": self.video.crf, "gop": self.video.gop}
+        if stored and stored != wanted:
+            problems.append(f"video settings {stored} (this run: {wanted})")
         if problems:
             raise DatasetError("cannot append, the dataset differs: " + "; ".join(problems), path=path)
         self.info = info

@@ -92,7 +92,7 @@ def available_games() -> list[str]:
 
 
 def normalize_game_id(game: str) -> str:
-    """"Breakout", "breakout", "BreakoutNoFrameskip-v4", "ALE/Breakout-v5" → "ALE/Breakout-v5"."""
+    """ "Breakout", "breakout", "BreakoutNoFrameskip-v4", "ALE/Breakout-v5" → "ALE/Breakout-v5"."""
     name = re.sub(r"^ALE/|(NoFrameskip)?-v\d+$", "", game.strip())
     games = available_games()
     by_lower = {known.lower(): known for known in games}
@@ -116,9 +116,13 @@ class AtariConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.size, int) or not 8 <= self.size <= 1024:
-            raise InputError(f"size must be an integer pixel count between 8 and 1024 (e.g. 64); got {self.size!r}")
+            raise InputError(
+                f"size must be an integer pixel count between 8 and 1024 (e.g. 64); got {self.size!r}"
+            )
         if not isinstance(self.frameskip, int) or not 1 <= self.frameskip <= ATARI_FPS:
-            raise InputError(f"frameskip must be an integer from 1 to 60 (4 gives 15 fps); got {self.frameskip!r}")
+            raise InputError(
+                f"frameskip must be an integer from 1 to 60 (4 gives 15 fps); got {self.frameskip!r}"
+            )
         if not 0.0 <= self.repeat_action_probability < 1.0:
             raise InputError(
                 f"repeat_action_probability must lie in [0, 1) (0 = deterministic); got {self.repeat_action_probability!r}"
@@ -159,7 +163,9 @@ class AtariSource(Source):
 
     def _frame(self, observation: np.ndarray) -> np.ndarray:
         size = self.config.size
-        frame = cv2.resize(observation, (size, size), interpolation=cv2.INTER_AREA)  # (210,160,3) → (size,size,3)
+        frame = cv2.resize(
+            observation, (size, size), interpolation=cv2.INTER_AREA
+        )  # (210,160,3) → (size,size,3)
         self._last_frame = np.ascontiguousarray(frame, dtype=np.uint8)
         return self._last_frame
 

@@ -85,7 +85,9 @@ def available_scenarios() -> list[str]:
     """Scenario names shipped with the installed vizdoom package (.cfg files with their own WAD)."""
     names = []
     for cfg in sorted((_package_dir() / "scenarios").glob("*.cfg")):
-        match = re.search(r"^\s*doom_scenario_path\s*=\s*(\S+)", cfg.read_text(errors="replace"), re.MULTILINE)
+        match = re.search(
+            r"^\s*doom_scenario_path\s*=\s*(\S+)", cfg.read_text(errors="replace"), re.MULTILINE
+        )
         # doom.cfg, freedoom1.cfg, oblige.cfg... name no scenario WAD of their own: not standalone.
         if match and (cfg.parent / match.group(1)).is_file() and cfg.stem not in _MULTIPLAYER_ONLY:
             names.append(cfg.stem)
@@ -109,7 +111,9 @@ class VizDoomConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.size, int) or not 8 <= self.size <= 1024:
-            raise InputError(f"size must be an integer pixel count between 8 and 1024 (e.g. 64); got {self.size!r}")
+            raise InputError(
+                f"size must be an integer pixel count between 8 and 1024 (e.g. 64); got {self.size!r}"
+            )
         if not isinstance(self.frame_skip, int) or not 1 <= self.frame_skip <= TICRATE:
             raise InputError(
                 f"frame_skip must be an integer from 1 to {TICRATE} tics (2 gives 17.5 fps); got {self.frame_skip!r}"
@@ -124,7 +128,9 @@ class VizDoomConfig:
             wad, _, level = self.scenario.partition(":")
             wad, level = wad.lower(), level.upper()
             if wad not in _FREEDOOM_MAPS or not _FREEDOOM_MAPS[wad].fullmatch(level):
-                raise InputError(f"unknown Freedoom map {self.scenario!r}; spell it like {_FREEDOOM_EXAMPLES}")
+                raise InputError(
+                    f"unknown Freedoom map {self.scenario!r}; spell it like {_FREEDOOM_EXAMPLES}"
+                )
             object.__setattr__(self, "scenario", f"{wad}:{level}")
         elif self.scenario not in available_scenarios():
             raise InputError(
