@@ -15,7 +15,6 @@ Run ``python -m wm_video.bench --help``.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import statistics
 import tempfile
@@ -66,7 +65,7 @@ class DataBenchResult:
             f"data bench: {self.size}px, {self.episodes} episodes × ≤{self.steps} steps "
             f"({statistics.median(self.frames):.0f} frames), {self.workers} collection workers, "
             f"clips {self.batch_size}×{self.clip_len}, {self.repeats} repeats",
-            f"{'stage':<14}{'median':>12}{'min':>12}{'max':>12}  frames/s",
+            f"{'frames/s':<14}{'median':>12}{'min':>12}{'max':>12}",
         ]
         for name, label in STAGES:
             samples: list[float] = getattr(self, name)
@@ -89,8 +88,8 @@ def bench_data(
     workdir: Path | None = None,
     size: int = 64,
     workers: int = 2,
-    episodes: int = 4,
-    steps: int = 200,
+    episodes: int = 8,
+    steps: int = 500,
     repeats: int = 3,
     clip_len: int = 16,
     batch_size: int = 32,
@@ -134,34 +133,3 @@ def bench_data(
         if workdir is None:
             shutil.rmtree(base, ignore_errors=True)
     return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", type=Path, help="keep the datasets here (default: a temp folder)")
-    parser.add_argument("--size", type=int, default=64, help="frame size in pixels (collection and cache)")
-    parser.add_argument("--workers", type=int, default=2, help="collection worker processes")
-    parser.add_argument("--episodes", type=int, default=4, help="episodes collected per repeat")
-    parser.add_argument("--steps", type=int, default=200, help="most frames per episode")
-    parser.add_argument("--repeats", type=int, default=3, help="runs of every stage; the median is reported")
-    parser.add_argument("--clip-len", type=int, default=16, help="frames per sampled clip")
-    parser.add_argument("--batch-size", type=int, default=32, help="clips per sampled batch")
-    parser.add_argument("--progress", action="store_true", help="show progress bars")
-    args = parser.parse_args(argv)
-    result = bench_data(
-        workdir=args.workdir,
-        size=args.size,
-        workers=args.workers,
-        episodes=args.episodes,
-        steps=args.steps,
-        repeats=args.repeats,
-        clip_len=args.clip_len,
-        batch_size=args.batch_size,
-        progress=args.progress,
-    )
-    print(result.format())
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

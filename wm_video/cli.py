@@ -42,7 +42,7 @@ def _add_video_flags(parser: argparse.ArgumentParser) -> None:
         "--codec",
         choices=["h264", "lossless"],
         default="h264",
-        help="h264: yuv444p, ~40 dB at 64 px (default); h264-yuv420: plays everywhere, ~28 dB at 64 px; lossless: exact RGB",
+        help="h264: yuv444p, full colour (default); h264-yuv420: plays everywhere, blurs colour at small sizes; lossless: exact RGB",
     )
     group.add_argument(
         "--crf", type=int, default=14, help="H.264 quality, 0 (best) .. 51 (worst); default 14"
@@ -171,7 +171,9 @@ def _bench(args: argparse.Namespace) -> int:
         episodes=args.episodes,
         steps=args.steps,
         repeats=args.repeats,
-        progress=True,
+        clip_len=args.clip_len,
+        batch_size=args.batch_size,
+        progress=sys.stderr.isatty(),
     )
     print(result.format())
     return 0
@@ -256,11 +258,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=_positive_int, default=64, help="frame size (default 64)")
     p.add_argument("--workers", type=_positive_int, default=2, help="collection workers (default 2)")
     p.add_argument(
-        "--episodes", type=_positive_int, default=4, help="episodes per collection repeat (default 4)"
+        "--episodes", type=_positive_int, default=8, help="episodes per collection repeat (default 8)"
     )
-    p.add_argument("--steps", type=_positive_int, default=200, help="steps per episode (default 200)")
+    p.add_argument("--steps", type=_positive_int, default=500, help="steps per episode (default 500)")
     p.add_argument(
         "--repeats", type=_positive_int, default=3, help="repeats; medians are reported (default 3)"
+    )
+    p.add_argument("--clip-len", type=_positive_int, default=16, help="frames per sampled clip (default 16)")
+    p.add_argument(
+        "--batch-size", type=_positive_int, default=32, help="clips per sampled batch (default 32)"
     )
     p.set_defaults(handler=_bench)
     return parser

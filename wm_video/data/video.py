@@ -2,10 +2,10 @@
 
 Design choices:
 - H.264 with full-resolution colour (libx264, yuv444p, crf 14) by default. At 64 px the usual
-  yuv420p halves colour resolution to 32 px and caps the round trip near 28.5 dB PSNR on ViZDoom
-  footage, below what the tokenizer is asked to reach; yuv444p at crf 14 gives ~40 dB for
-  ~0.5 KB a frame. ``codec="h264-yuv420"`` writes yuv420p for players that need it;
-  ``codec="lossless"`` writes libx264rgb at qp 0 (exact RGB round trip).
+  yuv420p halves colour resolution to 32 px; on 2,332 frames of default-world footage it
+  round-trips at 34.3 dB mean PSNR (worst frame 23.7 dB) against 37.7 dB (worst 31.3 dB) for
+  yuv444p, at the same ~0.7 KB a frame. ``codec="h264-yuv420"`` writes yuv420p for players
+  that need it; ``codec="lossless"`` writes libx264rgb at qp 0 (exact RGB round trip).
 - A short keyframe interval (``gop``, default 16 frames) and no B-frames, so a reader can seek
   to any frame by decoding at most ``gop`` frames, and decode order equals display order.
 - Frame ``i`` has pts ``i`` in a time base of 1/fps; fps may be fractional (ViZDoom 35/2).
