@@ -260,7 +260,6 @@ def collect(
         steps,
         video or VideoSettings(),
     )
-    # Validates source, scenario and policy here, before any worker starts.
     local = _EpisodeRunner(spec)  # validates source, scenario and policy before anything is written
     try:
         writer = _open_writer(Path(out), local.source, spec, seed)
