@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from conftest import TinyDataset, smooth_frames
 
 from wm_video.cli import main
 from wm_video.data.reader import open_dataset
+from wm_video.data.validate import validate_dataset
 from wm_video.data.video import VideoSettings, encode_video
 
 
@@ -33,14 +36,18 @@ def test_console_script_and_module_entry_points() -> None:
         assert sub in help_text
 
 
-def test_inspect_summarises_a_good_dataset(tiny_dataset: TinyDataset, capsys: pytest.CaptureFixture[str]) -> None:
+def test_inspect_summarises_a_good_dataset(
+    tiny_dataset: TinyDataset, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, out, _ = run_cli(["inspect", str(tiny_dataset.root)], capsys)
     assert code == 0, out
     assert "episodes    3" in out and "frames 39" in out and "fps 17.5" in out and "32×32" in out
     assert "forward" in out and "% of frames" in out and "mouse_dx" in out and "OK" in out
 
 
-def test_inspect_exits_nonzero_on_a_problem(tiny_dataset: TinyDataset, capsys: pytest.CaptureFixture[str]) -> None:
+def test_inspect_exits_nonzero_on_a_problem(
+    tiny_dataset: TinyDataset, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tiny_dataset.root / "videos/observation.image/chunk-000/file-002.mp4").write_bytes(b"")
     code, out, _ = run_cli(["inspect", str(tiny_dataset.root)], capsys)
     assert code == 1 and "episode 2" in out and "file-002.mp4" in out
@@ -80,7 +87,10 @@ def test_collect_subcommand_resumes(tmp_path: Path, capsys: pytest.CaptureFixtur
 BAD_INPUT = {
     "collect: size 0": (["collect", "--out", "{tmp}/x", "--size", "0"], "must be ≥ 1"),
     "collect: unknown scenario": (["collect", "--out", "{tmp}/x", "--scenario", "nowhere"], "nowhere"),
-    "collect: bad policy file": (["collect", "--out", "{tmp}/x", "--policy", "{tmp}/none.jsonl"], "none.jsonl"),
+    "collect: bad policy file": (
+        ["collect", "--out", "{tmp}/x", "--policy", "{tmp}/none.jsonl"],
+        "none.jsonl",
+    ),
     "import: missing folder": (["import", "mp4-jsonl", "{tmp}/absent", "--out", "{tmp}/x"], "absent"),
     "import: empty folder": (["import", "vpt", "{tmp}/empty", "--out", "{tmp}/x"], "empty"),
     "cache: not a dataset": (["cache", "{tmp}/empty"], "empty"),
@@ -98,3 +108,60 @@ def test_bad_input_gets_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFix
     assert code == 2, (out, err)
     assert expected in err, err
     assert "Traceback" not in err
+
+
+def test_collect_atari_subcommand(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "pong"
+    args = ["collect", "--source", "atari", "--scenario", "Pong", "--out", str(out)]
+    code, _, err = run_cli(
+        [*args, "--episodes", "1", "--steps", "10", "--size", "32", "--workers", "1"], capsys
+    )
+    assert code == 0, err
+    ds = open_dataset(out)
+    assert ds.fps == 15 and ds.num_frames == 10 and "fire" in ds.action_space.buttons
+
+
+def test_sigterm_stops_collection_cleanly_and_a_rerun_finishes(tmp_path: Path) -> None:
+    out = tmp_path / "doom"
+    command = ["wm-video", "collect", "--out", str(out), "--steps", "60", "--size", "32", "--workers", "2"]
+    process = subprocess.Popen([*command, "--episodes", "200"], stderr=subprocess.PIPE, text=True)
+    info = out / "meta" / "info.json"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        if info.exists() and json.loads(info.read_text()).get("total_episodes", 0) >= 2:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "rerun to continue" in err and "Traceback" not in err
+    held = len(open_dataset(out).episodes)
+    assert 2 <= held < 200
+    assert validate_dataset(out).ok
+    assert not list((out / ".staging").glob("*")) if (out / ".staging").exists() else True
+    rerun = subprocess.run(
+        [*command, "--episodes", str(held + 1)], capture_output=True, text=True, timeout=120
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    assert len(open_dataset(out).episodes) == held + 1 and validate_dataset(out).ok
+
+
+def test_bench_data_prints_medians(capsys: pytest.CaptureFixture[str]) -> None:
+    args = [
+        "bench",
+        "data",
+        "--episodes",
+        "1",
+        "--steps",
+        "20",
+        "--repeats",
+        "1",
+        "--size",
+        "32",
+        "--workers",
+        "1",
+    ]
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    for stage in ("collection", "cache build", "sampler"):
+        assert stage in out

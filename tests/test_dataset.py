@@ -329,3 +329,41 @@ def test_interrupted_commit_loses_only_that_episode(
     ) as again:
         again.write_episode(smooth_frames(6, 32, 5), random_actions(6, 5))
     assert validate_dataset(tiny_dataset.root).ok
+
+
+def test_writer_repairs_metadata_left_behind_by_a_killed_process(tiny_dataset: TinyDataset) -> None:
+    """The episode table is the commit point; info.json and stats.json catch up on the next open."""
+    info_path = lerobot.info_path(tiny_dataset.root)
+    stats_path = tiny_dataset.root / "meta/stats.json"
+    good_info, good_stats = json.loads(info_path.read_text()), json.loads(stats_path.read_text())
+    info_path.write_text(json.dumps({**good_info, "total_episodes": 2, "total_frames": 19}))
+    stats_path.write_text(
+        json.dumps({"action": {k: [0.0] * len(v) for k, v in good_stats["action"].items()}})
+    )
+    assert not validate_dataset(tiny_dataset.root).ok
+    DatasetWriter(
+        tiny_dataset.root,
+        fps=17.5,
+        action_space=SPACE,
+        frame_shape=(32, 32, 3),
+        video=VideoSettings(codec="lossless"),
+    ).close()
+    assert json.loads(info_path.read_text()) == good_info
+    repaired = json.loads(stats_path.read_text())["action"]
+    for key, values in good_stats["action"].items():
+        np.testing.assert_allclose(repaired[key], values, rtol=1e-6, atol=1e-9)
+    assert validate_dataset(tiny_dataset.root).ok
+
+
+def test_signals_wait_for_the_end_of_a_commit() -> None:
+    import signal
+
+    from wm_video.fileio import signals_deferred
+
+    steps = []
+    with pytest.raises(KeyboardInterrupt):
+        with signals_deferred():
+            signal.raise_signal(signal.SIGINT)
+            steps.append("finished the commit")
+    assert steps == ["finished the commit"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -28,9 +28,11 @@ import pickle
 import queue
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -219,6 +221,23 @@ class _WorkerPool:
         self._jobs.cancel_join_thread()  # unread jobs must not block interpreter exit
 
 
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler stopping the job) stops collection exactly as Ctrl-C does."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def collect(
     out: Path,
     *,
@@ -278,19 +297,23 @@ def collect(
     written = frames = 0
     finished = False
     try:
-        if min(workers, len(jobs)) > 1:
-            local.close()
-            pool = _WorkerPool(spec, min(workers, len(jobs)))
-        for output in pool.run(jobs) if pool is not None else map(local.run, jobs):
-            writer.commit_episode(output.video_path, output.actions)
-            written, frames = written + 1, frames + len(output.actions)
-            bar.total -= steps - len(output.actions)  # the episode ended early
-            bar.update(len(output.actions))
-            rate = frames / max(time.perf_counter() - started, 1e-9)
-            bar.set_postfix(episodes=f"{first + written}/{episodes}", fps=f"{rate:.0f}")
+        with _sigterm_as_interrupt():
+            if min(workers, len(jobs)) > 1:
+                local.close()
+                pool = _WorkerPool(spec, min(workers, len(jobs)))
+            for output in pool.run(jobs) if pool is not None else map(local.run, jobs):
+                writer.commit_episode(output.video_path, output.actions)
+                written, frames = written + 1, frames + len(output.actions)
+                bar.total -= steps - len(output.actions)  # the episode ended early
+                bar.update(len(output.actions))
+                rate = frames / max(time.perf_counter() - started, 1e-9)
+                bar.set_postfix(episodes=f"{first + written}/{episodes}", fps=f"{rate:.0f}")
         finished = True
     except BaseException:
-        bar.write(f"{out}: stopped; the dataset holds {writer.num_episodes} episodes; rerun to continue")
+        bar.write(
+            f"{out}: stopped; the dataset holds {writer.num_episodes} episodes; rerun to continue",
+            file=sys.stderr,
+        )
         raise
     finally:
         bar.close()

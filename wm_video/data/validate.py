@@ -155,7 +155,8 @@ def validate_dataset(root: Path, *, decode: bool = True, progress: bool = False)
     declared = int(ds.info.get("total_frames", report.frames))
     if declared != report.frames:
         report.problems.append(
-            f"{lerobot.info_path(Path(root))}: total_frames {declared} ≠ {report.frames} in episodes"
+            f"{lerobot.info_path(Path(root))}: total_frames {declared} ≠ {report.frames} in the episode table "
+            "(a write was cut short; appending to the dataset, e.g. re-running collect, repairs it)"
         )
 
     sums = np.zeros(len(ds.action_names))

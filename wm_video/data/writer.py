@@ -24,7 +24,7 @@ from wm_video.actions import ActionSpace
 from wm_video.data import lerobot
 from wm_video.data.video import VideoEncoder, VideoSettings, encode_video, probe_video
 from wm_video.errors import DatasetError, InputError
-from wm_video.fileio import atomic_write, atomic_write_json
+from wm_video.fileio import atomic_write, atomic_write_json, signals_deferred
 
 STAGING_DIR = ".staging"
 
@@ -177,6 +177,8 @@ class DatasetWriter:
             lerobot.read_json(stats_path, "meta/stats.json").get("action") if stats_path.exists() else None
         )
         self.action_stats = {k: np.asarray(v, dtype=np.float64) for k, v in stats.items()} if stats else None
+        if (info.get("total_episodes"), info.get("total_frames")) != (self.num_episodes, self.num_frames):
+            self._repair()
 
     # -- public API -----------------------------------------------------------------------------
     @property
@@ -234,35 +236,33 @@ class DatasetWriter:
         )
         data_path = self.root / lerobot.DATA_PATH_V3.format(chunk_index=chunk, file_index=file)
         video_path.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(video_file, video_path)
-        first = self.num_frames
-        _write_parquet(data_path, frames_table(actions, fps=self.fps, episode_index=index, first_index=first))
-        length = len(actions)
-        self.episodes.append(
-            {
-                "episode_index": index,
-                "tasks": [self.task],
-                "length": length,
-                "data/chunk_index": chunk,
-                "data/file_index": file,
-                "dataset_from_index": first,
-                "dataset_to_index": first + length,
-                f"videos/{self.video_key}/chunk_index": chunk,
-                f"videos/{self.video_key}/file_index": file,
-                f"videos/{self.video_key}/from_timestamp": 0.0,
-                f"videos/{self.video_key}/to_timestamp": length / self.fps,
-                "meta/episodes/chunk_index": 0,
-                "meta/episodes/file_index": 0,
-            }
-        )
-        _write_parquet(self.root / lerobot.EPISODES_META_PATH, pa.Table.from_pylist(self.episodes))
-        self._update_stats(actions)
-        self.info.update(
-            total_episodes=self.num_episodes,
-            total_frames=self.num_frames,
-            splits={"train": f"0:{self.num_episodes}"},
-        )
-        atomic_write_json(lerobot.info_path(self.root), self.info)
+        first, length = self.num_frames, len(actions)
+        row = {
+            "episode_index": index,
+            "tasks": [self.task],
+            "length": length,
+            "data/chunk_index": chunk,
+            "data/file_index": file,
+            "dataset_from_index": first,
+            "dataset_to_index": first + length,
+            f"videos/{self.video_key}/chunk_index": chunk,
+            f"videos/{self.video_key}/file_index": file,
+            f"videos/{self.video_key}/from_timestamp": 0.0,
+            f"videos/{self.video_key}/to_timestamp": length / self.fps,
+            "meta/episodes/chunk_index": 0,
+            "meta/episodes/file_index": 0,
+        }
+        with signals_deferred():  # Ctrl-C or SIGTERM wait until the metadata agrees again
+            os.replace(video_file, video_path)
+            _write_parquet(
+                data_path, frames_table(actions, fps=self.fps, episode_index=index, first_index=first)
+            )
+            _write_parquet(
+                self.root / lerobot.EPISODES_META_PATH, pa.Table.from_pylist([*self.episodes, row])
+            )
+            self.episodes.append(row)  # committed: the episode table on disk holds it
+            self._update_stats(actions)
+            self._write_info()
         return index
 
     def close(self) -> None:
@@ -275,6 +275,25 @@ class DatasetWriter:
         self.close()
 
     # -- helpers --------------------------------------------------------------------------------
+    def _write_info(self) -> None:
+        self.info.update(
+            total_episodes=self.num_episodes,
+            total_frames=self.num_frames,
+            splits={"train": f"0:{self.num_episodes}"},
+        )
+        atomic_write_json(lerobot.info_path(self.root), self.info)
+
+    def _repair(self) -> None:
+        """A process killed mid-commit (SIGKILL, power loss) can leave info.json and stats.json one
+        episode behind the episode table, which is the commit point: bring them up to date."""
+        self.action_stats = None
+        for row in self.episodes:
+            chunk, file = int(row["data/chunk_index"]), int(row["data/file_index"])
+            table = pq.read_table(self.root / lerobot.DATA_PATH_V3.format(chunk_index=chunk, file_index=file))
+            values = table.column("action").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+            self._update_stats(values.reshape(len(table), -1).astype(np.float32))
+        self._write_info()
+
     def _update_stats(self, actions: np.ndarray) -> None:
         """Merge this episode's action statistics into meta/stats.json (exact in float64)."""
         values = actions.astype(np.float64)
