@@ -91,6 +91,8 @@ class FrameView:
 
     def show(self, frame: np.ndarray) -> None:
         screen = pygame.display.get_surface()
+        if screen is None:
+            raise RuntimeError("the pygame window is gone")
         self._layout(screen)
         pygame.surfarray.blit_array(self._frame, frame.swapaxes(0, 1))  # (H, W, 3) → (W, H, 3)
         pygame.transform.scale(self._frame, self._rect.size, self._scaled)

@@ -330,7 +330,7 @@ def _open_writer(out: Path, engine: Source, spec: _SourceSpec, seed: int) -> Dat
     config = getattr(engine, "config", None)
     info = {
         "source": spec.source,
-        **(asdict(config) if is_dataclass(config) else {}),
+        **(asdict(config) if is_dataclass(config) and not isinstance(config, type) else {}),
         "policy": spec.policy,
         "seed": seed,
     }

@@ -34,7 +34,10 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text))
+    def write(tmp: Path) -> None:
+        tmp.write_text(text)
+
+    atomic_write(path, write)
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
@@ -56,11 +59,13 @@ def signals_deferred() -> Iterator[None]:
     def hold(signum: int, frame: object) -> None:
         received.append(signum)
 
-    previous = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous: dict[signal.Signals, Any] = {
+        sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
-        for sig in received:
-            signal.raise_signal(sig)
+        for sig, restore in previous.items():
+            signal.signal(sig, signal.SIG_DFL if restore is None else restore)
+        for signum in received:
+            signal.raise_signal(signum)

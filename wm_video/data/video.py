@@ -24,6 +24,7 @@ from pathlib import Path
 import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
+from av.video.stream import VideoStream
 
 from wm_video.errors import DatasetError, InputError
 
@@ -77,7 +78,9 @@ class VideoEncoder:
         codec = "libx264rgb" if settings.codec == "lossless" else "libx264"
         options = {"g": str(settings.gop), "bf": "0", "keyint_min": "1", "preset": "veryfast"}
         options.update({"qp": "0"} if settings.codec == "lossless" else {"crf": str(settings.crf)})
-        self._stream = self._container.add_stream(codec, rate=rate, options=options)
+        stream = self._container.add_stream(codec, rate=rate, options=options)
+        assert isinstance(stream, VideoStream)
+        self._stream = stream
         self._stream.width, self._stream.height = width, height
         self._stream.pix_fmt = settings.pix_fmt
         self._stream.time_base = 1 / rate
@@ -189,7 +192,7 @@ def iter_video_frames(
     try:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        time_base = stream.time_base
+        time_base = stream.time_base or Fraction(1, 90000)
         if start_time > 0:
             container.seek(int(start_time / time_base), stream=stream, backward=True, any_frame=False)
         half_frame = 0.5 / float(stream.average_rate or 30)

@@ -148,7 +148,7 @@ class AtariSource(Source):
             frameskip=config.frameskip,
             repeat_action_probability=config.repeat_action_probability,
         )
-        buttons, self._table = build_action_table(self._env.unwrapped.get_action_meanings())
+        buttons, self._table = build_action_table(self._env.unwrapped.get_action_meanings())  # type: ignore[attr-defined]
         keymap = {key: button for key, button in DEFAULT_KEYMAP.items() if button in buttons}
         self.action_space = ActionSpace(buttons=buttons, default_keymap=keymap)
         self.fps = config.fps

@@ -29,6 +29,7 @@ import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import cv2
 import numpy as np
@@ -228,7 +229,7 @@ class VizDoomSource(Source):
         self._finalizer()
 
 
-def _shutdown(game: object, home: str) -> None:
+def _shutdown(game: Any, home: str) -> None:
     try:
         game.close()
     finally:
