@@ -12,9 +12,10 @@ import pytest
 from conftest import smooth_frames
 
 from wm_video.data import importers
-from wm_video.data.importers import VPT_ACTION_SPACE, import_mp4_jsonl, import_vpt
+from wm_video.data.importers import import_mp4_jsonl
 from wm_video.data.reader import open_dataset
 from wm_video.data.video import VideoSettings, encode_video
+from wm_video.data.vpt import VPT_ACTION_SPACE, import_vpt
 from wm_video.errors import DatasetError, InputError
 
 LOSSLESS = VideoSettings(codec="lossless")
@@ -170,8 +171,13 @@ def test_odd_size_needs_resize_for_yuv420(tmp_path: Path) -> None:
     yuv420 = VideoSettings(codec="h264-yuv420")
     with pytest.raises(InputError, match=r"a\.mp4 is 15x15; H\.264 yuv420p needs an even width.*--size"):
         import_mp4_jsonl(tmp_path / "src", tmp_path / "out", video=yuv420, progress=False)
-    assert import_mp4_jsonl(tmp_path / "src", tmp_path / "out", size=16, video=yuv420, progress=False).frames == 2
-    assert import_mp4_jsonl(tmp_path / "src", tmp_path / "out444", progress=False).frames == 2  # yuv444p: any size
+    assert (
+        import_mp4_jsonl(tmp_path / "src", tmp_path / "out", size=16, video=yuv420, progress=False).frames
+        == 2
+    )
+    assert (
+        import_mp4_jsonl(tmp_path / "src", tmp_path / "out444", progress=False).frames == 2
+    )  # yuv444p: any size
 
 
 def test_existing_out_is_refused(tmp_path: Path) -> None:
@@ -246,7 +252,11 @@ def test_vpt_length_tolerance_is_explicit_and_reported(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"size": 15}, "size must be ≥ 2 pixels, and even"), ({"fps": 0.0}, "fps must be a positive")],
+    [
+        ({"size": 1}, "size must be ≥ 2 pixels"),
+        ({"size": 15, "video": VideoSettings(codec="h264-yuv420")}, "even for yuv420p"),
+        ({"fps": 0.0}, "fps must be a positive"),
+    ],
 )
 def test_bad_options_are_refused_before_reading(tmp_path: Path, kwargs: dict, message: str) -> None:
     write_pair(tmp_path / "src", "a", [{"keys": ["w"]}] * 2)

@@ -122,11 +122,12 @@ def _record(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from wm_video.data import importers
+    from wm_video.data.importers import import_mp4_jsonl
+    from wm_video.data.vpt import import_vpt
 
     if args.format == "mp4-jsonl":
         buttons = [b for b in args.buttons.split(",") if b] if args.buttons else None
-        result = importers.import_mp4_jsonl(
+        result = import_mp4_jsonl(
             args.src,
             args.out,
             size=args.size,
@@ -135,7 +136,7 @@ def _import(args: argparse.Namespace) -> int:
             video=_video_settings(args),
         )
     else:
-        result = importers.import_vpt(args.src, args.out, size=args.size or 128, video=_video_settings(args))
+        result = import_vpt(args.src, args.out, size=args.size or 128, video=_video_settings(args))
     print(f"{args.out}: imported {result.episodes} episodes, {result.frames:,} frames")
     return 0
 

@@ -1,7 +1,8 @@
 """Importing recorded gameplay (a folder of ``name.mp4`` + ``name.jsonl`` pairs) as a v3.0 dataset.
 
-Two JSONL dialects, one per-frame record per line, line i describing the input held while video
-frame i was shown:
+One per-frame record per line, line i describing the input held while video frame i was shown.
+The pair-finding, checking and streaming here serve every dialect; the OpenAI VPT dialect lives
+in :mod:`wm_video.data.vpt`.
 
 - **mp4+jsonl** (:func:`import_mp4_jsonl`, our own schema)::
 
@@ -12,15 +13,6 @@ frame i was shown:
   "mouse_dy" (0 where a line omits them). Other fields are ignored. Buttons are ``buttons=`` (an
   unknown name is then an error) or the sorted union of all names. Names that are pygame key names
   ("w", "left", "space", "left shift", ...) get the default key binding key → same name.
-- **OpenAI VPT** (:func:`import_vpt`): Minecraft contractor recordings, 20 fps 640×360. Each line
-  holds ``keyboard.keys`` ("key.keyboard.w", ...), ``mouse.buttons`` (0 attack, 1 use, 2 pick
-  item), ``mouse.dx``/``mouse.dy`` and optionally ``hotbar`` (selected slot 0..8). Keys outside
-  :data:`VPT_BUTTONS` (chat, escape, ...) are dropped and counted in
-  ``ImportResult.ignored_keys``. ``camera_dx``/``camera_dy`` are the raw mouse movement in the
-  recorder's pixels (not degrees: MineRL turns 1 px into 360/2400 = 0.15°), including while a
-  GUI is open, when the mouse moves a cursor instead of the camera. A change of ``hotbar`` (the
-  mouse wheel, which has no key) presses ``hotbar.N`` for that frame.
-
 Design choices:
 - Pairs are the top-level ``*.mp4``/``*.jsonl`` files of SRC, matched by name and imported in
   sorted name order. A file without its partner is an error listing them: nothing is skipped.
@@ -64,29 +56,6 @@ PYGAME_KEY_NAMES = frozenset(
     + [f"f{n}" for n in range(1, 13)]
 )
 
-#: VPT keyboard key → our button name.
-VPT_KEYS: dict[str, str] = {
-    f"key.keyboard.{key}": button
-    for key, button in {
-        **{"w": "forward", "s": "back", "a": "left", "d": "right", "space": "jump", "left.shift": "sneak"},
-        **{"left.control": "sprint", "e": "inventory", "q": "drop", "f": "swap_hands"},
-        **{str(n): f"hotbar.{n}" for n in range(1, 10)},
-    }.items()
-}
-VPT_MOUSE_BUTTONS: dict[int, str] = {0: "attack", 1: "use", 2: "pick_item"}
-VPT_BUTTONS: tuple[str, ...] = (
-    ("forward", "back", "left", "right", "jump", "sneak", "sprint", "attack", "use", "pick_item")
-    + ("inventory", "drop", "swap_hands")
-    + tuple(f"hotbar.{n}" for n in range(1, 10))
-)
-VPT_KEYMAP: dict[str, str] = {
-    **{"w": "forward", "s": "back", "a": "left", "d": "right", "space": "jump"},
-    **{"left shift": "sneak", "left ctrl": "sprint", "e": "inventory", "q": "drop", "f": "swap_hands"},
-    **{str(n): f"hotbar.{n}" for n in range(1, 10)},
-}
-VPT_ACTION_SPACE = ActionSpace(VPT_BUTTONS, ("camera_dx", "camera_dy"), VPT_KEYMAP)
-VPT_TASK = "minecraft (OpenAI VPT recording)"
-
 MOUSE_DELTAS = ("mouse_dx", "mouse_dy")
 FPS_TOLERANCE = 1e-3
 _MP4_EXAMPLE = '{"keys": ["w", "left"], "mouse_dx": 0.0, "mouse_dy": 0.0}'
@@ -105,7 +74,7 @@ class ImportResult:
 
 
 @dataclass(frozen=True)
-class _Options:
+class ImportOptions:
     """The knobs both importers share, checked before anything is read."""
 
     size: int | None
@@ -115,8 +84,8 @@ class _Options:
     length_tolerance: int
 
     def __post_init__(self) -> None:
-        if self.size is not None and (self.size < 2 or (self.video.codec == "h264" and self.size % 2)):
-            raise InputError(f"size must be ≥ 2 pixels, and even for H.264; got {self.size}")
+        if self.size is not None and (self.size < 2 or (self.video.codec == "h264-yuv420" and self.size % 2)):
+            raise InputError(f"size must be ≥ 2 pixels, and even for yuv420p video; got {self.size}")
         if self.fps is not None and not (self.fps > 0 and math.isfinite(self.fps)):
             raise InputError(f"fps must be a positive number; got {self.fps}")
         if self.length_tolerance < 0:
@@ -124,23 +93,23 @@ class _Options:
 
 
 @dataclass(frozen=True)
-class _Pair:
+class RecordingPair:
     name: str
     video: Path
     jsonl: Path
 
 
 @dataclass(frozen=True)
-class _Parsed:
+class ParsedActions:
     actions: np.ndarray  # (T, A) float32, one row per JSONL record
     ignored: Counter[str]
 
 
-Parser = Callable[[Path], _Parsed]
+Parser = Callable[[Path], ParsedActions]
 
 
 # -- shared: finding pairs, reading records, writing episodes -----------------------------------
-def _find_pairs(src: Path) -> list[_Pair]:
+def find_pairs(src: Path) -> list[RecordingPair]:
     if not src.exists():
         raise InputError(f"{src}: no such folder; expected a folder of name.mp4 + name.jsonl pairs")
     if not src.is_dir():
@@ -161,10 +130,10 @@ def _find_pairs(src: Path) -> list[_Pair]:
             f"{src} holds no name.mp4 + name.jsonl pairs; expected one video and one JSONL file "
             "of per-frame actions per episode"
         )
-    return [_Pair(name, videos[name], records[name]) for name in sorted(videos)]
+    return [RecordingPair(name, videos[name], records[name]) for name in sorted(videos)]
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
+def read_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
     """("file:line", decoded object) for each non-blank line."""
     try:
         with path.open(encoding="utf-8") as handle:
@@ -180,7 +149,7 @@ def _read_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
         raise InputError(f"{path}: cannot read as UTF-8 text ({exc})") from exc
 
 
-def _number(record: dict[str, Any], key: str, where: str, *, required: bool) -> float | None:
+def json_number(record: dict[str, Any], key: str, where: str, *, required: bool) -> float | None:
     value = record.get(key)
     if value is None and not required:
         return None
@@ -220,7 +189,7 @@ def _frame_shape(probes: list[VideoProbe], size: int | None, video: VideoSetting
     return (first.height, first.width, 3)
 
 
-def _mismatch(pair: _Pair, frames: int, records: int, tolerance: int) -> InputError:
+def _mismatch(pair: RecordingPair, frames: int, records: int, tolerance: int) -> InputError:
     allowed = f" (length_tolerance={tolerance})" if tolerance else ""
     return InputError(
         f"{pair.video} has {frames} frames but {pair.jsonl.name} has {records} records{allowed}; "
@@ -228,8 +197,14 @@ def _mismatch(pair: _Pair, frames: int, records: int, tolerance: int) -> InputEr
     )
 
 
-def _import_pairs(
-    src: Path, out: Path, pairs: list[_Pair], parse: Parser, space: ActionSpace, options: _Options, task: str
+def import_pairs(
+    src: Path,
+    out: Path,
+    pairs: list[RecordingPair],
+    parse: Parser,
+    space: ActionSpace,
+    options: ImportOptions,
+    task: str,
 ) -> ImportResult:
     """Check every pair, then stream each one into the dataset at ``out``."""
     counts = [len(parse(pair.jsonl).actions) for pair in pairs]  # validates every record first
@@ -286,10 +261,10 @@ def _import_pairs(
 
 def _record_episode(
     writer: DatasetWriter,
-    pair: _Pair,
+    pair: RecordingPair,
     actions: np.ndarray,
     shape: tuple[int, int, int],
-    options: _Options,
+    options: ImportOptions,
     bar: tqdm,
 ) -> int:
     """Stream one video into a recorder next to its actions; returns the frames decoded."""
@@ -322,8 +297,8 @@ def _mp4_record(record: Any, where: str) -> tuple[list[str], float | None, float
     keys = record.get("keys")
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
         raise InputError(f"{where}: 'keys' must be a list of key names (strings); got {keys!r:.60}")
-    dx = _number(record, "mouse_dx", where, required=False)
-    return keys, dx, _number(record, "mouse_dy", where, required=False)
+    dx = json_number(record, "mouse_dx", where, required=False)
+    return keys, dx, json_number(record, "mouse_dy", where, required=False)
 
 
 def import_mp4_jsonl(
@@ -338,14 +313,14 @@ def import_mp4_jsonl(
     length_tolerance: int = 0,
 ) -> ImportResult:
     """Import ``name.mp4`` + ``name.jsonl`` pairs (schema in the module docstring) into ``out``."""
-    options = _Options(size, fps, video or VideoSettings(), progress, length_tolerance)
+    options = ImportOptions(size, fps, video or VideoSettings(), progress, length_tolerance)
     src = Path(src)
-    pairs = _find_pairs(src)
+    pairs = find_pairs(src)
     allowed = set(buttons) if buttons is not None else None
     names: set[str] = set()
     has_mouse = False
     for pair in pairs:  # first pass: the button set and whether there are mouse deltas
-        for where, record in _read_jsonl(pair.jsonl):
+        for where, record in read_jsonl(pair.jsonl):
             keys, dx, dy = _mp4_record(record, where)
             unknown = sorted(set(keys) - allowed) if allowed is not None else []
             if unknown:
@@ -358,68 +333,13 @@ def import_mp4_jsonl(
     keymap = {name: name for name in button_names if len(name) == 1 or name in PYGAME_KEY_NAMES}
     space = ActionSpace(button_names, MOUSE_DELTAS if has_mouse else (), keymap)
 
-    def parse(path: Path) -> _Parsed:
+    def parse(path: Path) -> ParsedActions:
         rows = []
-        for where, record in _read_jsonl(path):
+        for where, record in read_jsonl(path):
             keys, dx, dy = _mp4_record(record, where)
             deltas = {"mouse_dx": dx or 0.0, "mouse_dy": dy or 0.0} if has_mouse else None
             rows.append(space.from_pressed(keys, deltas))
         actions = np.stack(rows) if rows else np.zeros((0, space.size), np.float32)
-        return _Parsed(actions, Counter())
+        return ParsedActions(actions, Counter())
 
-    return _import_pairs(src, out, pairs, parse, space, options, f"mp4+jsonl import of {src.resolve().name}")
-
-
-# -- OpenAI VPT -----------------------------------------------------------------------------------
-def _parse_vpt(path: Path) -> _Parsed:
-    index = {name: i for i, name in enumerate(VPT_ACTION_SPACE.names)}
-    rows: list[np.ndarray] = []
-    ignored: Counter[str] = Counter()
-    last_hotbar: int | None = None
-    for where, record in _read_jsonl(path):
-        keyboard = record.get("keyboard") if isinstance(record, dict) else None
-        mouse = record.get("mouse") if isinstance(record, dict) else None
-        if not isinstance(keyboard, dict) or not isinstance(mouse, dict):
-            raise InputError(f"{where}: expected a VPT record, an object with 'keyboard' and 'mouse' objects")
-        keys, clicks = keyboard.get("keys"), mouse.get("buttons")
-        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
-            raise InputError(f"{where}: keyboard.keys must be a list of strings; got {keys!r:.60}")
-        if not isinstance(clicks, list) or not all(isinstance(b, int) for b in clicks):
-            raise InputError(f"{where}: mouse.buttons must be a list of integers; got {clicks!r:.60}")
-        row = VPT_ACTION_SPACE.zeros()
-        for key in keys:
-            if key in VPT_KEYS:
-                row[index[VPT_KEYS[key]]] = 1.0
-            else:
-                ignored[key] += 1
-        for click in clicks:
-            if click in VPT_MOUSE_BUTTONS:
-                row[index[VPT_MOUSE_BUTTONS[click]]] = 1.0
-            else:
-                ignored[f"mouse.button.{click}"] += 1
-        hotbar = record.get("hotbar")
-        if isinstance(hotbar, int) and not isinstance(hotbar, bool) and 0 <= hotbar <= 8:
-            if last_hotbar is not None and hotbar != last_hotbar:  # wheel scrolls have no key
-                row[index[f"hotbar.{hotbar + 1}"]] = 1.0
-            last_hotbar = hotbar
-        row[index["camera_dx"]] = _number(mouse, "dx", where, required=True)
-        row[index["camera_dy"]] = _number(mouse, "dy", where, required=True)
-        rows.append(row)
-    actions = np.stack(rows) if rows else np.zeros((0, VPT_ACTION_SPACE.size), np.float32)
-    return _Parsed(actions, ignored)
-
-
-def import_vpt(
-    src: Path,
-    out: Path,
-    *,
-    size: int | None = 128,
-    video: VideoSettings | None = None,
-    progress: bool = True,
-    length_tolerance: int = 0,
-) -> ImportResult:
-    """Import OpenAI VPT recordings (``name.mp4`` + ``name.jsonl``) into ``out``, frames size×size."""
-    options = _Options(size, None, video or VideoSettings(), progress, length_tolerance)
-    return _import_pairs(
-        Path(src), out, _find_pairs(Path(src)), _parse_vpt, VPT_ACTION_SPACE, options, VPT_TASK
-    )
+    return import_pairs(src, out, pairs, parse, space, options, f"mp4+jsonl import of {src.resolve().name}")
