@@ -13,8 +13,9 @@ import pytest
 
 from wm_video.actions import ActionSpace
 from wm_video.data import cache as cache_module
-from wm_video.data.cache import ClipSampler, build_cache, default_cache_dir, load_cache
+from wm_video.data.cache import build_cache, default_cache_dir, load_cache
 from wm_video.data.reader import EpisodeDataset
+from wm_video.data.sampler import ClipSampler
 from wm_video.data.video import VideoSettings
 from wm_video.data.writer import DatasetWriter
 from wm_video.errors import DatasetError, InputError

@@ -22,7 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wm_video.data.cache import ClipSampler, build_cache
+from wm_video.data.cache import build_cache
+from wm_video.data.sampler import ClipSampler
 
 STAGES = (
     ("collect_fps", "collection"),

@@ -1,4 +1,4 @@
-"""The training cache: every frame decoded once into a uint8 memory map, and a clip sampler on it.
+"""The training cache: every frame decoded once into a uint8 memory map (clips: :mod:`.sampler`).
 
 Training must never wait on video decoding, so a dataset is decoded once, at the training
 resolution, into ``<root>/.cache/frames-<size>/`` (or any ``cache_dir``)::
@@ -21,8 +21,6 @@ Design choices:
   non-square source is stretched to square). One process: on 2 cores a second decoding
   process gave 1.4× with fork (unsafe once torch has started threads) and nothing with spawn.
   Most of the time is PyAV's rgb24 conversion, which a reused VideoReformatter makes ~3× faster.
-- :class:`ClipSampler` is numpy-only (no torch import), deterministic for a seed, split across
-  ranks, and resumable from ``{"epoch", "position"}``.
 """
 
 from __future__ import annotations
@@ -32,11 +30,10 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
@@ -250,136 +247,3 @@ def load_cache(
     if (cache := _open_cache(target, dataset_fingerprint(root, size))) is not None:
         return cache
     return build_cache(root, size=size, cache_dir=cache_dir, progress=progress)
-
-
-@dataclass(frozen=True)
-class Clip:
-    frames: np.ndarray  # (T, H, W, 3) uint8
-    actions: np.ndarray  # (T, A) float32
-    episode: int  # the dataset's episode index
-    start: int  # first frame within that episode
-
-
-@dataclass(frozen=True)
-class ClipBatch:
-    frames: np.ndarray  # (B, T, H, W, 3) uint8
-    actions: np.ndarray  # (B, T, A) float32
-    episode: np.ndarray  # (B,) int64
-    start: np.ndarray  # (B,) int64
-
-
-class ClipSampler:
-    """Endless, deterministic, resumable clips of ``clip_len`` frames that never cross episodes.
-
-    Epoch ``e`` is a permutation of every valid clip start drawn from
-    ``np.random.default_rng([seed, e])``; rank ``r`` of ``world_size`` takes positions
-    r, r + world_size, … of it. Every rank draws ``num_starts // world_size`` clips per epoch
-    (the tail of each permutation is dropped, a different tail each epoch), so ranks change
-    epoch together. ``episodes`` restricts clips to those dataset episode indices.
-    """
-
-    def __init__(
-        self,
-        cache: TrainingCache,
-        clip_len: int,
-        *,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        episodes: Sequence[int] | None = None,
-    ) -> None:
-        if clip_len < 1:
-            raise InputError(f"clip_len must be ≥ 1; got {clip_len}")
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise InputError(f"rank must lie in 0..world_size-1; got rank {rank}, world_size {world_size}")
-        if seed < 0:
-            raise InputError(f"seed must be ≥ 0; got {seed}")
-        self.cache, self.clip_len, self.seed = cache, clip_len, seed
-        self.rank, self.world_size = rank, world_size
-        positions = np.arange(cache.num_episodes)
-        if episodes is not None:
-            wanted = np.asarray(list(episodes), dtype=np.int64)
-            unknown = sorted(set(wanted.tolist()) - set(cache.episode_indices.tolist()))
-            if unknown:
-                raise InputError(f"episodes {unknown} are not in the cache (it holds {cache.num_episodes})")
-            positions = positions[np.isin(cache.episode_indices, wanted)]
-        lengths = cache.episode_lengths[positions]
-        if len(positions) == 0 or lengths.max() < clip_len:
-            longest = int(lengths.max()) if len(positions) else 0
-            raise InputError(
-                f"no episode is long enough for clips of {clip_len} frames: the longest episode has "
-                f"{longest} frames; lower clip_len or collect longer episodes"
-            )
-        counts = np.maximum(lengths - clip_len + 1, 0)
-        self._episode_of = np.repeat(positions, counts)  # (M,) cache position of each clip's episode
-        first = np.repeat(cache.episode_starts[positions], counts)
-        self._offset = np.arange(len(first)) - np.repeat(np.cumsum(counts) - counts, counts)
-        self._row = first + self._offset  # (M,) global row of each clip's first frame
-        if self.num_starts < world_size:
-            raise InputError(f"only {self.num_starts} clip starts for {world_size} ranks; use fewer ranks")
-        self.epoch, self.position = 0, 0
-        self._order_epoch, self._order = -1, np.empty(0, dtype=np.int64)
-
-    @property
-    def num_starts(self) -> int:
-        """Valid clip starts in all selected episodes (all ranks together)."""
-        return len(self._row)
-
-    def __len__(self) -> int:
-        """Clips this rank draws per epoch."""
-        return self.num_starts // self.world_size
-
-    def _next_indices(self, count: int) -> np.ndarray:
-        """Indices into the valid starts of the next ``count`` clips of this rank."""
-        picked = np.empty(count, dtype=np.int64)
-        filled = 0
-        while filled < count:
-            if self.position >= len(self):
-                self.epoch, self.position = self.epoch + 1, 0
-            if self._order_epoch != self.epoch:
-                self._order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_starts)
-                self._order_epoch = self.epoch
-            take = min(count - filled, len(self) - self.position)
-            mine = self.rank + self.world_size * np.arange(self.position, self.position + take)
-            picked[filled : filled + take] = self._order[mine]
-            filled += take
-            self.position += take
-        return picked
-
-    def __iter__(self) -> ClipSampler:
-        return self
-
-    def __next__(self) -> Clip:
-        (i,) = self._next_indices(1)
-        rows = slice(int(self._row[i]), int(self._row[i]) + self.clip_len)
-        return Clip(
-            frames=np.array(self.cache.frames[rows]),
-            actions=self.cache.actions[rows].copy(),
-            episode=int(self.cache.episode_indices[self._episode_of[i]]),
-            start=int(self._offset[i]),
-        )
-
-    def sample_batch(self, batch_size: int) -> ClipBatch:
-        """The next ``batch_size`` clips, stacked."""
-        picked = self._next_indices(batch_size)
-        rows = self._row[picked][:, None] + np.arange(self.clip_len)  # (B, T)
-        frames = np.empty((batch_size, self.clip_len, *self.cache.frames.shape[1:]), dtype=np.uint8)
-        for b, row in enumerate(self._row[picked]):  # one contiguous memmap copy per clip
-            frames[b] = self.cache.frames[row : row + self.clip_len]
-        return ClipBatch(
-            frames=frames,
-            actions=self.cache.actions[rows],
-            episode=self.cache.episode_indices[self._episode_of[picked]],
-            start=self._offset[picked],
-        )
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "position": self.position}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        epoch, position = int(state["epoch"]), int(state["position"])
-        if epoch < 0 or not 0 <= position <= len(self):
-            raise InputError(
-                f"sampler state {state} does not fit this sampler ({len(self)} clips per epoch per rank)"
-            )
-        self.epoch, self.position = epoch, position
