@@ -48,16 +48,21 @@ def random_actions(length: int, seed: int) -> np.ndarray:
     return np.concatenate([buttons, rng.normal(size=(length, 1))], 1).astype(np.float32)
 
 
-def make_dataset(root: Path, lengths: list[int], *, size: int = 32, codec: str = "lossless") -> TinyDataset:
-    data = TinyDataset(root, [], [])
-    with DatasetWriter(
+def open_writer(root: Path, *, size: int = 32, codec: str = "lossless") -> DatasetWriter:
+    """A writer with the tiny datasets' settings (creates, or appends)."""
+    return DatasetWriter(
         root,
-        fps=data.fps,
+        fps=17.5,
         action_space=SPACE,
         frame_shape=(size, size, 3),
         task="test",
         video=VideoSettings(codec=codec),
-    ) as writer:
+    )
+
+
+def make_dataset(root: Path, lengths: list[int], *, size: int = 32, codec: str = "lossless") -> TinyDataset:
+    data = TinyDataset(root, [], [])
+    with open_writer(root, size=size, codec=codec) as writer:
         for i, length in enumerate(lengths):
             frames, actions = smooth_frames(length, size, i), random_actions(length, i)
             writer.write_episode(frames, actions)

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import SPACE, TinyDataset, make_dataset, random_actions, smooth_frames
+from conftest import SPACE, TinyDataset, make_dataset, open_writer, random_actions, smooth_frames
 
 from wm_video.actions import ActionSpace
 from wm_video.data import lerobot
@@ -62,13 +62,7 @@ def test_metadata_follows_lerobot_v3(tiny_dataset: TinyDataset) -> None:
 
 
 def test_append_continues_and_checks_compatibility(tiny_dataset: TinyDataset) -> None:
-    with DatasetWriter(
-        tiny_dataset.root,
-        fps=17.5,
-        action_space=SPACE,
-        frame_shape=(32, 32, 3),
-        video=VideoSettings(codec="lossless"),
-    ) as writer:
+    with open_writer(tiny_dataset.root) as writer:
         assert writer.num_episodes == 3
         writer.write_episode(smooth_frames(5, 32, 9), random_actions(5, 9))
     assert len(open_dataset(tiny_dataset.root).episodes) == 4
@@ -303,13 +297,7 @@ def test_interrupted_commit_loses_only_that_episode(
 ) -> None:
     import wm_video.data.writer as writer_module
 
-    writer = DatasetWriter(
-        tiny_dataset.root,
-        fps=17.5,
-        action_space=SPACE,
-        frame_shape=(32, 32, 3),
-        video=VideoSettings(codec="lossless"),
-    )
+    writer = open_writer(tiny_dataset.root)
 
     def crash(*args: object, **kwargs: object) -> None:
         raise OSError("disk gone")
@@ -320,13 +308,7 @@ def test_interrupted_commit_loses_only_that_episode(
     monkeypatch.undo()
     assert len(open_dataset(tiny_dataset.root).episodes) == 3
     assert validate_dataset(tiny_dataset.root).ok  # the orphaned video is not part of the dataset
-    with DatasetWriter(
-        tiny_dataset.root,
-        fps=17.5,
-        action_space=SPACE,
-        frame_shape=(32, 32, 3),
-        video=VideoSettings(codec="lossless"),
-    ) as again:
+    with open_writer(tiny_dataset.root) as again:
         again.write_episode(smooth_frames(6, 32, 5), random_actions(6, 5))
     assert validate_dataset(tiny_dataset.root).ok
 
@@ -341,13 +323,7 @@ def test_writer_repairs_metadata_left_behind_by_a_killed_process(tiny_dataset: T
         json.dumps({"action": {k: [0.0] * len(v) for k, v in good_stats["action"].items()}})
     )
     assert not validate_dataset(tiny_dataset.root).ok
-    DatasetWriter(
-        tiny_dataset.root,
-        fps=17.5,
-        action_space=SPACE,
-        frame_shape=(32, 32, 3),
-        video=VideoSettings(codec="lossless"),
-    ).close()
+    open_writer(tiny_dataset.root).close()
     assert json.loads(info_path.read_text()) == good_info
     repaired = json.loads(stats_path.read_text())["action"]
     for key, values in good_stats["action"].items():
