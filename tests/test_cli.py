@@ -165,3 +165,19 @@ def test_bench_data_prints_medians(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0, err
     for stage in ("collection", "cache build", "sampler"):
         assert stage in out
+
+
+def test_inspect_draws_a_contact_sheet(
+    tiny_dataset: TinyDataset, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import cv2
+
+    sheet = tmp_path / "sheet.png"
+    code, out, err = run_cli(["inspect", str(tiny_dataset.root), "--sheet", str(sheet)], capsys)
+    assert code == 0, err
+    image = cv2.imread(str(sheet))
+    assert image.shape == (3 * 128, 8 * 128, 3)  # 3 episodes × 8 frames, 128 px tiles
+    code, _, err = run_cli(
+        ["inspect", str(tiny_dataset.root), "--sheet", str(tmp_path / "sheet.jpg")], capsys
+    )
+    assert code == 2 and "PNG" in err

@@ -146,6 +146,11 @@ def _inspect(args: argparse.Namespace) -> int:
 
     report = validate_dataset(args.dir, decode=not args.no_decode, progress=sys.stderr.isatty())
     print(report.format())
+    if args.sheet is not None and report.ok:
+        from wm_video.data.reader import open_dataset
+        from wm_video.data.sheet import contact_sheet
+
+        print(f"contact sheet: {contact_sheet(open_dataset(args.dir), args.sheet)}")
     return 0 if report.ok else 1
 
 
@@ -246,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("inspect", help="validate a dataset and summarise it (exit 1 on any problem)")
     p.add_argument("dir", type=Path, help="dataset folder (LeRobot v3.0 or v2.1)")
     p.add_argument("--no-decode", action="store_true", help="check video headers only (fast)")
+    p.add_argument(
+        "--sheet", type=Path, default=None, help="also write a PNG grid of frames (episodes × time)"
+    )
     p.set_defaults(handler=_inspect)
 
     p = commands.add_parser("cache", help="decode a dataset once into the training cache")
