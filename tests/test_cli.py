@@ -96,6 +96,11 @@ BAD_INPUT = {
     "cache: not a dataset": (["cache", "{tmp}/empty"], "empty"),
     "bench: zero repeats": (["bench", "data", "--repeats", "0"], "must be ≥ 1"),
     "record: bad keymap": (["record", "--out", "{tmp}/x", "--keymap", "{tmp}/keys.json"], "keys.json"),
+    "train: not a dataset": (["train", "tokenizer", "--data", "{tmp}/empty", "--out", "{tmp}/run"], "empty"),
+    "train: zero batch": (
+        ["train", "tokenizer", "--data", "{tmp}/empty", "--out", "{tmp}/run", "--batch-size", "0"],
+        "--batch-size must be ≥ 1",
+    ),
 }
 
 

@@ -185,6 +185,85 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from wm_video.train.tokenizer import main as train_tokenizer_main
+
+    programs = {"tokenizer": train_tokenizer_main}
+    return programs[args.program](args.program_args, prog=f"wm-video train {args.program}")
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import signal
+
+    import torch
+
+    from wm_video.checkpoint import load_tokenizer
+    from wm_video.data.cache import load_cache
+    from wm_video.data.split import DEFAULT_HOLDOUT, split_episodes
+    from wm_video.eval import evaluate_tokenizer
+    from wm_video.fileio import atomic_write_json
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, checkpoint = load_tokenizer(args.checkpoint, device=device, ema=not args.raw_weights)
+    data = args.data or checkpoint.meta.get("data")
+    if data is None:
+        raise WMVideoError(f"{checkpoint.path}: the checkpoint does not name its dataset; pass --data DIR")
+    cache = load_cache(Path(data), size=model.config.image_size, progress=sys.stderr.isatty())
+    if args.episodes:
+        episodes = [int(e) for e in args.episodes.split(",") if e.strip()]
+        which = "the episodes asked for"
+    elif args.all_episodes:
+        episodes, which = cache.episode_indices.tolist(), "all episodes"
+    else:
+        holdout = float(checkpoint.meta.get("holdout", DEFAULT_HOLDOUT))
+        episodes = list(split_episodes(cache.episode_indices.tolist(), holdout).heldout)
+        episodes = episodes or cache.episode_indices.tolist()
+        which = f"held-out episodes (last {holdout:.0%})"
+    interrupted: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
+    try:
+        report = evaluate_tokenizer(
+            model,
+            cache,
+            episodes=episodes,
+            max_frames_per_episode=args.max_frames,
+            chunk_frames=args.chunk_frames,
+            progress=sys.stderr.isatty(),
+            stop=lambda: bool(interrupted),
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    print(
+        f"{checkpoint.path} (step {checkpoint.step}, {'raw' if args.raw_weights else 'EMA'} weights) on {data}: {which}"
+    )
+    print(report.format())
+    if args.json is not None:
+        atomic_write_json(
+            args.json, {"checkpoint": str(checkpoint.path), "step": checkpoint.step, **report.to_dict()}
+        )
+        print(f"report: {args.json}")
+    if interrupted:
+        return 130
+    return 0
+
+
+def _bench_tokenizer(args: argparse.Namespace) -> int:
+    from wm_video.bench.tokenizer import bench_tokenizer
+
+    result = bench_tokenizer(
+        preset=None if args.checkpoint else args.preset,
+        checkpoint=args.checkpoint,
+        device=args.device,
+        dtype=args.dtype,
+        steps=args.steps,
+        warmup=args.warmup,
+        threads=args.threads,
+        progress=sys.stderr.isatty(),
+    )
+    print(result.format())
+    return 0
+
+
 # -- parser ----------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -262,8 +341,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rebuild even if the cache is current")
     p.set_defaults(handler=_cache)
 
-    p = commands.add_parser("bench", help="measure speed and print medians")
-    p.add_argument("what", choices=["data"], help="data: collection, cache build and sampler frames/s")
+    p = commands.add_parser(
+        "train",
+        help="train a model (tokenizer); `wm-video train tokenizer --help` lists its flags",
+        description="Train a model. Every program also runs under `accelerate launch` / `torchrun` "
+        "as `python -m wm_video.train.<program>`.",
+    )
+    p.add_argument("program", choices=["tokenizer"], help="what to train")
+    p.add_argument("program_args", nargs=argparse.REMAINDER, help="the program's own flags")
+    p.set_defaults(handler=_train)
+
+    p = commands.add_parser("eval", help="evaluate a trained model on held-out footage")
+    p.add_argument("what", choices=["tokenizer"], help="tokenizer: PSNR, SSIM, codebook use, bits per frame")
+    p.add_argument("--checkpoint", type=Path, required=True, help="run folder or checkpoint step folder")
+    p.add_argument(
+        "--data", type=Path, default=None, help="dataset folder (default: the one it was trained on)"
+    )
+    group = p.add_argument_group("which frames")
+    group.add_argument(
+        "--episodes", default=None, help="comma-separated episode indices (default: held-out ones)"
+    )
+    group.add_argument("--all-episodes", action="store_true", help="every episode of the dataset")
+    group.add_argument(
+        "--max-frames", type=_positive_int, default=None, help="at most this many frames per episode"
+    )
+    group = p.add_argument_group("run")
+    group.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when present")
+    group.add_argument(
+        "--chunk-frames", type=_positive_int, default=64, help="frames decoded per forward pass (default 64)"
+    )
+    group.add_argument("--raw-weights", action="store_true", help="the trained weights instead of their EMA")
+    group.add_argument("--json", type=Path, default=None, help="also write the report as JSON")
+    p.set_defaults(handler=_eval)
+
+    bench = commands.add_parser("bench", help="measure speed and print medians")
+    benches = bench.add_subparsers(dest="what", required=True, metavar="WHAT")
+    p = benches.add_parser("data", help="collection, cache build and sampler frames/s")
     p.add_argument("--size", type=_positive_int, default=64, help="frame size (default 64)")
     p.add_argument("--workers", type=_positive_int, default=2, help="collection workers (default 2)")
     p.add_argument(
@@ -278,6 +391,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=_positive_int, default=32, help="clips per sampled batch (default 32)"
     )
     p.set_defaults(handler=_bench)
+    p = benches.add_parser("tokenizer", help="streaming encode and decode, ms per frame at batch 1")
+    group = p.add_argument_group("model")
+    group.add_argument("--preset", default="tiny", help="a preset with random weights (default tiny)")
+    group.add_argument("--checkpoint", type=Path, default=None, help="a trained run or checkpoint instead")
+    group = p.add_argument_group("run")
+    group.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="default cpu")
+    group.add_argument(
+        "--dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="default float32"
+    )
+    group.add_argument(
+        "--steps", type=_positive_int, default=300, help="timed frames per operation (default 300)"
+    )
+    group.add_argument("--warmup", type=int, default=30, help="untimed frames first (default 30)")
+    group.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: all)")
+    p.set_defaults(handler=_bench_tokenizer)
     return parser
 
 

@@ -10,7 +10,7 @@ between repeats is machine noise; the median is reported with min and max:
 3. sampler frames/s: :meth:`ClipSampler.sample_batch` of ``batch_size`` × ``clip_len`` clips
    for about ``sampler_seconds``, counting every frame copied out of the memmap.
 
-Run ``python -m wm_video.bench --help``.
+Run ``wm-video bench data --help``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,226 @@
+"""What the training programs share: precision choice, EMA, the stop flag, RNG state, run logs.
+
+Each piece is small and testable alone; the programs (``tokenizer.py``, later ``dynamics.py``)
+are loops over them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import signal
+import threading
+import time
+import uuid
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from wm_video.errors import InputError
+from wm_video.fileio import atomic_write
+
+PRECISIONS = ("auto", "no", "bf16", "fp16")
+REPORT_TO = ("none", "wandb")
+
+
+def cpu_has_amx() -> bool:
+    """True when this CPU multiplies bf16 matrices in AMX tiles (then bf16 beats fp32 by ~4×)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags
+
+
+def choose_mixed_precision(requested: str, *, on_cpu: bool) -> str:
+    """``auto``: bf16 on a GPU that has it (else fp16); on a CPU bf16 only with AMX, else fp32 ("no").
+
+    Without AMX, bf16 autocast on a CPU converts every operand and runs slower than fp32 (measured
+    0.5–0.6× on this project's 2-core machine), so it is not a default there.
+    """
+    if requested not in PRECISIONS:
+        raise InputError(f"mixed precision must be one of {', '.join(PRECISIONS)}; got {requested!r}")
+    if requested != "auto":
+        if requested == "fp16" and on_cpu:
+            raise InputError("fp16 mixed precision needs a GPU; use bf16 or no on a CPU")
+        return requested
+    if not on_cpu and torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_amx() else "no"
+
+
+class EMA:
+    """An exponential moving average of a model's weights, kept in float32 beside it.
+
+    The decay ramps up as min(decay, (1 + step) / (10 + step)) so early averages are not
+    dominated by the random initialisation.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        if not 0.0 < decay < 1.0:
+            raise InputError(f"EMA decay must lie in (0, 1), got {decay}")
+        self.decay = decay
+        self.model = copy.deepcopy(model).float().eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
+        ema_params: list[torch.Tensor] = list(self.model.parameters())
+        params = [p.detach().float() for p in model.parameters()]
+        torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+        for ema_buffer, buffer in zip(self.model.buffers(), model.buffers(), strict=True):
+            ema_buffer.copy_(buffer)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.model.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(state)
+
+
+class StopFlag:
+    """Ctrl-C or SIGTERM sets ``requested``; the loop polls it at step boundaries, saves and exits.
+
+    A second Ctrl-C while a stop is pending raises KeyboardInterrupt at once. Outside the main
+    thread (where signals cannot be caught) it does nothing.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signal_name = ""
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+
+    def __enter__(self) -> StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, numpy and torch (CPU and CUDA) RNG states, in a form a checkpoint can store."""
+    numpy_state: tuple[Any, ...] = tuple(np.random.get_state(legacy=True))
+    return {
+        "python": random.getstate(),
+        "numpy": [numpy_state[0], torch.from_numpy(np.asarray(numpy_state[1]).copy()), *numpy_state[2:]],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy(), *rest))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class RunLogger:
+    """Metrics to ``RUN/log.jsonl`` always (one JSON object per line), and to wandb when asked.
+
+    Only the main process logs (``enabled``). wandb honours WANDB_MODE (online, offline,
+    disabled); its run id is kept in ``RUN/wandb-id`` so a resumed run continues the same curves.
+    """
+
+    def __init__(
+        self, run_dir: Path, *, enabled: bool, report_to: str, project: str, config: dict[str, Any]
+    ) -> None:
+        if report_to not in REPORT_TO:
+            raise InputError(f"--report-to must be one of {', '.join(REPORT_TO)}; got {report_to!r}")
+        self.enabled = enabled
+        self.path = Path(run_dir) / "log.jsonl"
+        self._wandb: Any = None
+        if not enabled:
+            return
+        if report_to == "wandb":
+            import wandb
+
+            id_file = Path(run_dir) / "wandb-id"
+            run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
+            id_file.write_text(run_id + "\n")
+            self._wandb = wandb.init(
+                project=project,
+                id=run_id,
+                resume="allow",
+                dir=str(run_dir),
+                config=config,
+                name=Path(run_dir).name,
+            )
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, "time": round(time.time(), 3), **metrics}
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self._wandb is not None:
+            self._wandb.log(metrics, step=step)
+
+    def log_image(self, step: int, key: str, path: Path) -> None:
+        if self.enabled and self._wandb is not None:
+            import wandb
+
+            self._wandb.log({key: wandb.Image(str(path))}, step=step)
+
+    def close(self) -> None:
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
+
+
+def read_log(run_dir: Path) -> list[dict[str, Any]]:
+    """The records of ``RUN/log.jsonl`` (a torn last line, from a kill mid-write, is skipped)."""
+    path = Path(run_dir) / "log.jsonl"
+    records = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def save_comparison_grid(real: np.ndarray, generated: np.ndarray, path: Path, scale: int = 2) -> Path:
+    """PNG of clips as row pairs: real frames above, generated below. Both uint8 (B, T, H, W, 3)."""
+    if real.shape != generated.shape or real.ndim != 5:
+        raise InputError(
+            f"grid needs two (B, T, H, W, 3) arrays of one shape; got {real.shape}, {generated.shape}"
+        )
+    batch, frames, height, width, _ = real.shape
+    gap = 2
+    grid = np.full((batch * (2 * height + gap) - gap, frames * (width + gap) - gap, 3), 255, np.uint8)
+    for b in range(batch):
+        for row, source in enumerate((real, generated)):
+            top = b * (2 * height + gap) + row * height
+            for t in range(frames):
+                left = t * (width + gap)
+                grid[top : top + height, left : left + width] = source[b, t]
+    grid = cv2.resize(grid, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+
+    def write(tmp: Path) -> None:
+        ok, encoded = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+        if not ok:  # pragma: no cover
+            raise OSError(f"could not encode {path}")
+        tmp.write_bytes(encoded.tobytes())
+
+    atomic_write(Path(path), write)
+    return Path(path)

@@ -1,0 +1,251 @@
+"""Train the video tokenizer: ``wm-video train tokenizer --data DIR --preset tiny --out RUN``.
+
+The same program runs on a CPU, one GPU, or several processes under ``accelerate launch`` or
+``torchrun`` (``python -m wm_video.train.tokenizer …``): each rank draws its own clips from the
+training cache and Accelerate averages gradients. A checkpoint is written every
+``--save-every`` steps, at the end and on Ctrl-C or SIGTERM (:mod:`wm_video.checkpoint`);
+running the command again with the same ``--out`` resumes from the newest one.
+
+Written to RUN: ``run.json`` (options), ``log.jsonl`` (training metrics every ``--log-every``
+steps; ``heldout_psnr`` of the EMA model every ``--eval-every``), ``samples/step-*.png``
+(held-out clips, real above the EMA reconstruction), ``checkpoints/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from wm_video.data.cache import TrainingCache, load_cache
+from wm_video.data.lerobot import read_info
+from wm_video.data.sampler import ClipSampler
+from wm_video.data.split import DEFAULT_HOLDOUT, split_episodes
+from wm_video.errors import InputError, WMVideoError
+from wm_video.metrics import psnr
+from wm_video.tokenizer import TOKENIZER_PRESETS, VideoTokenizer, tokenizer_preset
+from wm_video.tokenizer.loss import ReconstructionLossConfig, ReconstructionLosses, reconstruction_loss
+from wm_video.tokenizer.pixels import to_model_pixels, to_uint8_frames
+from wm_video.train.common import save_comparison_grid
+from wm_video.train.session import SessionOptions, TrainingSession, add_session_flags, session_options
+
+PROBE_CLIPS = 6  # held-out clips scored and drawn at every eval step
+
+
+@dataclass(frozen=True)
+class TokenizerTrainOptions:
+    data: Path
+    session: SessionOptions
+    preset: str = "tiny"
+    clip_len: int = 8
+    l1_weight: float = 0.2
+    holdout: float = DEFAULT_HOLDOUT
+
+
+@dataclass(frozen=True)
+class TokenizerTrainResult:
+    run: Path
+    step: int
+    heldout_psnr: float | None  # per-frame mean, EMA weights, last eval
+    seconds: float
+    stopped_early: bool
+
+
+def train_step(
+    session: TrainingSession,
+    model: torch.nn.Module,
+    frames: torch.Tensor,
+    loss_config: ReconstructionLossConfig,
+) -> ReconstructionLosses:
+    """Forward under autocast, loss in float32, backward (gradients accumulate across calls)."""
+    with session.accelerator.accumulate(model):
+        with session.accelerator.autocast():
+            reconstruction = model(frames).reconstruction
+        losses = reconstruction_loss(reconstruction, frames, loss_config)
+        session.accelerator.backward(losses.total)
+    return losses
+
+
+@torch.inference_mode()
+def probe(model: VideoTokenizer, frames: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """Per-frame mean PSNR (uint8 frames, as viewed) and the uint8 reconstructions of (B, T) clips."""
+    reconstruction = to_uint8_frames(model(frames).reconstruction)
+    real = to_uint8_frames(frames)
+    score = psnr(reconstruction.permute(0, 1, 4, 2, 3), real.permute(0, 1, 4, 2, 3)).clamp(max=100.0)
+    return float(score.mean()), reconstruction
+
+
+def _episodes_with_clips(cache: TrainingCache, episodes: Sequence[int], clip_len: int) -> list[int]:
+    lengths = dict(zip(cache.episode_indices.tolist(), cache.episode_lengths.tolist(), strict=True))
+    return [e for e in episodes if lengths[e] >= clip_len]
+
+
+def train_tokenizer(options: TokenizerTrainOptions) -> TokenizerTrainResult:
+    config = tokenizer_preset(options.preset)
+    if options.clip_len < 1:
+        raise InputError(f"--clip-len must be ≥ 1, got {options.clip_len}")
+    read_info(options.data)  # a clear error for a missing or foreign folder before the run folder is made
+    session = TrainingSession(
+        kind="tokenizer",
+        options=options.session,
+        program_options={
+            "data": str(options.data),
+            "preset": options.preset,
+            "clip_len": options.clip_len,
+            "l1_weight": options.l1_weight,
+            "holdout": options.holdout,
+        },
+    )
+    o, accelerator = options.session, session.accelerator
+    with accelerator.main_process_first():
+        cache = load_cache(options.data, size=config.image_size, progress=session.is_main)
+    split = split_episodes(cache.episode_indices.tolist(), options.holdout)
+    train_episodes = _episodes_with_clips(cache, split.train, options.clip_len)
+    if not train_episodes:
+        raise InputError(
+            f"{options.data}: no training episode has {options.clip_len} frames; lower --clip-len"
+        )
+    sampler = ClipSampler(
+        cache,
+        options.clip_len,
+        seed=o.seed,
+        rank=session.rank,
+        world_size=session.world_size,
+        episodes=train_episodes,
+    )
+    probe_episodes = _episodes_with_clips(cache, split.heldout, options.clip_len) or train_episodes
+    probe_frames = to_model_pixels(
+        ClipSampler(cache, options.clip_len, seed=12345, episodes=probe_episodes)
+        .sample_batch(PROBE_CLIPS)
+        .frames,
+        session.device,
+    )
+    torch.manual_seed(o.seed)
+    model, _, ema, step = session.prepare(VideoTokenizer(config), config.to_dict(), sampler)
+    loss_config = ReconstructionLossConfig(l1_weight=options.l1_weight)
+    meta = {
+        "data": str(options.data),
+        "holdout": options.holdout,
+        "heldout_episodes": list(split.heldout),
+        "probe_is_heldout": bool(split.heldout and probe_episodes != train_episodes),
+    }
+    frames_per_step = o.batch_size * options.clip_len * session.world_size * o.grad_accum
+    heldout_psnr: float | None = None
+    last_saved, stopped = step, False
+    if session.is_main:
+        print(
+            f"tokenizer {options.preset}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, "
+            f"{config.tokens_per_frame} tokens/frame ({config.bits_per_frame:.0f} bits); {cache.num_frames:,} frames, "
+            f"{len(train_episodes)} training / {len(split.heldout)} held-out episodes; {session.world_size} process(es) "
+            f"on {session.device}, precision {session.precision}",
+            flush=True,
+        )
+    bar = tqdm(total=o.max_steps, initial=step, disable=not (session.is_main and o.progress), unit="step")
+    window_start, window_frames = time.perf_counter(), 0
+    with session.stop:
+        while step < o.max_steps:
+            for _ in range(o.grad_accum):
+                frames = to_model_pixels(sampler.sample_batch(o.batch_size).frames, session.device)
+                losses = train_step(session, model, frames, loss_config)
+                stepped, grad_norm = session.optimizer_step(step)
+            step += 1
+            window_frames += frames_per_step
+            if stepped:
+                ema.update(accelerator.unwrap_model(model), step)
+            bar.update(1)
+            if step % o.log_every == 0 or step == o.max_steps:
+                seconds = time.perf_counter() - window_start
+                metrics = {
+                    "loss": float(losses.total.detach()),
+                    "mse": float(losses.mse.detach()),
+                    "train_psnr": losses.psnr,
+                    "grad_norm": grad_norm,
+                    "lr": o.lr_at(step - 1),
+                    "frames_per_s": window_frames / seconds,
+                }
+                session.logger.log(step, metrics)
+                bar.set_postfix(
+                    loss=f"{metrics['loss']:.4f}",
+                    psnr=f"{losses.psnr:.1f}",
+                    fps=f"{metrics['frames_per_s']:.0f}",
+                )
+                window_start, window_frames = time.perf_counter(), 0
+            if session.is_main and (step % o.eval_every == 0 or step == o.max_steps):
+                heldout_psnr, reconstruction = probe(ema.model, probe_frames)
+                session.logger.log(step, {"heldout_psnr": heldout_psnr})
+                grid = save_comparison_grid(
+                    to_uint8_frames(probe_frames).cpu().numpy(),
+                    reconstruction.cpu().numpy(),
+                    session.out / "samples" / f"step-{step:08d}.png",
+                )
+                session.logger.log_image(step, "samples", grid)
+                bar.write(f"step {step}: held-out PSNR {heldout_psnr:.2f} dB (EMA, per-frame mean)")
+            if step % o.save_every == 0:
+                session.save(step, {**meta, "heldout_psnr": heldout_psnr})
+                last_saved = step
+            if session.should_stop():
+                stopped = step < o.max_steps
+                break
+    bar.close()
+    if step != last_saved:
+        session.save(step, {**meta, "heldout_psnr": heldout_psnr})
+    if session.is_main and stopped:
+        reason = session.stop.signal_name or "time budget"
+        print(
+            f"stopped at step {step} ({reason}); checkpoint saved, run the same command to resume", flush=True
+        )
+    session.close()
+    return TokenizerTrainResult(session.out, step, heldout_psnr, time.monotonic() - session.started, stopped)
+
+
+def build_parser(prog: str = "wm-video train tokenizer") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Train the causal video tokenizer on a dataset.")
+    data = parser.add_argument_group("data and model")
+    data.add_argument("--data", type=Path, required=True, help="dataset folder (LeRobot v3.0/v2.1)")
+    data.add_argument(
+        "--preset", choices=sorted(TOKENIZER_PRESETS), default="tiny", help="model size (default tiny)"
+    )
+    data.add_argument("--clip-len", type=int, default=8, help="frames per training clip (default 8)")
+    data.add_argument(
+        "--l1-weight", type=float, default=0.2, help="weight of the L1 term beside MSE (default 0.2)"
+    )
+    data.add_argument(
+        "--holdout",
+        type=float,
+        default=DEFAULT_HOLDOUT,
+        help="fraction of episodes held out, the last ones (default 0.1)",
+    )
+    add_session_flags(parser, SessionOptions(out=Path("run")))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "wm-video train tokenizer") -> int:
+    args = build_parser(prog).parse_args(argv)
+    try:
+        options = TokenizerTrainOptions(
+            data=args.data,
+            session=session_options(args),
+            preset=args.preset,
+            clip_len=args.clip_len,
+            l1_weight=args.l1_weight,
+            holdout=args.holdout,
+        )
+        result = train_tokenizer(options)
+    except WMVideoError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    if result.heldout_psnr is not None:
+        print(
+            f"{result.run}: step {result.step}, held-out PSNR {result.heldout_psnr:.2f} dB ({result.seconds:.0f} s)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(prog="python -m wm_video.train.tokenizer"))

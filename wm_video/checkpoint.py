@@ -1,0 +1,390 @@
+"""The one checkpoint format that training, play and eval all use.
+
+Design:
+- Self-describing: a step directory holds the weights in safetensors (``model.safetensors``,
+  optionally ``ema.safetensors``), the tensors of the training state (``training.safetensors``)
+  and ``checkpoint.json`` with the format number, kind, step, model config, metadata and a JSON
+  skeleton of the training state whose tensors are ``{"__tensor__": "t0"}`` placeholders. A model
+  is rebuilt from the JSON alone (:func:`build_model`), without the training code.
+- Atomic: a save is written into a hidden ``.tmp-*`` directory beside its final place, fsynced,
+  marked ``COMPLETE`` last, renamed into place, and only then is the ``last`` pointer moved. A
+  directory without ``COMPLETE`` is never loaded; leftover ``.tmp-*`` directories are removed by
+  the next save. Old checkpoints are deleted only after the new one is complete.
+- Safe: only safetensors are read, never pickles; a checkpoint that does not fit its model gets
+  one error listing missing, unexpected and mis-shaped keys.
+- Old formats are upgraded in one place, :func:`_upgrade`.
+
+Only one process (rank 0) may save into a run directory at a time.
+
+Layout::
+
+    RUN/checkpoints/step-00001000/{model,ema,training}.safetensors, checkpoint.json, COMPLETE
+    RUN/checkpoints/last           name of the newest complete step directory
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import shutil
+import uuid
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from wm_video.errors import InputError
+from wm_video.fileio import atomic_write_json, atomic_write_text, signals_deferred
+
+if TYPE_CHECKING:
+    from wm_video.tokenizer import VideoTokenizer
+
+CHECKPOINT_FORMAT = 1
+COMPLETE_MARKER = "COMPLETE"
+LAST_POINTER = "last"
+_STEP_DIR = re.compile(r"step-(\d+)")
+_EXPECTED = "expected RUN/checkpoints/step-*/COMPLETE"
+
+
+@dataclass
+class Checkpoint:
+    path: Path  # the step directory, e.g. RUN/checkpoints/step-00001000
+    kind: str  # "tokenizer" (later also "dynamics")
+    config: dict[str, Any]  # model config as JSON
+    step: int
+    weights: dict[str, Tensor]  # model state_dict (model.safetensors)
+    ema_weights: dict[str, Tensor] | None  # ema.safetensors if saved
+    training_state: Any  # nested dicts/lists/tuples/scalars/tensors as saved; None if not saved/loaded
+    meta: dict[str, Any]  # JSON metadata given at save time, {} if none
+
+
+# -- models -----------------------------------------------------------------------------------------
+def _build_tokenizer(config: dict[str, Any]) -> torch.nn.Module:
+    from wm_video.tokenizer import TokenizerConfig, VideoTokenizer
+
+    try:
+        return VideoTokenizer(TokenizerConfig.from_dict(config))
+    except TypeError as err:  # e.g. a value of the wrong type
+        raise InputError(f"tokenizer config: {err}") from err
+
+
+_MODELS: dict[str, Callable[[dict[str, Any]], torch.nn.Module]] = {"tokenizer": _build_tokenizer}
+
+
+def build_model(kind: str, config: dict[str, Any]) -> torch.nn.Module:
+    """A fresh model of ``kind`` from its JSON config (raises InputError for an invalid config)."""
+    if kind not in _MODELS:
+        raise InputError(f"unknown model kind {kind!r}; known kinds are {sorted(_MODELS)}")
+    if not isinstance(config, dict):
+        raise InputError(f"{kind} config must be a JSON object, got {type(config).__name__}")
+    return _MODELS[kind](config)
+
+
+def load_weights(model: torch.nn.Module, weights: dict[str, Tensor], source: Path) -> None:
+    """Load ``weights`` strictly, or raise one InputError naming ``source`` and every mismatch."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    shapes = [
+        f"{key}: checkpoint {tuple(weights[key].shape)} vs model {tuple(expected[key].shape)}"
+        for key in sorted(set(weights) & set(expected))
+        if weights[key].shape != expected[key].shape
+    ]
+    found_by_what = {"missing keys": missing, "unexpected keys": unexpected, "shape mismatches": shapes}
+    problems = [
+        f"{len(found)} {what}: {', '.join(found[:10])}{', …' if len(found) > 10 else ''}"
+        for what, found in found_by_what.items()
+        if found
+    ]
+    if problems:
+        raise InputError(
+            f"{source}: weights do not match the model (was it saved with another config?); "
+            + "; ".join(problems)
+        )
+    model.load_state_dict(weights, strict=True)
+
+
+# -- training state: nested python with tensors <-> JSON skeleton + flat tensors --------------------
+_RESERVED = {"__tensor__", "__ndarray__", "__dict__", "__tuple__"}
+
+
+def _pack(obj: Any, tensors: dict[str, Tensor] | None = None, where: str = "training_state") -> Any:
+    """Return a JSON skeleton of ``obj``; its tensors go to ``tensors`` under keys "t0", "t1", …"""
+    tensors = {} if tensors is None else tensors
+    if isinstance(obj, (Tensor, np.ndarray)):
+        key = f"t{len(tensors)}"
+        tensors[key] = (
+            obj.detach().cpu() if isinstance(obj, Tensor) else torch.from_numpy(np.ascontiguousarray(obj))
+        )
+        return {"__ndarray__" if isinstance(obj, np.ndarray) else "__tensor__": key}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    if isinstance(obj, (list, tuple)):
+        items = [_pack(value, tensors, f"{where}[{i}]") for i, value in enumerate(obj)]
+        return {"__tuple__": items} if isinstance(obj, tuple) else items
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) for k in obj) and not _RESERVED & set(obj):
+            return {k: _pack(v, tensors, f"{where}[{k!r}]") for k, v in obj.items()}
+        return {
+            "__dict__": [
+                [_pack(k, tensors, where), _pack(v, tensors, f"{where}[{k!r}]")] for k, v in obj.items()
+            ]
+        }
+    raise TypeError(f"{where}: cannot save a {type(obj).__name__} in a checkpoint's training state")
+
+
+def _unpack(skeleton: Any, tensors: dict[str, Tensor]) -> Any:
+    if isinstance(skeleton, list):
+        return [_unpack(value, tensors) for value in skeleton]
+    if not isinstance(skeleton, dict):
+        return skeleton
+    if len(skeleton) == 1 and set(skeleton) <= _RESERVED:
+        ((tag, value),) = skeleton.items()
+        if tag == "__tensor__":
+            return tensors[value]
+        if tag == "__ndarray__":
+            return tensors[value].numpy()
+        if tag == "__tuple__":
+            return tuple(_unpack(item, tensors) for item in value)
+        return {_unpack(k, tensors): _unpack(v, tensors) for k, v in value}
+    return {k: _unpack(v, tensors) for k, v in skeleton.items()}
+
+
+# -- files ------------------------------------------------------------------------------------------
+def _storable(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """CPU, contiguous tensors that share no memory (what safetensors requires); copies only if needed."""
+    out: dict[str, Tensor] = {}
+    seen: set[int] = set()
+    for key, tensor in tensors.items():
+        tensor = tensor.detach().cpu().contiguous()
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() in seen or storage.nbytes() != tensor.nbytes:
+            tensor = tensor.clone()
+            storage = tensor.untyped_storage()
+        seen.add(storage.data_ptr())
+        out[key] = tensor
+    return out
+
+
+def _fsync(path: Path, *, directory: bool = False) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:  # some filesystems cannot fsync a directory; the files themselves are synced
+        if not directory:
+            raise
+
+
+def _write_tensors(path: Path, tensors: dict[str, Tensor]) -> None:
+    save_file(_storable(tensors), str(path))
+    _fsync(path)
+
+
+def _read_tensors(path: Path) -> dict[str, Tensor]:
+    if not path.is_file():
+        raise InputError(f"{path}: missing; the checkpoint is damaged (expected a safetensors file)")
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as err:  # safetensors raises its own SafetensorError
+        with open(path, "rb") as handle:
+            head = handle.read(2)
+        guess = " (it looks like a torch.save pickle)" if head[:2] == b"PK" or head[:1] == b"\x80" else ""
+        raise InputError(
+            f"{path}: not a safetensors file{guess}: {err}; wm-video only loads safetensors, never pickles"
+        ) from err
+
+
+def _is_complete(step_dir: Path) -> bool:
+    return step_dir.is_dir() and (step_dir / COMPLETE_MARKER).is_file()
+
+
+def _complete_steps(checkpoints: Path) -> list[Path]:
+    """Complete step directories, oldest first."""
+    found = [(int(m.group(1)), p) for p in checkpoints.iterdir() if (m := _STEP_DIR.fullmatch(p.name))]
+    return [p for _, p in sorted(found) if _is_complete(p)]
+
+
+# -- save -------------------------------------------------------------------------------------------
+def save_checkpoint(
+    run_dir: Path,
+    *,
+    kind: str,
+    config: dict[str, Any],
+    step: int,
+    weights: dict[str, Tensor],
+    ema_weights: dict[str, Tensor] | None = None,
+    training_state: Any = None,
+    meta: dict[str, Any] | None = None,
+    keep: int | None = 3,
+) -> Path:
+    """Write RUN/checkpoints/step-NNNNNNNN atomically, move ``last`` to it, then prune; return it."""
+    if not isinstance(step, int) or step < 0:
+        raise InputError(f"checkpoint step must be an integer ≥ 0, got {step!r}")
+    if keep is not None and keep < 1:
+        raise InputError(f"checkpoint keep must be ≥ 1 or None (keep all), got {keep}")
+    for label, tensors in (("weights", weights), ("EMA weights", ema_weights or {})):
+        for key, tensor in tensors.items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise InputError(f"refusing to save step {step}: {label} {key!r} contain NaN or inf")
+    training_tensors: dict[str, Tensor] = {}
+    skeleton = _pack(training_state, training_tensors)
+    document = {"format": CHECKPOINT_FORMAT, "kind": kind, "step": step, "config": config, "meta": meta or {}}
+    for what in ("config", "meta"):  # fail before writing anything
+        try:
+            json.dumps(document[what])
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"checkpoint {what} must be JSON-serialisable: {err}") from err
+    document["training_state"] = skeleton
+    needed = sum(t.nbytes for group in (weights, ema_weights or {}, training_tensors) for t in group.values())
+
+    checkpoints = Path(run_dir) / "checkpoints"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    for stale in checkpoints.glob(".tmp-*"):  # left by a save that crashed
+        shutil.rmtree(stale, ignore_errors=True)
+    name = f"step-{step:08d}"
+    final = checkpoints / name
+    tmp = checkpoints / f".tmp-{name}-{uuid.uuid4().hex}"
+    try:
+        tmp.mkdir()
+        _write_tensors(tmp / "model.safetensors", weights)
+        if ema_weights is not None:
+            _write_tensors(tmp / "ema.safetensors", ema_weights)
+        if training_tensors:
+            _write_tensors(tmp / "training.safetensors", training_tensors)
+        atomic_write_json(tmp / "checkpoint.json", document)
+        atomic_write_text(tmp / COMPLETE_MARKER, f"{name}\n")
+        _fsync(tmp, directory=True)
+        with signals_deferred():
+            if final.exists():  # same step saved again (e.g. after a resume): swap safely
+                old = checkpoints / f".tmp-old-{name}-{uuid.uuid4().hex}"
+                os.replace(final, old)
+                os.replace(tmp, final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, final)
+            _fsync(checkpoints, directory=True)
+            atomic_write_text(checkpoints / LAST_POINTER, f"{name}\n")
+    except BaseException as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            free = shutil.disk_usage(checkpoints).free
+            raise InputError(
+                f"{checkpoints}: disk full while saving {name}: the checkpoint needs about {needed:,} bytes "
+                f"({free:,} free); the partial save was removed and the last good checkpoint is kept"
+            ) from err
+        raise
+
+    if keep is not None:
+        complete = [p for p in _complete_steps(checkpoints) if p.name != name]
+        for old_dir in complete[: max(0, len(complete) - (keep - 1))]:
+            shutil.rmtree(old_dir, ignore_errors=True)
+    return final
+
+
+# -- load -------------------------------------------------------------------------------------------
+def resolve_checkpoint(path: Path) -> Path:
+    """The complete step directory meant by a run dir, its checkpoints/ dir or a step dir."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: does not exist; expected a run directory or a checkpoint ({_EXPECTED})")
+    if _is_complete(path):
+        return path
+    if (path / "checkpoint.json").exists() or _STEP_DIR.fullmatch(path.name):
+        raise InputError(
+            f"{path}: incomplete checkpoint (no {COMPLETE_MARKER} marker: its save was interrupted)"
+        )
+    checkpoints = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    if not checkpoints.is_dir():
+        raise InputError(f"{path}: not a run directory or checkpoint ({_EXPECTED})")
+    pointer = checkpoints / LAST_POINTER
+    if pointer.is_file():
+        target = pointer.read_text().strip()
+        if _STEP_DIR.fullmatch(target) and _is_complete(checkpoints / target):
+            return checkpoints / target
+    complete = _complete_steps(checkpoints)
+    if not complete:
+        raise InputError(f"{path}: no complete checkpoint ({_EXPECTED})")
+    if pointer.is_file():
+        warnings.warn(
+            f"{pointer} names no complete checkpoint; using the newest complete one, {complete[-1]}",
+            stacklevel=2,
+        )
+    return complete[-1]
+
+
+def _upgrade(data: dict[str, Any]) -> dict[str, Any]:
+    """Bring checkpoint.json of an older format up to CHECKPOINT_FORMAT (format changes go here)."""
+    return data
+
+
+def load_checkpoint(path: Path, *, kind: str | None = None, with_training_state: bool = True) -> Checkpoint:
+    """Load a checkpoint (run dir, checkpoints/ dir or step dir) with all tensors on the CPU."""
+    step_dir = resolve_checkpoint(path)
+    info_file = step_dir / "checkpoint.json"
+    try:
+        data = json.loads(info_file.read_text())
+    except (OSError, ValueError) as err:
+        raise InputError(f"{info_file}: unreadable checkpoint description ({err})") from err
+    if not isinstance(data, dict) or not isinstance(data.get("format"), int):
+        raise InputError(f"{info_file}: expected a JSON object with an integer 'format'")
+    if data["format"] > CHECKPOINT_FORMAT:
+        raise InputError(
+            f"{info_file}: checkpoint format {data['format']} is newer than this wm-video reads "
+            f"(≤ {CHECKPOINT_FORMAT}); upgrade wm-video"
+        )
+    data = _upgrade(data)
+    missing = [key for key in ("kind", "step", "config") if key not in data]
+    if missing:
+        raise InputError(f"{info_file}: missing keys {missing}")
+    if kind is not None and data["kind"] != kind:
+        raise InputError(f"{step_dir}: is a {data['kind']} checkpoint; expected a {kind} checkpoint")
+    ema_file = step_dir / "ema.safetensors"
+    training_state = None
+    if with_training_state and data.get("training_state") is not None:
+        training_file = step_dir / "training.safetensors"
+        tensors = _read_tensors(training_file) if training_file.exists() else {}
+        try:
+            training_state = _unpack(data["training_state"], tensors)
+        except (KeyError, TypeError, ValueError) as err:
+            raise InputError(f"{info_file}: training state does not match {training_file} ({err!r})") from err
+    return Checkpoint(
+        path=step_dir,
+        kind=data["kind"],
+        config=data["config"],
+        step=int(data["step"]),
+        weights=_read_tensors(step_dir / "model.safetensors"),
+        ema_weights=_read_tensors(ema_file) if ema_file.exists() else None,
+        training_state=training_state,
+        meta=data.get("meta") or {},
+    )
+
+
+def load_tokenizer(
+    path: Path, *, ema: bool = True, device: str | torch.device = "cpu"
+) -> tuple[VideoTokenizer, Checkpoint]:
+    """A tokenizer ready for inference (EMA weights when asked for and saved), and its checkpoint."""
+    from wm_video.tokenizer import VideoTokenizer
+
+    checkpoint = load_checkpoint(path, kind="tokenizer", with_training_state=False)
+    try:
+        model = build_model("tokenizer", checkpoint.config)
+    except InputError as err:
+        raise InputError(f"{checkpoint.path / 'checkpoint.json'}: {err}") from err
+    assert isinstance(model, VideoTokenizer)
+    use_ema = ema and checkpoint.ema_weights is not None
+    weights = checkpoint.ema_weights if use_ema and checkpoint.ema_weights is not None else checkpoint.weights
+    load_weights(model, weights, checkpoint.path / ("ema.safetensors" if use_ema else "model.safetensors"))
+    return model.to(device).eval(), checkpoint

@@ -1,0 +1,165 @@
+"""A causal spatiotemporal video tokenizer: frames ↔ a small grid of discrete tokens per frame.
+
+Design choices:
+- Patches, not convolutions: a frame of ``image_size``² pixels becomes ``grid_size``² patch
+  tokens (tiny: 64 px, 8 px patches → 64 tokens). The dynamics model pays per token, and on a
+  2-core CPU a few matmuls over 64 tokens decode faster than any convolutional upsampler.
+- Causal in time (Genie's ST-ViViT, Cosmos's causal tokenizer): encoder and decoder are
+  :class:`~wm_video.tokenizer.layers.STStack` s whose time attention sees the last
+  ``temporal_window`` frames, never a later one. The tokens of frame t can therefore carry
+  what changed since earlier frames, and the decoder reads earlier frames' codes to restore
+  detail that one frame's 64 tokens cannot hold.
+- FSQ quantization (:mod:`.fsq`): tokens are mixed-radix numbers of per-channel levels; the
+  decoder works from the quantized channel values, which equal the tokens exactly.
+- Streaming (:class:`TokenizerStream`) feeds one frame at a time through the same blocks with
+  a cache of the window's keys and values and gives the whole-clip result.
+
+Pixels are (B, T, 3, H, W) floats in [-1, 1]; :mod:`.pixels` converts from uint8 frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from wm_video.errors import InputError
+from wm_video.tokenizer.config import TokenizerConfig
+from wm_video.tokenizer.fsq import FSQ
+from wm_video.tokenizer.layers import StackCache, STStack
+
+
+@dataclass
+class TokenizerEncoding:
+    latents: Tensor  # (B, T, N, C) encoder output before quantization
+    quantized: Tensor  # (B, T, N, C) FSQ values in [-1, 1]
+    tokens: Tensor  # (B, T, N) int64 in [0, codebook_size)
+
+
+@dataclass
+class TokenizerOutput:
+    encoding: TokenizerEncoding
+    reconstruction: Tensor  # (B, T, 3, H, W), [-1, 1] scale, not clamped
+
+
+class VideoTokenizer(nn.Module):
+    def __init__(self, config: TokenizerConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        patch_pixels = 3 * c.patch_size**2
+        self.patch_embed = nn.Linear(patch_pixels, c.dim)
+        self.encoder_pos = nn.Parameter(torch.randn(c.tokens_per_frame, c.dim) * 0.02)
+        self.encoder = STStack(c.dim, c.heads, c.encoder_layers, c.mlp_ratio, c.temporal_window)
+        self.to_latent = nn.Linear(c.dim, c.latent_channels)
+        self.quantizer = FSQ(c.levels)
+        self.from_latent = nn.Linear(c.latent_channels, c.dim)
+        self.decoder_pos = nn.Parameter(torch.randn(c.tokens_per_frame, c.dim) * 0.02)
+        self.decoder = STStack(c.dim, c.heads, c.decoder_layers, c.mlp_ratio, c.temporal_window)
+        self.to_pixels = nn.Linear(c.dim, patch_pixels)
+        self.apply(_init_weights)
+
+    # -- pieces shared by clips and streams -------------------------------------------------------
+    def _check_frames(self, frames: Tensor) -> None:
+        size = self.config.image_size
+        if frames.dim() != 5 or tuple(frames.shape[2:]) != (3, size, size):
+            raise InputError(
+                f"tokenizer expects frames shaped (batch, time, 3, {size}, {size}); got {tuple(frames.shape)}"
+            )
+
+    def _embed(self, frames: Tensor) -> Tensor:
+        """(B, T, 3, H, W) → (B, T, N, D) patch tokens."""
+        p = self.config.patch_size
+        patches = rearrange(frames, "b t c (gh p1) (gw p2) -> b t (gh gw) (p1 p2 c)", p1=p, p2=p)
+        return self.patch_embed(patches) + self.encoder_pos
+
+    def _quantize(self, hidden: Tensor) -> TokenizerEncoding:
+        latents = self.to_latent(hidden)
+        quantized = self.quantizer(latents)
+        return TokenizerEncoding(latents, quantized, self.quantizer.to_tokens(quantized))
+
+    def _unembed(self, hidden: Tensor) -> Tensor:
+        """(B, T, N, D) → (B, T, 3, H, W)."""
+        p, g = self.config.patch_size, self.config.grid_size
+        patches = self.to_pixels(hidden)
+        return rearrange(patches, "b t (gh gw) (p1 p2 c) -> b t c (gh p1) (gw p2)", gh=g, gw=g, p1=p, p2=p)
+
+    # -- whole clips ------------------------------------------------------------------------------
+    def encode(self, frames: Tensor) -> TokenizerEncoding:
+        """(B, T, 3, H, W) in [-1, 1] → tokens of every frame, each from it and earlier frames."""
+        self._check_frames(frames)
+        return self._quantize(self.encoder(self._embed(frames)))
+
+    def decode(self, quantized: Tensor) -> Tensor:
+        """(B, T, N, C) quantized values → (B, T, 3, H, W) frames, each from its and earlier codes."""
+        hidden = self.from_latent(quantized.to(self.decoder_pos.dtype)) + self.decoder_pos
+        return self._unembed(self.decoder(hidden))
+
+    def decode_tokens(self, tokens: Tensor) -> Tensor:
+        """(B, T, N) token ids → (B, T, 3, H, W) frames."""
+        return self.decode(self.quantizer.from_tokens(tokens))
+
+    def forward(self, frames: Tensor) -> TokenizerOutput:
+        encoding = self.encode(frames)
+        return TokenizerOutput(encoding, self.decode(encoding.quantized))
+
+    def stream(self, batch_size: int = 1) -> TokenizerStream:
+        """A frame-at-a-time encoder and decoder over this model (see :class:`TokenizerStream`)."""
+        return TokenizerStream(self, batch_size)
+
+
+class TokenizerStream:
+    """Encode or decode one new frame at a time, equal to the whole-clip result.
+
+    Encoder and decoder keep separate caches of the last ``temporal_window − 1`` frames' keys
+    and values, so a stream can decode generated tokens while encoding real frames, or only
+    one of the two. Use it under ``torch.inference_mode()``; the model must not be trained
+    while a stream is open (its time-bias masks are taken when the stream is made).
+    """
+
+    def __init__(self, model: VideoTokenizer, batch_size: int = 1) -> None:
+        self.model = model
+        self.batch_size = batch_size
+        param = model.decoder_pos
+        self._dtype, self._device = param.dtype, param.device
+        self._encoder_masks = model.encoder.step_masks(self._dtype)
+        self._decoder_masks = model.decoder.step_masks(self._dtype)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every earlier frame (the next frame is encoded or decoded as a clip's first)."""
+        model, tokens = self.model, self.model.config.tokens_per_frame
+        self._encoder_cache: StackCache = model.encoder.new_cache(
+            self.batch_size, tokens, self._dtype, self._device
+        )
+        self._decoder_cache: StackCache = model.decoder.new_cache(
+            self.batch_size, tokens, self._dtype, self._device
+        )
+
+    def encode(self, frame: Tensor) -> TokenizerEncoding:
+        """(B, 3, H, W) in [-1, 1] → encoding with T = 1."""
+        frames = frame.unsqueeze(1)
+        self.model._check_frames(frames)
+        if frames.shape[0] != self.batch_size:
+            raise InputError(f"this stream was made for batch {self.batch_size}, got {frames.shape[0]}")
+        hidden = self.model.encoder.step(self.model._embed(frames), self._encoder_cache, self._encoder_masks)
+        return self.model._quantize(hidden)
+
+    def decode(self, quantized: Tensor) -> Tensor:
+        """(B, N, C) quantized values of one new frame → (B, 3, H, W)."""
+        model = self.model
+        hidden = model.from_latent(quantized.unsqueeze(1).to(self._dtype)) + model.decoder_pos
+        return model._unembed(model.decoder.step(hidden, self._decoder_cache, self._decoder_masks))[:, 0]
+
+    def decode_tokens(self, tokens: Tensor) -> Tensor:
+        """(B, N) token ids of one new frame → (B, 3, H, W)."""
+        return self.decode(self.model.quantizer.from_tokens(tokens))
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
