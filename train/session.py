@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -154,28 +154,9 @@ def add_session_flags(parser: argparse.ArgumentParser, defaults: SessionOptions)
 
 
 def session_options(args: argparse.Namespace) -> SessionOptions:
-    options = SessionOptions(
-        out=args.out,
-        max_steps=args.max_steps,
-        max_minutes=args.max_minutes,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        warmup_steps=args.warmup_steps,
-        weight_decay=args.weight_decay,
-        grad_accum=args.grad_accum,
-        grad_clip=args.grad_clip,
-        ema_decay=args.ema_decay,
-        seed=args.seed,
-        mixed_precision=args.mixed_precision,
-        cpu=args.cpu,
-        log_every=args.log_every,
-        eval_every=args.eval_every,
-        save_every=args.save_every,
-        keep=args.keep,
-        report_to=args.report_to,
-        wandb_project=args.wandb_project,
-        progress=not args.no_progress,
-    )
+    """The :class:`SessionOptions` of parsed :func:`add_session_flags` flags, checked."""
+    values = {f.name: getattr(args, f.name) for f in fields(SessionOptions) if hasattr(args, f.name)}
+    options = SessionOptions(**values, progress=not args.no_progress)
     check_session_options(options)
     return options
 

@@ -13,12 +13,11 @@ read with :func:`time.perf_counter` (after :func:`torch.cuda.synchronize` on CUD
 10th and 90th percentiles are reported, and frames/s from the median.
 
 Weights are random for a preset (speed does not depend on them) or loaded from a checkpoint.
-Run ``python -m wm_video.bench.tokenizer --help``.
+Run ``wm-video bench tokenizer --help``.
 """
 
 from __future__ import annotations
 
-import argparse
 import platform
 import resource
 import sys
@@ -293,43 +292,3 @@ def bench_tokenizer(
         )
     finally:
         torch.set_num_threads(threads_before)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m wm_video.bench.tokenizer", description=__doc__.splitlines()[0] if __doc__ else None
-    )
-    model = parser.add_argument_group("model")
-    model.add_argument("--preset", default="tiny", help="tokenizer preset with random weights (default tiny)")
-    model.add_argument(
-        "--checkpoint", type=Path, default=None, help="load this checkpoint instead of a preset"
-    )
-    run = parser.add_argument_group("run")
-    run.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    run.add_argument(
-        "--dtype", choices=list(DTYPES), default="float32", help="weights and activations (default float32)"
-    )
-    run.add_argument("--steps", type=int, default=300, help="timed frames per operation (default 300)")
-    run.add_argument("--warmup", type=int, default=30, help="untimed frames before timing (default 30)")
-    run.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    args = parser.parse_args(argv)
-    try:
-        result = bench_tokenizer(
-            preset=args.preset,
-            checkpoint=args.checkpoint,
-            device=args.device,
-            dtype=args.dtype,
-            steps=args.steps,
-            warmup=args.warmup,
-            threads=args.threads,
-            progress=sys.stderr.isatty(),
-        )
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(result.format())
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
