@@ -119,7 +119,7 @@ class TokenizerReport:
         rate = self.frames / self.seconds if self.seconds > 0 else 0.0
         state = "" if self.complete else "  (stopped early: partial results)"
         lines = [
-            f"tokenizer evaluation: {len(self.episodes)} episodes, {self.frames} frames, "
+            f"tokenizer evaluation: {len(self.episodes)} episode{'s' * (len(self.episodes) != 1)}, {self.frames} frames, "
             f"{self.seconds:.1f} s ({rate:.1f} frames/s){state}",
             f"  PSNR (per-frame mean)   {self.psnr_mean:8.2f} dB",
             f"  PSNR (median frame)     {self.psnr_median:8.2f} dB",
