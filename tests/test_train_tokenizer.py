@@ -83,5 +83,7 @@ def test_eval_tokenizer_command(
         cli_main(["eval", "tokenizer", "--checkpoint", str(run), "--all-episodes", "--max-frames", "5"]) == 0
     )
     assert "15 frames" in capsys.readouterr().out.replace(",", "")
+    assert cli_main(["eval", "tokenizer", "--checkpoint", str(run), "--episodes", "a,b"]) == 2
+    assert "comma-separated episode indices" in capsys.readouterr().err
     assert cli_main(["eval", "tokenizer", "--checkpoint", str(tmp_path / "nothing")]) == 2
     assert "nothing" in capsys.readouterr().err

@@ -199,8 +199,8 @@ def _eval(args: argparse.Namespace) -> int:
 
     from wm_video.checkpoint import load_tokenizer
     from wm_video.data.cache import load_cache
-    from wm_video.data.split import DEFAULT_HOLDOUT, split_episodes
     from wm_video.eval import evaluate_tokenizer
+    from wm_video.eval.tokenizer import choose_episodes
     from wm_video.fileio import atomic_write_json
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -209,16 +209,9 @@ def _eval(args: argparse.Namespace) -> int:
     if data is None:
         raise WMVideoError(f"{checkpoint.path}: the checkpoint does not name its dataset; pass --data DIR")
     cache = load_cache(Path(data), size=model.config.image_size, progress=sys.stderr.isatty())
-    if args.episodes:
-        episodes = [int(e) for e in args.episodes.split(",") if e.strip()]
-        which = "the episodes asked for"
-    elif args.all_episodes:
-        episodes, which = cache.episode_indices.tolist(), "all episodes"
-    else:
-        holdout = float(checkpoint.meta.get("holdout", DEFAULT_HOLDOUT))
-        episodes = list(split_episodes(cache.episode_indices.tolist(), holdout).heldout)
-        episodes = episodes or cache.episode_indices.tolist()
-        which = f"held-out episodes (last {holdout:.0%})"
+    episodes, which = choose_episodes(
+        cache, args.episodes, all_episodes=args.all_episodes, holdout=checkpoint.meta.get("holdout")
+    )
     interrupted: list[int] = []
     previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
     try:
