@@ -227,8 +227,10 @@ def test_wrong_kind_and_bad_configs_are_refused(tmp_path):
     save_checkpoint(tmp_path, kind="dynamics", config={}, step=1, weights={"w": torch.zeros(1)})
     with pytest.raises(InputError, match="is a dynamics checkpoint; expected a tokenizer checkpoint"):
         load_tokenizer(tmp_path)
-    with pytest.raises(InputError, match=r"known kinds are \['tokenizer'\]"):
-        build_model("dynamics", {})
+    with pytest.raises(InputError, match=r"known kinds are \['dynamics', 'tokenizer'\]"):
+        build_model("world", {})
+    with pytest.raises(InputError, match="dynamics config: unknown keys"):
+        build_model("dynamics", {"depth": 3})
     save_checkpoint(tmp_path / "bad", kind="tokenizer", config={"dim": 33}, step=1, weights={})
     with pytest.raises(InputError, match=r"checkpoint\.json: tokenizer config: dim 33"):
         load_tokenizer(tmp_path / "bad")

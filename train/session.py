@@ -331,6 +331,18 @@ class TrainingSession:
             stop = bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
         return stop
 
+    def finish(self, step: int, last_saved: int, meta: dict[str, Any], stopped: bool) -> None:
+        """End the run: save ``step`` unless it is saved already, say how to resume when it stopped early, close."""
+        if step != last_saved:
+            self.save(step, meta)
+        if self.is_main and stopped:
+            reason = self.stop.signal_name or "time budget"
+            print(
+                f"stopped at step {step} ({reason}); checkpoint saved, run the same command to resume",
+                flush=True,
+            )
+        self.close()
+
     def close(self) -> None:
         self.logger.close()
         self.accelerator.end_training()

@@ -193,14 +193,7 @@ def train_tokenizer(options: TokenizerTrainOptions) -> TokenizerTrainResult:
                 stopped = step < o.max_steps
                 break
     bar.close()
-    if step != last_saved:
-        session.save(step, {**meta, "heldout_psnr": heldout_psnr})
-    if session.is_main and stopped:
-        reason = session.stop.signal_name or "time budget"
-        print(
-            f"stopped at step {step} ({reason}); checkpoint saved, run the same command to resume", flush=True
-        )
-    session.close()
+    session.finish(step, last_saved, {**meta, "heldout_psnr": heldout_psnr}, stopped)
     return TokenizerTrainResult(session.out, step, heldout_psnr, time.monotonic() - session.started, stopped)
 
 

@@ -45,6 +45,7 @@ from wm_video.errors import InputError
 from wm_video.fileio import atomic_write_json, atomic_write_text, signals_deferred
 
 if TYPE_CHECKING:
+    from wm_video.dynamics import DynamicsModel
     from wm_video.tokenizer import VideoTokenizer
 
 CHECKPOINT_FORMAT = 1
@@ -76,7 +77,19 @@ def _build_tokenizer(config: dict[str, Any]) -> torch.nn.Module:
         raise InputError(f"tokenizer config: {err}") from err
 
 
-_MODELS: dict[str, Callable[[dict[str, Any]], torch.nn.Module]] = {"tokenizer": _build_tokenizer}
+def _build_dynamics(config: dict[str, Any]) -> torch.nn.Module:
+    from wm_video.dynamics import DynamicsConfig, DynamicsModel
+
+    try:
+        return DynamicsModel(DynamicsConfig.from_dict(config))
+    except TypeError as err:
+        raise InputError(f"dynamics config: {err}") from err
+
+
+_MODELS: dict[str, Callable[[dict[str, Any]], torch.nn.Module]] = {
+    "tokenizer": _build_tokenizer,
+    "dynamics": _build_dynamics,
+}
 
 
 def build_model(kind: str, config: dict[str, Any]) -> torch.nn.Module:
@@ -372,19 +385,37 @@ def load_checkpoint(path: Path, *, kind: str | None = None, with_training_state:
     )
 
 
+def _load_for_inference(
+    path: Path, kind: str, ema: bool, device: str | torch.device
+) -> tuple[torch.nn.Module, Checkpoint]:
+    checkpoint = load_checkpoint(path, kind=kind, with_training_state=False)
+    try:
+        model = build_model(kind, checkpoint.config)
+    except InputError as err:
+        raise InputError(f"{checkpoint.path / 'checkpoint.json'}: {err}") from err
+    use_ema = ema and checkpoint.ema_weights is not None
+    weights = checkpoint.ema_weights if use_ema and checkpoint.ema_weights is not None else checkpoint.weights
+    load_weights(model, weights, checkpoint.path / ("ema.safetensors" if use_ema else "model.safetensors"))
+    return model.to(device).eval(), checkpoint
+
+
 def load_tokenizer(
     path: Path, *, ema: bool = True, device: str | torch.device = "cpu"
 ) -> tuple[VideoTokenizer, Checkpoint]:
     """A tokenizer ready for inference (EMA weights when asked for and saved), and its checkpoint."""
     from wm_video.tokenizer import VideoTokenizer
 
-    checkpoint = load_checkpoint(path, kind="tokenizer", with_training_state=False)
-    try:
-        model = build_model("tokenizer", checkpoint.config)
-    except InputError as err:
-        raise InputError(f"{checkpoint.path / 'checkpoint.json'}: {err}") from err
+    model, checkpoint = _load_for_inference(path, "tokenizer", ema, device)
     assert isinstance(model, VideoTokenizer)
-    use_ema = ema and checkpoint.ema_weights is not None
-    weights = checkpoint.ema_weights if use_ema and checkpoint.ema_weights is not None else checkpoint.weights
-    load_weights(model, weights, checkpoint.path / ("ema.safetensors" if use_ema else "model.safetensors"))
-    return model.to(device).eval(), checkpoint
+    return model, checkpoint
+
+
+def load_dynamics(
+    path: Path, *, ema: bool = True, device: str | torch.device = "cpu"
+) -> tuple[DynamicsModel, Checkpoint]:
+    """A dynamics model ready for inference (EMA weights when asked for and saved), and its checkpoint."""
+    from wm_video.dynamics import DynamicsModel
+
+    model, checkpoint = _load_for_inference(path, "dynamics", ema, device)
+    assert isinstance(model, DynamicsModel)
+    return model, checkpoint

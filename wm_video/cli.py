@@ -22,6 +22,10 @@ if TYPE_CHECKING:
 
 Handler = Callable[[argparse.Namespace], int]
 
+#: `wm-video bench --preset` choices: the keys of wm_video.dynamics.DYNAMICS_PRESETS, written out so
+#: `--help` does not import torch (tests/test_bench_world.py checks they agree).
+WORLD_PRESETS = ("tiny", "base")
+
 
 def _positive_int(text: str) -> int:
     value = int(text)
@@ -186,14 +190,74 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from wm_video.train.dynamics import main as train_dynamics_main
     from wm_video.train.tokenizer import main as train_tokenizer_main
 
-    programs = {"tokenizer": train_tokenizer_main}
+    programs = {"tokenizer": train_tokenizer_main, "dynamics": train_dynamics_main}
     return programs[args.program](args.program_args, prog=f"wm-video train {args.program}")
+
+
+def _eval_dynamics(args: argparse.Namespace) -> int:
+    import torch
+
+    from wm_video.checkpoint import load_dynamics, load_tokenizer
+    from wm_video.data.cache import load_cache
+    from wm_video.data.split import split_episodes
+    from wm_video.data.tokens import load_token_cache
+    from wm_video.engine import check_pair
+    from wm_video.eval.dynamics import evaluate_dynamics
+    from wm_video.fileio import atomic_write_json
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dynamics, checkpoint = load_dynamics(args.checkpoint, device=device, ema=not args.raw_weights)
+    tokenizer_path = args.tokenizer or checkpoint.meta.get("tokenizer")
+    if not tokenizer_path:
+        raise WMVideoError(
+            f"{checkpoint.path}: the checkpoint does not name its tokenizer; pass --tokenizer RUN"
+        )
+    tokenizer, _ = load_tokenizer(Path(tokenizer_path), device=device)
+    check_pair(tokenizer, dynamics)
+    data = args.data or checkpoint.meta.get("data")
+    if data is None:
+        raise WMVideoError(f"{checkpoint.path}: the checkpoint does not name its dataset; pass --data DIR")
+    progress = sys.stderr.isatty()
+    frames = load_cache(Path(data), size=tokenizer.config.image_size, progress=progress)
+    tokens = load_token_cache(frames, tokenizer, progress=progress)
+    if tuple(tokens.action_names) != dynamics.config.action_names:
+        raise WMVideoError(
+            f"{data}: its actions {list(tokens.action_names)} are not the model's {list(dynamics.config.action_names)}"
+        )
+    split = split_episodes(tokens.episode_indices.tolist(), checkpoint.meta.get("holdout", 0.1))
+    which = "held-out episodes" if split.heldout and not args.all_episodes else "all episodes"
+    episodes = list(split.heldout) if which == "held-out episodes" else tokens.episode_indices.tolist()
+    report = evaluate_dynamics(
+        tokenizer,
+        dynamics,
+        tokens,
+        frames.frames,
+        episodes,
+        clips=args.clips,
+        context=args.context,
+        horizon=args.horizon,
+        seed=args.seed,
+    )
+    print(
+        f"{checkpoint.path} (step {checkpoint.step}, {'raw' if args.raw_weights else 'EMA'} weights) on {data}: {which}"
+    )
+    print(report.format())
+    if args.json is not None:
+        atomic_write_json(
+            args.json, {"checkpoint": str(checkpoint.path), "step": checkpoint.step, **report.to_dict()}
+        )
+        print(f"report: {args.json}")
+    return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
     import signal
+
+    if args.what == "dynamics":
+        return _eval_dynamics(args)
 
     import torch
 
@@ -254,6 +318,29 @@ def _bench_tokenizer(args: argparse.Namespace) -> int:
         progress=sys.stderr.isatty(),
     )
     print(result.format())
+    return 0
+
+
+def _bench_world(args: argparse.Namespace) -> int:
+    from wm_video.bench.world import bench_world
+    from wm_video.fileio import atomic_write_json
+
+    result = bench_world(
+        preset=args.preset,
+        checkpoint=args.checkpoint,
+        tokenizer=args.tokenizer,
+        device=args.device,
+        dtype=args.dtype,
+        steps=args.steps,
+        warmup=args.warmup,
+        threads=args.threads,
+        compile=args.compile,
+        progress=sys.stderr.isatty(),
+    )
+    print(result.format())
+    if args.json is not None:
+        atomic_write_json(args.json, result.to_dict())
+        print(f"report: {args.json}")
     return 0
 
 
@@ -336,16 +423,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser(
         "train",
-        help="train a model (tokenizer); `wm-video train tokenizer --help` lists its flags",
+        help="train a model (tokenizer, dynamics); `wm-video train dynamics --help` lists its flags",
         description="Train a model. Every program also runs under `accelerate launch` / `torchrun` "
         "as `python -m wm_video.train.<program>`.",
     )
-    p.add_argument("program", choices=["tokenizer"], help="what to train")
+    p.add_argument("program", choices=["tokenizer", "dynamics"], help="what to train")
     p.add_argument("program_args", nargs=argparse.REMAINDER, help="the program's own flags")
     p.set_defaults(handler=_train)
 
     p = commands.add_parser("eval", help="evaluate a trained model on held-out footage")
-    p.add_argument("what", choices=["tokenizer"], help="tokenizer: PSNR, SSIM, codebook use, bits per frame")
+    p.add_argument(
+        "what",
+        choices=["tokenizer", "dynamics"],
+        help="tokenizer: PSNR, SSIM, codebook use, bits per frame; dynamics: teacher-forced next-frame PSNR, "
+        "ΔPSNR(t=4) and drift over a rollout",
+    )
     p.add_argument("--checkpoint", type=Path, required=True, help="run folder or checkpoint step folder")
     p.add_argument(
         "--data", type=Path, default=None, help="dataset folder (default: the one it was trained on)"
@@ -365,10 +457,57 @@ def build_parser() -> argparse.ArgumentParser:
     )
     group.add_argument("--raw-weights", action="store_true", help="the trained weights instead of their EMA")
     group.add_argument("--json", type=Path, default=None, help="also write the report as JSON")
+    group = p.add_argument_group("dynamics")
+    group.add_argument(
+        "--tokenizer", type=Path, default=None, help="tokenizer (default: the one it was trained with)"
+    )
+    group.add_argument("--clips", type=_positive_int, default=16, help="held-out clips scored (default 16)")
+    group.add_argument(
+        "--context", type=_positive_int, default=4, help="real frames before a rollout (default 4)"
+    )
+    group.add_argument(
+        "--horizon", type=_positive_int, default=16, help="frames generated per rollout (default 16)"
+    )
+    group.add_argument("--seed", type=int, default=0, help="which clips, and the sampling noise (default 0)")
     p.set_defaults(handler=_eval)
 
-    bench = commands.add_parser("bench", help="measure speed and print medians")
-    benches = bench.add_subparsers(dest="what", required=True, metavar="WHAT")
+    bench = commands.add_parser(
+        "bench",
+        help="measure speed and print medians: the playable world, or WHAT (data, tokenizer)",
+        description="Without WHAT: ms per generated frame of a playable world at batch 1 (dynamics "
+        "trunk and head passes, decode, whole step), frames/s beside the limit the device's measured "
+        "matmul peak sets. With WHAT: another benchmark; `wm-video bench WHAT --help` lists its flags.",
+    )
+    group = bench.add_argument_group("model")
+    which = group.add_mutually_exclusive_group()
+    which.add_argument(
+        "--preset", choices=WORLD_PRESETS, default="tiny", help="a preset with random weights (default tiny)"
+    )
+    which.add_argument(
+        "--checkpoint", type=Path, default=None, help="a trained dynamics run or checkpoint instead"
+    )
+    group.add_argument(
+        "--tokenizer",
+        type=Path,
+        default=None,
+        help="tokenizer run (default: the checkpoint's or the preset's)",
+    )
+    group = bench.add_argument_group("run")
+    group.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="default cpu")
+    group.add_argument(
+        "--dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="default float32"
+    )
+    group.add_argument("--steps", type=_positive_int, default=300, help="timed steps per loop (default 300)")
+    group.add_argument(
+        "--warmup", type=int, default=30, help="untimed steps first, at least the context window (default 30)"
+    )
+    group.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: all)")
+    group.add_argument("--compile", action="store_true", help="torch.compile the dynamics step, as play can")
+    group.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
+    bench.set_defaults(handler=_bench_world)
+    benches = bench.add_subparsers(
+        dest="what", required=False, metavar="[WHAT]", title="other benchmarks (WHAT)"
+    )
     p = benches.add_parser("data", help="collection, cache build and sampler frames/s")
     p.add_argument("--size", type=_positive_int, default=64, help="frame size (default 64)")
     p.add_argument("--workers", type=_positive_int, default=2, help="collection workers (default 2)")

@@ -1,10 +1,30 @@
-"""Speed benchmarks: the data path (:mod:`.data`) and the tokenizer's streaming step (:mod:`.tokenizer`).
+"""Speed benchmarks: the data path (:mod:`.data`), the tokenizer's streaming step (:mod:`.tokenizer`)
+and a playable world, frame by frame (:mod:`.world`).
 
 Each benchmark returns a dataclass with a ``format()`` table; ``wm-video bench`` prints it.
-The tokenizer benchmark imports torch models, so it is not imported here: use
-``from wm_video.bench.tokenizer import bench_tokenizer``.
+The tokenizer and world benchmarks import torch models, so they load on first use:
+``from wm_video.bench import bench_world`` imports torch then, ``bench_data`` never does.
+Use ``from wm_video.bench.tokenizer import bench_tokenizer`` for the tokenizer.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from wm_video.bench.data import DataBenchResult, bench_data
 
-__all__ = ["DataBenchResult", "bench_data"]
+if TYPE_CHECKING:
+    from wm_video.bench.world import WorldBenchResult, bench_world
+
+_WORLD_NAMES = ("WorldBenchResult", "bench_world")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WORLD_NAMES:
+        from wm_video.bench import world
+
+        return getattr(world, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["DataBenchResult", "WorldBenchResult", "bench_data", "bench_world"]

@@ -143,7 +143,16 @@ def frame_flops(config: TokenizerConfig, linear_modules: Sequence[nn.Module], la
 
 
 # -- setup -----------------------------------------------------------------------------------------
-def _check_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
+def check_timing_options(steps: int, warmup: int, threads: int | None) -> None:
+    if steps < 1:
+        raise InputError(f"steps must be ≥ 1; got {steps}")
+    if warmup < 0:
+        raise InputError(f"warmup must be ≥ 0; got {warmup}")
+    if threads is not None and threads < 1:
+        raise InputError(f"threads must be ≥ 1; got {threads}")
+
+
+def check_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
     if dtype not in DTYPES:
         raise InputError(f"unknown dtype {dtype!r}; choose one of {list(DTYPES)}")
     try:
@@ -159,7 +168,7 @@ def _check_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
     return where, DTYPES[dtype]
 
 
-def _device_name(where: torch.device) -> str:
+def device_name(where: torch.device) -> str:
     if where.type == "cuda":
         return torch.cuda.get_device_name(where)
     name = platform.processor() or platform.machine()
@@ -171,7 +180,7 @@ def _device_name(where: torch.device) -> str:
     return f"{name}, {torch.get_num_threads()} torch threads"
 
 
-def _process_max_rss_bytes() -> int:
+def process_max_rss_bytes() -> int:
     """Peak resident memory of the whole process so far (Python, torch, every earlier allocation)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # macOS reports bytes, Linux KiB
@@ -191,7 +200,7 @@ def _load_model(
 
 
 # -- timing ----------------------------------------------------------------------------------------
-def _time_steps(
+def time_steps(
     step: Callable[[], object], warmup: int, steps: int, cuda: bool, label: str, progress: bool
 ) -> FrameTiming:
     """Call ``step`` ``warmup`` times untimed, then ``steps`` times, timing each call."""
@@ -225,13 +234,8 @@ def bench_tokenizer(
     ``checkpoint``, when given, is loaded (EMA weights) instead of building ``preset`` with
     random weights. ``threads`` sets :func:`torch.set_num_threads` for the run only.
     """
-    if steps < 1:
-        raise InputError(f"steps must be ≥ 1; got {steps}")
-    if warmup < 0:
-        raise InputError(f"warmup must be ≥ 0; got {warmup}")
-    if threads is not None and threads < 1:
-        raise InputError(f"threads must be ≥ 1; got {threads}")
-    where, torch_dtype = _check_device(device, dtype)
+    check_timing_options(steps, warmup, threads)
+    where, torch_dtype = check_device(device, dtype)
     cuda = where.type == "cuda"
 
     threads_before = torch.get_num_threads()
@@ -254,11 +258,11 @@ def bench_tokenizer(
         untimed = max(warmup, config.temporal_window - 1)
         with torch.inference_mode():
             decoder = model.stream(batch_size=1)
-            decode = _time_steps(
+            decode = time_steps(
                 lambda: decoder.decode_tokens(token_frame), untimed, steps, cuda, "decode", progress
             )
             encoder = model.stream(batch_size=1)
-            encode = _time_steps(lambda: encoder.encode(frame), untimed, steps, cuda, "encode", progress)
+            encode = time_steps(lambda: encoder.encode(frame), untimed, steps, cuda, "encode", progress)
 
         encoder_side = [model.patch_embed, model.encoder, model.to_latent]
         decoder_side = [model.from_latent, model.decoder, model.to_pixels]
@@ -267,11 +271,11 @@ def bench_tokenizer(
         if cuda:
             peak, peak_kind = torch.cuda.max_memory_allocated(where), "CUDA max allocated by torch"
         else:
-            peak, peak_kind = _process_max_rss_bytes(), "max RSS of the whole process"
+            peak, peak_kind = process_max_rss_bytes(), "max RSS of the whole process"
         return TokenizerBenchResult(
             model=label,
             device=str(where),
-            device_name=_device_name(where),
+            device_name=device_name(where),
             torch_version=torch.__version__,
             dtype=dtype,
             threads=torch.get_num_threads(),

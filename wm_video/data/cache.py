@@ -30,7 +30,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,19 +79,11 @@ def dataset_fingerprint(root: Path, size: int) -> str:
     return digest.hexdigest()
 
 
-@dataclass(frozen=True)
-class TrainingCache:
-    """A decoded dataset: frames (memmap, read-only), actions and episode boundaries."""
+class EpisodeRows:
+    """Episode bookkeeping of a cache whose rows are frames in episode order (frame and token caches)."""
 
-    path: Path
-    frames: np.ndarray  # (N, size, size, 3) uint8 memmap
-    actions: np.ndarray  # (N, A) float32
-    episode_starts: np.ndarray  # (E + 1,) int64
+    episode_starts: np.ndarray  # (E + 1,) int64: episode e is rows starts[e]:starts[e + 1]
     episode_indices: np.ndarray  # (E,) int64, the dataset's episode indices
-    fps: float
-    action_names: tuple[str, ...]
-    size: int
-    fingerprint: str
 
     @property
     def num_frames(self) -> int:
@@ -105,11 +97,30 @@ class TrainingCache:
     def episode_lengths(self) -> np.ndarray:
         return np.diff(self.episode_starts)
 
-    def episode(self, e: int) -> tuple[np.ndarray, np.ndarray]:
-        """(frames (T, H, W, 3), actions (T, A)) views of the e-th cached episode (position, not index)."""
+    def episode_rows(self, e: int) -> slice:
+        """The rows of the e-th cached episode (position, not index)."""
         if not 0 <= e < self.num_episodes:
             raise InputError(f"episode position {e} is out of range; the cache holds {self.num_episodes}")
-        rows = slice(int(self.episode_starts[e]), int(self.episode_starts[e + 1]))
+        return slice(int(self.episode_starts[e]), int(self.episode_starts[e + 1]))
+
+
+@dataclass(frozen=True)
+class TrainingCache(EpisodeRows):
+    """A decoded dataset: frames (memmap, read-only), actions and episode boundaries."""
+
+    path: Path
+    frames: np.ndarray  # (N, size, size, 3) uint8 memmap
+    actions: np.ndarray  # (N, A) float32
+    episode_starts: np.ndarray  # (E + 1,) int64
+    episode_indices: np.ndarray  # (E,) int64, the dataset's episode indices
+    fps: float
+    action_names: tuple[str, ...]
+    size: int
+    fingerprint: str
+
+    def episode(self, e: int) -> tuple[np.ndarray, np.ndarray]:
+        """(frames (T, H, W, 3), actions (T, A)) views of the e-th cached episode (position, not index)."""
+        rows = self.episode_rows(e)
         return self.frames[rows], self.actions[rows]
 
 
@@ -142,7 +153,8 @@ def _open_cache(path: Path, fingerprint: str) -> TrainingCache | None:
 
 
 @contextmanager
-def _build_lock(target: Path) -> Iterator[None]:
+def build_lock(target: Path) -> Iterator[None]:
+    """Hold the lock file ``.<name>.lock`` beside ``target``: one process builds it at a time."""
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.parent / f".{target.name}.lock", "a") as handle:
         if fcntl is not None:
@@ -152,6 +164,31 @@ def _build_lock(target: Path) -> Iterator[None]:
         finally:
             if fcntl is not None:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def build_folder(target: Path, what: str, fill: Callable[[Path], None]) -> None:
+    """Build a cache folder: ``fill`` a temporary sibling (its manifest last), then rename it into place.
+
+    Call it holding :func:`build_lock`. A folder with files but no manifest is refused, not
+    replaced; leftovers of crashed builds are removed first; a failure leaves ``target`` as it was.
+    """
+    if target.exists() and any(target.iterdir()) and not (target / MANIFEST_FILE).exists():
+        raise InputError(f"{target} is not a {what} (no {MANIFEST_FILE}); refusing to replace it")
+    for pattern in (f".{target.name}.tmp-*", f".{target.name}.old-*") if fcntl else ():
+        for leftover in target.parent.glob(pattern):  # from crashed builds (we hold the lock)
+            shutil.rmtree(leftover, ignore_errors=True)
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        fill(tmp)
+        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _decode_into(tmp: Path, root: Path, size: int, fingerprint: str, progress: bool) -> None:
@@ -211,27 +248,13 @@ def build_cache(
     root = Path(root)
     lerobot.read_info(root)  # a clear error for a missing or foreign folder, before creating .cache
     target = Path(cache_dir) if cache_dir is not None else default_cache_dir(root, size)
-    with _build_lock(target):
+    with build_lock(target):
         fingerprint = dataset_fingerprint(root, size)
         if not force and (cache := _open_cache(target, fingerprint)) is not None:
             return cache
-        if target.exists() and any(target.iterdir()) and not (target / MANIFEST_FILE).exists():
-            raise InputError(f"{target} is not a training cache (no {MANIFEST_FILE}); refusing to replace it")
-        for pattern in (f".{target.name}.tmp-*", f".{target.name}.old-*") if fcntl else ():
-            for leftover in target.parent.glob(pattern):  # from crashed builds (we hold the lock)
-                shutil.rmtree(leftover, ignore_errors=True)
-        tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
-        try:
-            _decode_into(tmp, root, size, fingerprint, progress)
-            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-            if target.exists():
-                os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        build_folder(
+            target, "training cache", lambda tmp: _decode_into(tmp, root, size, fingerprint, progress)
+        )
         cache = _open_cache(target, fingerprint)
     if cache is None:  # pragma: no cover - only if the folder is changed under us
         raise DatasetError("the cache just built cannot be opened", path=target)

@@ -1,4 +1,7 @@
-"""Clips for training, drawn from the training cache: ``(frames[T], actions[T])``.
+"""Clips for training, drawn from a cache of per-frame rows: ``(frames[T], actions[T])``.
+
+The rows are decoded frames (:class:`~wm_video.data.cache.TrainingCache`) or each frame's token
+grid (:class:`~wm_video.data.tokens.TokenCache`); either fits :class:`ClipTable`.
 
 Design choices:
 - A clip never crosses an episode boundary: the valid starts of episode e are its rows
@@ -8,24 +11,40 @@ Design choices:
 - Split across ranks: rank r of W takes positions r, r + W, … of each permutation, so ranks draw
   different clips and change epoch together.
 - numpy only (no torch import): a batch is one contiguous memmap copy per clip into a
-  preallocated array, far faster than any model consumes it.
+  preallocated array of the rows' dtype, far faster than any model consumes it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from wm_video.data.cache import TrainingCache
 from wm_video.errors import InputError
+
+
+class ClipTable(Protocol):
+    """What :class:`ClipSampler` reads: one row per frame, all episodes back to back."""
+
+    @property
+    def frames(self) -> np.ndarray: ...  # (N, …): (N, H, W, 3) uint8 frames or (N, tokens_per_frame) tokens
+    @property
+    def actions(self) -> np.ndarray: ...  # (N, A) float32
+    @property
+    def episode_starts(self) -> np.ndarray: ...  # (E + 1,) int64 row offsets
+    @property
+    def episode_indices(self) -> np.ndarray: ...  # (E,) int64, the dataset's episode indices
+    @property
+    def episode_lengths(self) -> np.ndarray: ...  # (E,) int64
+    @property
+    def num_episodes(self) -> int: ...
 
 
 @dataclass(frozen=True)
 class Clip:
-    frames: np.ndarray  # (T, H, W, 3) uint8
+    frames: np.ndarray  # (T, …): (T, H, W, 3) uint8 frames, or (T, N) token grids for a token cache
     actions: np.ndarray  # (T, A) float32
     episode: int  # the dataset's episode index
     start: int  # first frame within that episode
@@ -33,7 +52,7 @@ class Clip:
 
 @dataclass(frozen=True)
 class ClipBatch:
-    frames: np.ndarray  # (B, T, H, W, 3) uint8
+    frames: np.ndarray  # (B, T, …): (B, T, H, W, 3) uint8 frames, or (B, T, N) tokens of a token cache
     actions: np.ndarray  # (B, T, A) float32
     episode: np.ndarray  # (B,) int64
     start: np.ndarray  # (B,) int64
@@ -46,12 +65,14 @@ class ClipSampler:
     ``np.random.default_rng([seed, e])``; rank ``r`` of ``world_size`` takes positions
     r, r + world_size, … of it. Every rank draws ``num_starts // world_size`` clips per epoch
     (the tail of each permutation is dropped, a different tail each epoch), so ranks change
-    epoch together. ``episodes`` restricts clips to those dataset episode indices.
+    epoch together. ``episodes`` restricts clips to those dataset episode indices. ``cache`` is
+    a :class:`~wm_video.data.cache.TrainingCache` (clips of frames) or a
+    :class:`~wm_video.data.tokens.TokenCache` (clips of token grids).
     """
 
     def __init__(
         self,
-        cache: TrainingCache,
+        cache: ClipTable,
         clip_len: int,
         *,
         seed: int = 0,
@@ -134,9 +155,10 @@ class ClipSampler:
         """The next ``batch_size`` clips, stacked."""
         picked = self._next_indices(batch_size)
         rows = self._row[picked][:, None] + np.arange(self.clip_len)  # (B, T)
-        frames = np.empty((batch_size, self.clip_len, *self.cache.frames.shape[1:]), dtype=np.uint8)
+        table = self.cache.frames
+        frames = np.empty((batch_size, self.clip_len, *table.shape[1:]), dtype=table.dtype)  # (B, T, …)
         for b, row in enumerate(self._row[picked]):  # one contiguous memmap copy per clip
-            frames[b] = self.cache.frames[row : row + self.clip_len]
+            frames[b] = table[row : row + self.clip_len]
         return ClipBatch(
             frames=frames,
             actions=self.cache.actions[rows],

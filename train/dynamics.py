@@ -1,0 +1,339 @@
+"""Train the dynamics model: ``wm-video train dynamics --data DIR --tokenizer RUN --preset tiny --out RUN``.
+
+The dataset is decoded into the frame cache and tokenized once by the tokenizer into a token
+cache (:mod:`wm_video.data.tokens`, progress bar); clips of tokens and actions then train the
+model with the masked-token objective from a corrupted context
+(:mod:`wm_video.dynamics.objective`). Same program on a CPU, one GPU, or several processes under
+``accelerate launch`` / ``torchrun`` (``python -m wm_video.train.dynamics …``); a run resumes
+when the command is run again with the same ``--out`` (:mod:`wm_video.train.session`).
+
+Written to RUN: ``run.json``, ``log.jsonl`` (loss and masked-token accuracy every
+``--log-every`` steps; every ``--eval-every`` steps, on held-out clips with the EMA model:
+teacher-forced next-frame PSNR, token accuracy, and ΔPSNR at t = 4),
+``samples/step-*.png`` (real frames above the teacher-forced predictions) and ``checkpoints/``
+(the tokenizer checkpoint used is recorded in ``meta.tokenizer``, so play and eval find it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from wm_video.checkpoint import load_checkpoint, load_tokenizer, resolve_checkpoint
+from wm_video.data.cache import load_cache
+from wm_video.data.lerobot import read_info
+from wm_video.data.reader import open_dataset
+from wm_video.data.sampler import ClipBatch, ClipSampler
+from wm_video.data.split import DEFAULT_HOLDOUT, split_episodes
+from wm_video.data.tokens import TokenCache, load_token_cache, tokenizer_fingerprint
+from wm_video.dynamics import (
+    DYNAMICS_PRESETS,
+    CorruptionConfig,
+    DynamicsLosses,
+    DynamicsModel,
+    dynamics_config,
+    masked_token_loss,
+)
+from wm_video.engine import World
+from wm_video.errors import InputError, WMVideoError
+from wm_video.eval.dynamics import controllability, teacher_forced
+from wm_video.tokenizer import VideoTokenizer
+from wm_video.train.common import save_comparison_grid
+from wm_video.train.session import SessionOptions, TrainingSession, add_session_flags, session_options
+
+PROBE_CLIPS = 6  # held-out clips scored at every eval step
+PROBE_CONTEXT = 4  # real frames before the rollouts that measure ΔPSNR
+PROBE_HORIZON = 4  # ΔPSNR(t = 4), as Genie reports it
+
+
+@dataclass(frozen=True)
+class DynamicsTrainOptions:
+    data: Path
+    tokenizer: Path
+    session: SessionOptions
+    preset: str = "tiny"
+    clip_len: int = 16
+    holdout: float = DEFAULT_HOLDOUT
+    corruption: CorruptionConfig = CorruptionConfig()
+
+
+@dataclass(frozen=True)
+class DynamicsTrainResult:
+    run: Path
+    step: int
+    probe: dict[str, float]  # the last held-out evaluation ({} if none ran)
+    seconds: float
+    stopped_early: bool
+
+
+def train_step(
+    session: TrainingSession, model: torch.nn.Module, batch: ClipBatch, corruption: CorruptionConfig
+) -> DynamicsLosses:
+    """Forward under autocast, backward (gradients accumulate across calls)."""
+    tokens = torch.from_numpy(batch.frames.astype(np.int64)).to(session.device)
+    actions = torch.from_numpy(batch.actions).to(session.device)
+    with session.accelerator.accumulate(model):
+        with session.accelerator.autocast():
+            core = session.accelerator.unwrap_model(model)
+            assert isinstance(core, DynamicsModel)
+            losses = masked_token_loss(core, tokens, actions, corruption, forward=model)
+        session.accelerator.backward(losses.total)
+    return losses
+
+
+def action_scale(tokens: TokenCache, buttons: int, episodes: Sequence[int]) -> tuple[float, ...]:
+    """1 for each button; each delta's standard deviation over the training episodes (1 where it never moves)."""
+    position = {int(e): i for i, e in enumerate(tokens.episode_indices.tolist())}
+    rows = [tokens.episode(position[int(e)])[1] for e in episodes]
+    std = (
+        np.concatenate(rows)[:, buttons:].std(axis=0) if rows else np.zeros(tokens.actions.shape[1] - buttons)
+    )
+    return (1.0,) * buttons + tuple(float(s) if s > 1e-6 else 1.0 for s in std)
+
+
+def _check_same_tokenizer(out: Path, tokenizer_path: Path, tokenizer_id: str) -> None:
+    """A run resumes only with the tokenizer it was trained on (``--tokenizer RUN`` names that run's newest
+    checkpoint, which moves on while it trains)."""
+    if not (out / "checkpoints").exists():
+        return
+    try:
+        saved = load_checkpoint(out, kind="dynamics", with_training_state=False)
+    except InputError:
+        return  # no complete checkpoint: nothing to resume; the session reports anything else
+    recorded = saved.meta.get("tokenizer_fingerprint")
+    if recorded is not None and recorded != tokenizer_id:
+        raise InputError(
+            f"{out} was trained with the tokenizer {saved.meta.get('tokenizer')}, and {tokenizer_path} has other "
+            f"weights; pass --tokenizer {saved.meta.get('tokenizer')} to resume, or use a new --out"
+        )
+
+
+class Probe:
+    """Held-out clips scored with the EMA model at every eval step (always the same clips)."""
+
+    def __init__(
+        self, tokens: TokenCache, frames: np.ndarray, episodes: Sequence[int], device: torch.device
+    ) -> None:
+        length = PROBE_CONTEXT + PROBE_HORIZON
+        sampler = ClipSampler(tokens, length, seed=12345, episodes=episodes)
+        picked = sampler.sample_batch(PROBE_CLIPS)
+        first_row = dict(
+            zip(tokens.episode_indices.tolist(), tokens.episode_starts[:-1].tolist(), strict=True)
+        )
+        rows = [first_row[int(e)] + int(s) for e, s in zip(picked.episode, picked.start, strict=True)]
+        self.frames = np.stack([frames[r : r + length] for r in rows])  # (B, T, H, W, 3)
+        self.tokens = torch.from_numpy(picked.frames.astype(np.int64)).to(device)
+        self.actions = torch.from_numpy(picked.actions).to(device)
+        rng = np.random.default_rng(12345)  # random actions: rows drawn from anywhere in the data
+        self.random_actions = tokens.actions[rng.integers(0, tokens.num_frames, (PROBE_CLIPS, PROBE_HORIZON))]
+
+    def __call__(
+        self, tokenizer: VideoTokenizer, model: DynamicsModel
+    ) -> tuple[dict[str, float], np.ndarray]:
+        report, generated = teacher_forced(tokenizer, model, self.frames, self.tokens, self.actions)
+        world = World(tokenizer, model, batch_size=PROBE_CLIPS)
+        control = controllability(
+            world,
+            self.frames,
+            self.actions.cpu().numpy(),
+            self.random_actions,
+            context=PROBE_CONTEXT,
+            horizon=PROBE_HORIZON,
+        )
+        metrics = {
+            "heldout_next_psnr": report.psnr,
+            "heldout_token_accuracy": report.token_accuracy,
+            "heldout_tokenizer_psnr": report.tokenizer_psnr,
+            "heldout_repeat_psnr": report.repeat_psnr,
+            "heldout_delta_psnr_t4": control.delta_psnr,
+        }
+        return metrics, generated.cpu().numpy()
+
+
+def train_dynamics(options: DynamicsTrainOptions) -> DynamicsTrainResult:
+    if options.clip_len < 2:
+        raise InputError(f"--clip-len must be ≥ 2 (a frame and the one it predicts), got {options.clip_len}")
+    read_info(options.data)  # a clear error for a missing or foreign folder before the run folder is made
+    tokenizer_path = resolve_checkpoint(options.tokenizer)
+    tokenizer, _ = load_tokenizer(tokenizer_path)  # a wrong checkpoint fails before the run folder is made
+    tokenizer_id = tokenizer_fingerprint(tokenizer)
+    _check_same_tokenizer(options.session.out, tokenizer_path, tokenizer_id)
+    space = open_dataset(options.data).action_space
+    session = TrainingSession(
+        kind="dynamics",
+        options=options.session,
+        program_options={
+            "data": str(options.data),
+            "tokenizer": str(tokenizer_path),
+            "preset": options.preset,
+            "clip_len": options.clip_len,
+            "holdout": options.holdout,
+            "corruption": asdict(options.corruption),
+        },
+    )
+    o, accelerator = options.session, session.accelerator
+    tokenizer = tokenizer.to(session.device)
+    with accelerator.main_process_first():
+        frames = load_cache(options.data, size=tokenizer.config.image_size, progress=session.is_main)
+        tokens = load_token_cache(frames, tokenizer, device=session.device, progress=session.is_main)
+    split = split_episodes(tokens.episode_indices.tolist(), options.holdout)
+    lengths = dict(zip(tokens.episode_indices.tolist(), tokens.episode_lengths.tolist(), strict=True))
+    train_episodes = [e for e in split.train if lengths[e] >= options.clip_len]
+    if not train_episodes:
+        raise InputError(
+            f"{options.data}: no training episode has {options.clip_len} frames; lower --clip-len"
+        )
+    sampler = ClipSampler(
+        tokens,
+        options.clip_len,
+        seed=o.seed,
+        rank=session.rank,
+        world_size=session.world_size,
+        episodes=train_episodes,
+    )
+    probe_length = PROBE_CONTEXT + PROBE_HORIZON
+    probe_episodes = [e for e in split.heldout if lengths[e] >= probe_length] or [
+        e for e in split.train if lengths[e] >= probe_length
+    ]
+    probe = Probe(tokens, frames.frames, probe_episodes, session.device) if probe_episodes else None
+    scale = action_scale(tokens, len(space.buttons), train_episodes)
+    config = dynamics_config(options.preset, tokenizer.config, space, scale)
+    torch.manual_seed(o.seed)
+    model, _, ema, step = session.prepare(DynamicsModel(config), config.to_dict(), sampler)
+    meta: dict[str, Any] = {
+        "data": str(options.data),
+        "tokenizer": str(tokenizer_path.resolve()),
+        "tokenizer_fingerprint": tokenizer_id,
+        "holdout": options.holdout,
+        "heldout_episodes": list(split.heldout),
+        "probe_is_heldout": bool(split.heldout and probe_episodes and probe_episodes[0] in split.heldout),
+    }
+    if session.is_main:
+        parameters = sum(p.numel() for p in model.parameters()) / 1e6
+        print(
+            f"dynamics {options.preset}: {parameters:.1f} M parameters, {config.tokens_per_frame} tokens/frame, "
+            f"{config.decode_passes} passes; actions {list(config.action_names)}; {tokens.num_frames:,} frames, "
+            f"{len(train_episodes)} training / {len(split.heldout)} held-out episodes; {session.world_size} "
+            f"process(es) on {session.device}, precision {session.precision}",
+            flush=True,
+        )
+    frames_per_step = o.batch_size * (options.clip_len - 1) * session.world_size * o.grad_accum
+    last_probe: dict[str, float] = {}
+    last_saved, stopped = step, False
+    bar = tqdm(total=o.max_steps, initial=step, disable=not (session.is_main and o.progress), unit="step")
+    window_start, window_frames = time.perf_counter(), 0
+    with session.stop:
+        while step < o.max_steps:
+            for _ in range(o.grad_accum):
+                losses = train_step(session, model, sampler.sample_batch(o.batch_size), options.corruption)
+                stepped, grad_norm = session.optimizer_step(step)
+            step += 1
+            window_frames += frames_per_step
+            if stepped:
+                ema.update(accelerator.unwrap_model(model), step)
+            bar.update(1)
+            if step % o.log_every == 0 or step == o.max_steps:
+                metrics = {
+                    "loss": float(losses.total.detach()),
+                    "token_accuracy": float(losses.accuracy),
+                    "grad_norm": grad_norm,
+                    "lr": o.lr_at(step - 1),
+                    "frames_per_s": window_frames / (time.perf_counter() - window_start),
+                }
+                session.logger.log(step, metrics)
+                bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['token_accuracy']:.3f}")
+                window_start, window_frames = time.perf_counter(), 0
+            if probe is not None and session.is_main and (step % o.eval_every == 0 or step == o.max_steps):
+                assert isinstance(ema.model, DynamicsModel)
+                last_probe, generated = probe(tokenizer, ema.model)
+                session.logger.log(step, last_probe)
+                grid = save_comparison_grid(
+                    probe.frames[:, 1:], generated, session.out / "samples" / f"step-{step:08d}.png"
+                )
+                session.logger.log_image(step, "samples", grid)
+                bar.write(
+                    f"step {step}: held-out next-frame PSNR {last_probe['heldout_next_psnr']:.2f} dB "
+                    f"(tokenizer {last_probe['heldout_tokenizer_psnr']:.2f}, repeat {last_probe['heldout_repeat_psnr']:.2f}), "
+                    f"ΔPSNR(t=4) {last_probe['heldout_delta_psnr_t4']:+.2f} dB"
+                )
+            if step % o.save_every == 0:
+                session.save(step, {**meta, "probe": last_probe})
+                last_saved = step
+            if session.should_stop():
+                stopped = step < o.max_steps
+                break
+    bar.close()
+    session.finish(step, last_saved, {**meta, "probe": last_probe}, stopped)
+    return DynamicsTrainResult(session.out, step, last_probe, time.monotonic() - session.started, stopped)
+
+
+def build_parser(prog: str = "wm-video train dynamics") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Train the action-conditioned dynamics model on a dataset's tokens."
+    )
+    data = parser.add_argument_group("data and model")
+    data.add_argument("--data", type=Path, required=True, help="dataset folder (LeRobot v3.0/v2.1)")
+    data.add_argument("--tokenizer", type=Path, required=True, help="tokenizer run folder or checkpoint")
+    data.add_argument(
+        "--preset", choices=sorted(DYNAMICS_PRESETS), default="tiny", help="model size (default tiny)"
+    )
+    data.add_argument("--clip-len", type=int, default=16, help="frames per training clip (default 16)")
+    data.add_argument(
+        "--holdout",
+        type=float,
+        default=DEFAULT_HOLDOUT,
+        help="fraction of episodes held out, the last ones (default 0.1)",
+    )
+    robust = parser.add_argument_group("context corruption (robustness to the model's own mistakes)")
+    defaults = CorruptionConfig()
+    robust.add_argument(
+        "--token-noise",
+        type=float,
+        default=defaults.token_noise,
+        help=f"max share of a context frame's tokens replaced by random codes (default {defaults.token_noise})",
+    )
+    robust.add_argument(
+        "--repeat-frames",
+        type=float,
+        default=defaults.repeat_frames,
+        help=f"probability a context frame repeats the one before it (default {defaults.repeat_frames})",
+    )
+    add_session_flags(parser, SessionOptions(out=Path("run"), lr=3e-4, eval_every=250))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "wm-video train dynamics") -> int:
+    args = build_parser(prog).parse_args(argv)
+    try:
+        options = DynamicsTrainOptions(
+            data=args.data,
+            tokenizer=args.tokenizer,
+            session=session_options(args),
+            preset=args.preset,
+            clip_len=args.clip_len,
+            holdout=args.holdout,
+            corruption=CorruptionConfig(token_noise=args.token_noise, repeat_frames=args.repeat_frames),
+        )
+        result = train_dynamics(options)
+    except WMVideoError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    if result.probe:
+        print(
+            f"{result.run}: step {result.step}, held-out next-frame PSNR {result.probe['heldout_next_psnr']:.2f} dB, "
+            f"ΔPSNR(t=4) {result.probe['heldout_delta_psnr_t4']:+.2f} dB ({result.seconds:.0f} s)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(prog="python -m wm_video.train.dynamics"))

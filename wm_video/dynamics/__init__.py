@@ -1,0 +1,18 @@
+"""Tokens of frames and the keys pressed → the next frame's tokens (see :mod:`.model`)."""
+
+from wm_video.dynamics.config import DYNAMICS_PRESETS, DynamicsConfig, dynamics_config
+from wm_video.dynamics.model import DynamicsModel
+from wm_video.dynamics.objective import CorruptionConfig, DynamicsLosses, masked_token_loss
+from wm_video.dynamics.sampling import FrameSampler, SamplingConfig
+
+__all__ = [
+    "DYNAMICS_PRESETS",
+    "CorruptionConfig",
+    "DynamicsConfig",
+    "DynamicsLosses",
+    "DynamicsModel",
+    "FrameSampler",
+    "SamplingConfig",
+    "dynamics_config",
+    "masked_token_loss",
+]

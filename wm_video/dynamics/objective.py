@@ -1,0 +1,112 @@
+"""The dynamics model's training objective: masked next-frame tokens, from a deliberately imperfect context.
+
+For a clip of T frames, the trunk reads frames 0 … T − 2 with their actions, and the head
+predicts each frame 1 … T − 1 from a copy of it in which a random share of tokens is masked
+(MaskGIT: share = cos(π/2 · u), u uniform, at least one token). The loss is the cross-entropy
+of every masked token's digits, summed over FSQ channels, averaged over masked tokens.
+
+Context corruption (:class:`CorruptionConfig`) makes the model robust to its own mistakes in
+long rollouts, where it reads frames it generated rather than real ones (GameNGen adds noise to
+its context frames for the same reason). Each context frame gets its own corruption level:
+- ``token_noise``: a level drawn uniformly in [0, token_noise] per frame; that share of its
+  tokens is replaced by random codes;
+- ``repeat_frames``: each context frame after the first is, with this probability, replaced by
+  the frame before it (a dropped or stalled frame).
+Targets are always the real tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from wm_video.dynamics.model import DynamicsModel
+from wm_video.errors import InputError
+
+
+@dataclass(frozen=True)
+class CorruptionConfig:
+    token_noise: float = 0.1  # max share of a context frame's tokens replaced by random codes
+    repeat_frames: float = 0.0  # probability a context frame repeats the one before it
+
+    def __post_init__(self) -> None:
+        for name in ("token_noise", "repeat_frames"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise InputError(f"--{name.replace('_', '-')} must lie in [0, 1], got {value}")
+
+
+@dataclass
+class DynamicsLosses:
+    total: Tensor  # () float32, what is minimised
+    accuracy: Tensor  # () share of masked tokens whose every digit was predicted right (argmax)
+    masked: Tensor  # () share of target tokens that were masked
+
+
+def corrupt_context(tokens: Tensor, config: CorruptionConfig, codebook_size: int) -> Tensor:
+    """(B, T, N) context tokens → a corrupted copy (see the module docstring); torch's global RNG."""
+    batch, frames, count = tokens.shape
+    out = tokens
+    if config.repeat_frames > 0 and frames > 1:
+        repeat = torch.rand(batch, frames, device=tokens.device) < config.repeat_frames
+        repeat[:, 0] = False
+        # A run of repeats copies the last frame that was kept.
+        kept = torch.where(repeat, 0, torch.arange(frames, device=tokens.device))
+        source = torch.cummax(kept, dim=1).values  # (B, T) index of the frame each position shows
+        out = torch.gather(out, 1, source.unsqueeze(-1).expand(-1, -1, count))
+    if config.token_noise > 0:
+        level = torch.rand(batch, frames, 1, device=tokens.device) * config.token_noise
+        noisy = torch.rand(batch, frames, count, device=tokens.device) < level
+        random = torch.randint(0, codebook_size, out.shape, device=tokens.device)
+        out = torch.where(noisy, random, out)
+    return out
+
+
+def mask_targets(tokens: Tensor, mask_id: int) -> tuple[Tensor, Tensor]:
+    """(..., N) target tokens → (partial tokens with ``mask_id`` where masked, masked bool (..., N))."""
+    count = tokens.shape[-1]
+    share = torch.cos(0.5 * math.pi * torch.rand(tokens.shape[:-1], device=tokens.device))
+    masked_count = (share * count).ceil().clamp(1, count).long()  # (...)
+    rank = torch.rand(tokens.shape, device=tokens.device).argsort(dim=-1).argsort(dim=-1)
+    masked = rank < masked_count.unsqueeze(-1)
+    return torch.where(masked, mask_id, tokens), masked
+
+
+def masked_token_loss(
+    model: DynamicsModel,
+    tokens: Tensor,
+    actions: Tensor,
+    corruption: CorruptionConfig,
+    forward: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
+) -> DynamicsLosses:
+    """The loss of a batch of clips: tokens (B, T, N) int64, actions (B, T, A); T ≥ 2.
+
+    ``forward`` is the model as prepared for training (e.g. wrapped for several processes, whose
+    gradients are only averaged when the wrapper runs); it defaults to ``model``.
+    """
+    if tokens.shape[1] < 2:
+        raise InputError(f"clips need at least 2 frames to predict one; got {tokens.shape[1]}")
+    context = corrupt_context(tokens[:, :-1], corruption, model.config.codebook_size)
+    targets = tokens[:, 1:]
+    partial, masked = mask_targets(targets, model.mask_id)
+    logits = (forward or model)(context, actions[:, :-1], partial).float()  # (B, T−1, N, ΣL)
+    digits = model.digits(targets)  # (B, T−1, N, C)
+    weights = masked.float()
+    total = torch.zeros((), device=tokens.device)
+    all_right = torch.ones_like(masked)
+    for channel, channel_logits in enumerate(model.split_logits(logits)):
+        target = digits[..., channel]
+        loss = F.cross_entropy(channel_logits.flatten(0, -2), target.flatten(), reduction="none")
+        total = total + (loss.view_as(weights) * weights).sum()
+        all_right &= channel_logits.argmax(-1) == target
+    count = weights.sum()
+    return DynamicsLosses(
+        total=total / count,
+        accuracy=((all_right & masked).sum() / count).detach(),
+        masked=(count / masked.numel()).detach(),
+    )

@@ -1,0 +1,131 @@
+"""Decoding a frame: all tokens together, MaskGIT-style, in a fixed number of passes.
+
+Pass k (of P) samples every undecided token from the head's logits (one softmax per FSQ
+channel, with temperature and top-k), scores it by its log-probability plus Gumbel noise that
+fades over the passes (MaskGIT's choice temperature), and keeps the most confident ones: after
+pass k, ``round(N · cos(π/2 · k/P))`` tokens stay undecided, none after the last.
+
+Everything has a shape fixed in advance (how many tokens each pass keeps is a Python table),
+so a pass never reads a value back to the host and can be captured in a graph. Randomness is a
+counter-based hash of (seed, counter, position) computed with integer tensor ops
+(:func:`hashed_uniform`): the same seed gives the same frames on any device, with no generator
+state to capture or save.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from wm_video.dynamics.model import DynamicsModel
+from wm_video.errors import InputError
+
+_MASK32 = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    temperature: float = 1.0  # 0: always the most likely digit
+    top_k: int | None = None  # keep only the k most likely levels of each channel
+    passes: int | None = None  # None: the model's decode_passes
+    choice_noise: float = 1.0  # randomness in which tokens are decided first (faded to 0 by the last pass)
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise InputError(f"temperature must be ≥ 0, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise InputError(f"top-k must be ≥ 1, got {self.top_k}")
+        if self.passes is not None and not 1 <= self.passes <= 8:
+            raise InputError(f"passes must lie in 1..8, got {self.passes}")
+        if self.choice_noise < 0:
+            raise InputError(f"choice noise must be ≥ 0, got {self.choice_noise}")
+
+
+def undecided_after(tokens_per_frame: int, passes: int) -> tuple[int, ...]:
+    """Tokens still undecided after each pass (cosine schedule, ending at 0)."""
+    return tuple(round(tokens_per_frame * math.cos(0.5 * math.pi * k / passes)) for k in range(1, passes + 1))
+
+
+def _mix32(x: Tensor) -> Tensor:
+    """A 32-bit integer hash (int64 tensors holding values < 2^32; products stay < 2^63)."""
+    x = x ^ (x >> 16)
+    x = (x * 0x45D9F3B) & _MASK32
+    x = x ^ (x >> 16)
+    x = (x * 0x45D9F3B) & _MASK32
+    return x ^ (x >> 16)
+
+
+def hashed_uniform(seed: Tensor, counter: Tensor, shape: tuple[int, ...], device: torch.device) -> Tensor:
+    """Uniform floats in (0, 1), a pure function of (seed, counter, position); 24 random bits each."""
+    key = _mix32((_mix32(seed & _MASK32) ^ (counter & _MASK32)) & _MASK32)
+    index = torch.arange(math.prod(shape), device=device).reshape(shape)
+    bits = _mix32((_mix32(index & _MASK32) + key) & _MASK32) >> 8
+    return (bits.float() + 0.5) / float(1 << 24)
+
+
+def _gumbel(seed: Tensor, counter: Tensor, shape: tuple[int, ...], device: torch.device) -> Tensor:
+    return -torch.log(-torch.log(hashed_uniform(seed, counter, shape, device)))
+
+
+class FrameSampler:
+    """Decodes the next frame's tokens from trunk states with :class:`SamplingConfig`'s settings."""
+
+    def __init__(self, model: DynamicsModel, config: SamplingConfig | None = None) -> None:
+        self.model, self.config = model, config or SamplingConfig()
+        self.passes = self.config.passes or model.config.decode_passes
+        self.undecided = undecided_after(model.config.tokens_per_frame, self.passes)
+        # Channels padded to the widest level count: (C, Lmax) index into the ΣL logits, and
+        # which entries are padding. All channels are then sampled by the same few ops.
+        levels = model.config.levels
+        widest, offsets = max(levels), [sum(levels[:c]) for c in range(len(levels))]
+        index = torch.tensor(
+            [[o + min(j, n - 1) for j in range(widest)] for o, n in zip(offsets, levels, strict=True)]
+        )
+        padding = torch.tensor([[j >= n for j in range(widest)] for n in levels])
+        device = model.trunk_pos.device
+        self._index, self._padding = index.to(device), padding.to(device)
+
+    def _sample_digits(self, logits: Tensor, seed: Tensor, counter: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, N, ΣL) logits → digits (B, N, C) and their log-probability (B, N)."""
+        padded = logits.float()[..., self._index].masked_fill(self._padding, float("-inf"))  # (B, N, C, Lmax)
+        top_k = self.config.top_k
+        if top_k is not None and top_k < padded.shape[-1]:
+            kth = padded.topk(top_k, dim=-1).values[..., -1:]
+            padded = padded.masked_fill(padded < kth, float("-inf"))
+        if self.config.temperature > 0:
+            padded = padded / self.config.temperature
+            digits = (padded + _gumbel(seed, counter, tuple(padded.shape), padded.device)).argmax(-1)
+        else:
+            digits = padded.argmax(-1)
+        log_prob = padded.log_softmax(-1).gather(-1, digits.unsqueeze(-1)).squeeze(-1).sum(-1)
+        return digits, log_prob
+
+    def __call__(self, state: Tensor, action_embedding: Tensor, seed: Tensor, counter: Tensor) -> Tensor:
+        """state (B, N, D), action_embedding (B, D) → the next frame's tokens (B, N) int64.
+
+        ``seed`` and ``counter`` are () int64 device tensors; pass k of a frame draws its noise
+        with counter ``2·(8·counter + k)`` (digits) and that + 1 (choice), so give each frame its own counter.
+        """
+        model, mask_id = self.model, self.model.mask_id
+        batch, count = state.shape[:2]
+        tokens = torch.full((batch, count), mask_id, dtype=torch.long, device=state.device)
+        decided = torch.zeros((batch, count), dtype=torch.bool, device=state.device)
+        for k, still_undecided in enumerate(self.undecided):
+            pass_counter = 2 * (counter * 8 + k)
+            logits = model.head_logits(state, action_embedding, tokens)
+            digits, confidence = self._sample_digits(logits, seed, pass_counter)
+            proposal = model.tokens_from_digits(digits)
+            if still_undecided == 0:
+                return torch.where(decided, tokens, proposal)
+            fade = self.config.choice_noise * (1.0 - (k + 1) / self.passes)
+            if fade > 0:
+                confidence = confidence + fade * _gumbel(seed, pass_counter + 1, (batch, count), state.device)
+            confidence = confidence.masked_fill(decided, float("inf"))
+            keep = confidence.topk(count - still_undecided, dim=-1).indices
+            newly = torch.zeros_like(decided).scatter_(1, keep, True) & ~decided
+            tokens = torch.where(newly, proposal, tokens)
+            decided = decided | newly
+        return tokens  # pragma: no cover - the schedule always ends at 0
