@@ -89,7 +89,7 @@ def test_cached_trunk_steps_equal_the_whole_clip(window: int, sinks: int) -> Non
     tokens, actions = random_clip(model, 2, 12)  # longer than the window: the ring wraps
     actions = actions.double()
     with torch.no_grad():
-        whole = model.context(tokens, actions)
+        whole = model.context(tokens, model.embed_actions(actions))
         cache, biases = model.new_cache(2), model.step_biases()
         steps = [
             model.context_step(tokens[:, t], model.embed_actions(actions[:, t]), cache, biases)
@@ -135,7 +135,7 @@ def test_objective_trains_and_actions_change_the_prediction() -> None:
     accuracy = []
     with torch.no_grad():
         for these in (actions, swapped):
-            state = model.context(tokens[:, :3], these[:, :3])[:, -1]
+            state = model.context(tokens[:, :3], model.embed_actions(these[:, :3]))[:, -1]
             predicted = sampler(state, model.embed_actions(these[:, 2]), seed, counter)
             accuracy.append(float((predicted == tokens[:, 3]).float().mean()))
     assert accuracy[0] > accuracy[1] + 0.2, accuracy
@@ -235,7 +235,7 @@ def test_world_steps_equal_full_recomputation() -> None:
         with torch.no_grad():
             clip = torch.stack(history)[None]
             taken = torch.from_numpy(actions[: len(history)])[None]
-            state = model.context(clip, taken)[:, -1]
+            state = model.context(clip, model.embed_actions(taken))[:, -1]
             expected = sampler(state, model.embed_actions(taken[:, -1]), world.seed, torch.tensor(t))[0]
         assert torch.equal(tokens, expected), f"step {t}"
         history.append(tokens)

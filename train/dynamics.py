@@ -45,7 +45,7 @@ from wm_video.dynamics import (
 )
 from wm_video.engine import World
 from wm_video.errors import InputError, WMVideoError
-from wm_video.eval.dynamics import controllability, teacher_forced
+from wm_video.eval.dynamics import controllability, frames_of_clips, teacher_forced
 from wm_video.tokenizer import VideoTokenizer
 from wm_video.train.common import save_comparison_grid
 from wm_video.train.session import SessionOptions, TrainingSession, add_session_flags, session_options
@@ -126,11 +126,7 @@ class Probe:
         length = PROBE_CONTEXT + PROBE_HORIZON
         sampler = ClipSampler(tokens, length, seed=12345, episodes=episodes)
         picked = sampler.sample_batch(PROBE_CLIPS)
-        first_row = dict(
-            zip(tokens.episode_indices.tolist(), tokens.episode_starts[:-1].tolist(), strict=True)
-        )
-        rows = [first_row[int(e)] + int(s) for e, s in zip(picked.episode, picked.start, strict=True)]
-        self.frames = np.stack([frames[r : r + length] for r in rows])  # (B, T, H, W, 3)
+        self.frames = frames_of_clips(tokens, frames, picked, length)  # (B, T, H, W, 3)
         self.tokens = torch.from_numpy(picked.frames.astype(np.int64)).to(device)
         self.actions = torch.from_numpy(picked.actions).to(device)
         rng = np.random.default_rng(12345)  # random actions: rows drawn from anywhere in the data

@@ -80,8 +80,8 @@ class DynamicsModel(nn.Module):
         """(..., N) tokens and (..., D) action embedding → (..., N, D)."""
         return self.token_embed(tokens) + self.trunk_pos + action_embedding.unsqueeze(-2)
 
-    def context(self, tokens: Tensor, actions: Tensor) -> Tensor:
-        """Trunk states of a clip: tokens (B, T, N), actions (B, T, A) → (B, T, N, D).
+    def context(self, tokens: Tensor, action_embedding: Tensor) -> Tensor:
+        """Trunk states of a clip: tokens (B, T, N), embedded actions (B, T, D) → (B, T, N, D).
 
         State t has read frames ≤ t and action a_t: the head turns it into frame t + 1.
         """
@@ -89,7 +89,7 @@ class DynamicsModel(nn.Module):
             raise InputError(
                 f"tokens must be (batch, time, {self.config.tokens_per_frame}); got {tuple(tokens.shape)}"
             )
-        return self.trunk(self._trunk_inputs(tokens, self.embed_actions(actions)))
+        return self.trunk(self._trunk_inputs(tokens, action_embedding))
 
     def context_step(
         self, tokens: Tensor, action_embedding: Tensor, cache: TrunkCache, biases: Tensor
@@ -118,8 +118,8 @@ class DynamicsModel(nn.Module):
     def forward(self, context: Tensor, actions: Tensor, partial: Tensor) -> Tensor:
         """Teacher-forced logits of a clip (training): frames 0 … T − 1 and their actions (B, T, ·) as
         context, ``partial`` (B, T, N) frames 1 … T with ``mask_id`` where undecided → (B, T, N, ΣL)."""
-        state = self.context(context, actions)
-        return self.head_logits(state, self.embed_actions(actions), partial)
+        embedding = self.embed_actions(actions)  # once, for trunk and head
+        return self.head_logits(self.context(context, embedding), embedding, partial)
 
     def new_cache(self, batch: int, device: torch.device | None = None) -> TrunkCache:
         device = self.trunk_pos.device if device is None else device

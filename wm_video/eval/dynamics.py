@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from wm_video.data.sampler import ClipSampler
+from wm_video.data.sampler import ClipBatch, ClipSampler
 from wm_video.data.tokens import TokenCache
 from wm_video.dynamics import DynamicsModel, FrameSampler, SamplingConfig
 from wm_video.engine import World
@@ -79,8 +79,8 @@ def teacher_forced(
         )
     device = dynamics.trunk_pos.device
     tokens, actions = tokens.to(device), actions.to(device)
-    state = dynamics.context(tokens[:, :-1], actions[:, :-1])  # (B, T − 1, N, D)
     embedding = dynamics.embed_actions(actions[:, :-1])
+    state = dynamics.context(tokens[:, :-1], embedding)  # (B, T − 1, N, D)
     sampler = FrameSampler(dynamics, sampling)
     seed_t = torch.tensor(seed, device=device)
     predicted = sampler(
@@ -160,6 +160,13 @@ def rollout_psnr(
     return curve
 
 
+def frames_of_clips(tokens: TokenCache, frames: np.ndarray, picked: ClipBatch, length: int) -> np.ndarray:
+    """The uint8 frames (B, length, H, W, 3) of clips drawn from the token cache made from ``frames``."""
+    first_row = dict(zip(tokens.episode_indices.tolist(), tokens.episode_starts[:-1].tolist(), strict=True))
+    rows = [first_row[int(e)] + int(s) for e, s in zip(picked.episode, picked.start, strict=True)]
+    return np.stack([frames[r : r + length] for r in rows])
+
+
 @dataclass
 class DynamicsReport:
     """Teacher-forced fidelity, controllability and drift of a dynamics model on held-out clips."""
@@ -214,9 +221,7 @@ def evaluate_dynamics(
     started = time.perf_counter()
     length = context + horizon
     picked = ClipSampler(tokens, length, seed=seed, episodes=episodes).sample_batch(clips)
-    first_row = dict(zip(tokens.episode_indices.tolist(), tokens.episode_starts[:-1].tolist(), strict=True))
-    rows = [first_row[int(e)] + int(s) for e, s in zip(picked.episode, picked.start, strict=True)]
-    clip_frames = np.stack([frames[r : r + length] for r in rows])
+    clip_frames = frames_of_clips(tokens, frames, picked, length)
     device = dynamics.trunk_pos.device
     clip_tokens = torch.from_numpy(picked.frames.astype(np.int64)).to(device)
     actions = torch.from_numpy(picked.actions).to(device)
