@@ -16,10 +16,11 @@ import torch
 
 from wm_video.bench import bench_world
 from wm_video.bench import world as world_bench
+from wm_video.bench.cli import WORLD_PRESETS
 from wm_video.bench.tokenizer import count_parameters, frame_flops
 from wm_video.bench.world import WorldBenchResult, head_pass_flops, trunk_flops
 from wm_video.checkpoint import save_checkpoint
-from wm_video.cli import WORLD_PRESETS, main
+from wm_video.cli import main
 from wm_video.dynamics import DYNAMICS_PRESETS, DynamicsModel, dynamics_config
 from wm_video.errors import InputError
 from wm_video.sources.vizdoom import ACTION_SPACE

@@ -1,0 +1,139 @@
+"""``wm-video bench``: speed of the playable world, the tokenizer and the data path, as medians."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from wm_video.cli_args import Commands, positive_int
+
+#: `wm-video bench --preset` choices: the keys of wm_video.dynamics.DYNAMICS_PRESETS, written out so
+#: `--help` does not import torch (tests/test_bench_world.py checks they agree).
+WORLD_PRESETS = ("tiny", "base")
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from wm_video.bench import bench_data
+
+    result = bench_data(
+        size=args.size,
+        workers=args.workers,
+        episodes=args.episodes,
+        steps=args.steps,
+        repeats=args.repeats,
+        clip_len=args.clip_len,
+        batch_size=args.batch_size,
+        progress=sys.stderr.isatty(),
+    )
+    print(result.format())
+    return 0
+
+
+def _bench_tokenizer(args: argparse.Namespace) -> int:
+    from wm_video.bench.tokenizer import bench_tokenizer
+
+    result = bench_tokenizer(
+        preset=None if args.checkpoint else args.preset,
+        checkpoint=args.checkpoint,
+        device=args.device,
+        dtype=args.dtype,
+        steps=args.steps,
+        warmup=args.warmup,
+        threads=args.threads,
+        progress=sys.stderr.isatty(),
+    )
+    print(result.format())
+    return 0
+
+
+def _bench_world(args: argparse.Namespace) -> int:
+    from wm_video.bench.world import bench_world
+    from wm_video.fileio import atomic_write_json
+
+    result = bench_world(
+        preset=args.preset,
+        checkpoint=args.checkpoint,
+        tokenizer=args.tokenizer,
+        device=args.device,
+        dtype=args.dtype,
+        steps=args.steps,
+        warmup=args.warmup,
+        threads=args.threads,
+        compile=args.compile,
+        progress=sys.stderr.isatty(),
+    )
+    print(result.format())
+    if args.json is not None:
+        atomic_write_json(args.json, result.to_dict())
+        print(f"report: {args.json}")
+    return 0
+
+
+def register(commands: Commands) -> None:
+    """Add ``wm-video bench``."""
+    bench = commands.add_parser(
+        "bench",
+        help="measure speed and print medians: the playable world, or WHAT (data, tokenizer)",
+        description="Without WHAT: ms per generated frame of a playable world at batch 1 (dynamics "
+        "trunk and head passes, decode, whole step), frames/s beside the limit the device's measured "
+        "matmul peak sets. With WHAT: another benchmark; `wm-video bench WHAT --help` lists its flags.",
+    )
+    group = bench.add_argument_group("model")
+    which = group.add_mutually_exclusive_group()
+    which.add_argument(
+        "--preset", choices=WORLD_PRESETS, default="tiny", help="a preset with random weights (default tiny)"
+    )
+    which.add_argument(
+        "--checkpoint", type=Path, default=None, help="a trained dynamics run or checkpoint instead"
+    )
+    group.add_argument(
+        "--tokenizer",
+        type=Path,
+        default=None,
+        help="tokenizer run (default: the checkpoint's or the preset's)",
+    )
+    group = bench.add_argument_group("run")
+    group.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="default cpu")
+    group.add_argument(
+        "--dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="default float32"
+    )
+    group.add_argument("--steps", type=positive_int, default=300, help="timed steps per loop (default 300)")
+    group.add_argument(
+        "--warmup", type=int, default=30, help="untimed steps first, at least the context window (default 30)"
+    )
+    group.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: all)")
+    group.add_argument("--compile", action="store_true", help="torch.compile the dynamics step, as play can")
+    group.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
+    bench.set_defaults(handler=_bench_world)
+    benches = bench.add_subparsers(
+        dest="what", required=False, metavar="[WHAT]", title="other benchmarks (WHAT)"
+    )
+    p = benches.add_parser("data", help="collection, cache build and sampler frames/s")
+    p.add_argument("--size", type=positive_int, default=64, help="frame size (default 64)")
+    p.add_argument("--workers", type=positive_int, default=2, help="collection workers (default 2)")
+    p.add_argument(
+        "--episodes", type=positive_int, default=8, help="episodes per collection repeat (default 8)"
+    )
+    p.add_argument("--steps", type=positive_int, default=500, help="steps per episode (default 500)")
+    p.add_argument(
+        "--repeats", type=positive_int, default=3, help="repeats; medians are reported (default 3)"
+    )
+    p.add_argument("--clip-len", type=positive_int, default=16, help="frames per sampled clip (default 16)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="clips per sampled batch (default 32)")
+    p.set_defaults(handler=_bench)
+    p = benches.add_parser("tokenizer", help="streaming encode and decode, ms per frame at batch 1")
+    group = p.add_argument_group("model")
+    group.add_argument("--preset", default="tiny", help="a preset with random weights (default tiny)")
+    group.add_argument("--checkpoint", type=Path, default=None, help="a trained run or checkpoint instead")
+    group = p.add_argument_group("run")
+    group.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="default cpu")
+    group.add_argument(
+        "--dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="default float32"
+    )
+    group.add_argument(
+        "--steps", type=positive_int, default=300, help="timed frames per operation (default 300)"
+    )
+    group.add_argument("--warmup", type=int, default=30, help="untimed frames first (default 30)")
+    group.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: all)")
+    p.set_defaults(handler=_bench_tokenizer)
