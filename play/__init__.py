@@ -1,4 +1,4 @@
-"""The pygame clients (installed as ``wm_video.play``): recording real games, and later play.
+"""The pygame clients (installed as ``wm_video.play``): recording real games, and playing generated ones.
 
 Only this package imports pygame; the library and the models never do.
 """

@@ -11,7 +11,11 @@ Design choices:
   union, so a quick tap counts for exactly one frame and a held key for every frame it is down.
 - Losing focus (WINDOWFOCUSLOST, or ACTIVEEVENT losing input focus) releases every held key:
   the KEYUP of a key released in another window never arrives.
-- Keys not in the keymap are ignored. Deltas (mouse) are not produced; their entries stay 0.
+- Keys not in the keymap are ignored.
+- Mouse-x turning is optional (``mouse_turn``): the horizontal motion of a frame
+  (MOUSEMOTION ``rel``, summed) becomes the ``mouse_dx`` delta when the space has one, else
+  presses ``turn_right`` / ``turn_left`` for that frame when it exceeds ``mouse_threshold``
+  pixels. Without it, deltas are not produced; their entries stay 0.
 - Nothing here records or draws: the recorder and the play loop both use it.
 """
 
@@ -51,8 +55,25 @@ class KeyboardActions:
     ``action()`` once.
     """
 
-    def __init__(self, space: ActionSpace, keymap: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        space: ActionSpace,
+        keymap: Mapping[str, str] | None = None,
+        *,
+        mouse_turn: bool = False,
+        mouse_threshold: float = 2.0,
+    ) -> None:
         self.space = space
+        if mouse_turn and "mouse_dx" not in space.deltas and not {"turn_left", "turn_right"} <= set(
+            space.buttons
+        ):
+            raise InputError(
+                "mouse turning needs a 'mouse_dx' delta or 'turn_left' and 'turn_right' buttons; "
+                f"this world has {list(space.names)}"
+            )
+        self.mouse_turn = mouse_turn
+        self.mouse_threshold = float(mouse_threshold)
+        self._mouse_dx = 0.0
         self.keymap: dict[str, str] = dict(space.default_keymap if keymap is None else keymap)
         if not self.keymap:
             raise InputError(f"the keymap is empty; map keys to the buttons {list(space.buttons)}")
@@ -79,6 +100,8 @@ class KeyboardActions:
                 self._tapped.add(key)
         elif event.type == pygame.KEYUP:
             self._held.discard(getattr(event, "key", None))
+        elif event.type == pygame.MOUSEMOTION and self.mouse_turn:
+            self._mouse_dx += float(getattr(event, "rel", (0, 0))[0])
         elif event.type == pygame.WINDOWFOCUSLOST or (
             event.type == pygame.ACTIVEEVENT
             and not getattr(event, "gain", 1)
@@ -90,11 +113,23 @@ class KeyboardActions:
         """This frame's action vector (float32, ``space.size``); starts the next frame."""
         keys = self._held | self._tapped
         self._tapped.clear()
-        return self.space.from_pressed({self._bindings[key][1] for key in keys})
+        pressed = {self._bindings[key][1] for key in keys}
+        deltas: dict[str, float] = {}
+        dx, self._mouse_dx = self._mouse_dx, 0.0
+        if self.mouse_turn and "mouse_dx" in self.space.deltas:
+            deltas["mouse_dx"] = dx
+        elif self.mouse_turn and abs(dx) > self.mouse_threshold:
+            pressed.add("turn_right" if dx > 0 else "turn_left")
+        return self.space.from_pressed(pressed, deltas)
 
     def release_all(self) -> None:
         """Release every held key (focus lost); taps already seen still count for this frame."""
         self._held.clear()
+        self._mouse_dx = 0.0
+
+    def binds(self, key: int) -> bool:
+        """Whether the key code ``key`` plays a button."""
+        return key in self._bindings
 
     def held_names(self) -> list[str]:
         """Key names held down now, in keymap order (for a HUD)."""

@@ -89,7 +89,8 @@ class FrameView:
         self._scaled = pygame.Surface(self._rect.size, 0, self._frame)
         screen.fill((0, 0, 0))  # letterbox bars
 
-    def show(self, frame: np.ndarray) -> None:
+    def draw(self, frame: np.ndarray) -> pygame.Surface:
+        """Blit ``frame`` scaled into the window without showing it yet; returns the window surface."""
         screen = pygame.display.get_surface()
         if screen is None:
             raise RuntimeError("the pygame window is gone")
@@ -97,6 +98,15 @@ class FrameView:
         pygame.surfarray.blit_array(self._frame, frame.swapaxes(0, 1))  # (H, W, 3) → (W, H, 3)
         pygame.transform.scale(self._frame, self._rect.size, self._scaled)
         screen.blit(self._scaled, self._rect.topleft)
+        return screen
+
+    @property
+    def rect(self) -> pygame.Rect:
+        """Where the frame lies in the window (after the last draw)."""
+        return self._rect
+
+    def show(self, frame: np.ndarray) -> None:
+        self.draw(frame)
         pygame.display.flip()
 
 

@@ -23,10 +23,13 @@ from wm_video.train.common import (
     RunLogger,
     StopFlag,
     choose_mixed_precision,
+    peak_flops,
     read_log,
     rng_state,
     save_comparison_grid,
     set_rng_state,
+    throughput,
+    train_flops_per_frame,
 )
 from wm_video.train.session import SessionOptions
 
@@ -144,3 +147,56 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes(tiny_dataset: TinyData
     assert finished.returncode == 0, finished.stderr
     assert f"from step {step}" in finished.stdout
     assert load_checkpoint(run).step == step + 1
+
+
+def test_videos_are_logged_as_uint8_t3hw_mp4(tmp_path: Path) -> None:
+    """Row 11: with WANDB_MODE=disabled (set for every test) the helper still writes the mp4 it
+    would upload; frames (T, 3, H, W) uint8 come back as T frames of H × W."""
+    import av
+
+    logger = RunLogger(tmp_path, enabled=True, report_to="wandb", project="test", config={})
+    assert logger.wants_media
+    frames = np.zeros((5, 3, 16, 24), np.uint8)
+    frames[:, 0] = np.arange(5, dtype=np.uint8)[:, None, None] * 50  # red ramps up over time
+    path = logger.log_video(3, "rollout", frames, fps=15)
+    assert path == tmp_path / "samples" / "rollout-step-00000003.mp4"
+    with av.open(str(path)) as container:
+        decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(decoded) == 5 and decoded[0].shape == (16, 24, 3)
+    assert abs(int(decoded[4][..., 0].mean()) - 200) < 8
+    with pytest.raises(InputError, match=r"uint8 \(T, 3, H, W\)"):
+        logger.log_video(3, "rollout", frames.transpose(0, 2, 3, 1), fps=15)
+    logger.close()
+    plain = RunLogger(tmp_path / "plain", enabled=True, report_to="none", project="test", config={})
+    assert not plain.wants_media and plain.log_video(1, "rollout", frames, fps=15) is None
+
+
+def test_throughput_and_mfu() -> None:
+    assert peak_flops(torch.device("cpu")) is None  # MFU is only estimated on known GPUs
+    assert train_flops_per_frame(1_000_000, 64) == 6 * 64e6
+    metrics = throughput(600, 2.0, tokens_per_frame=64, flops_per_frame=6 * 64e6, peak=None, world=1)
+    assert metrics == {"frames_per_s": 300.0, "tokens_per_s": 300.0 * 64}
+    gpu = throughput(600, 2.0, tokens_per_frame=64, flops_per_frame=1e9, peak=1e12, world=2)
+    assert gpu["mfu"] == pytest.approx(300 * 1e9 / 2e12)
+
+
+def test_plot_draws_the_curves_of_a_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from wm_video.cli import main as cli_main
+
+    for name, offset in (("a", 0.0), ("b", 0.5)):
+        (tmp_path / name).mkdir()
+        logger = RunLogger(tmp_path / name, enabled=True, report_to="none", project="t", config={})
+        for step in range(1, 6):
+            logger.log(step, {"loss": 2.0 / step + offset, "lr": 1e-3, "frames_per_s": 100.0 + step})
+        logger.log(5, {"heldout_psnr": 20.0, "skipped": float("nan")})
+        logger.close()
+    assert cli_main(["plot", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "c.png")]) == 0
+    image = cv2.imread(str(tmp_path / "c.png"))
+    assert image is not None and image.shape[0] > 200 and image.shape[1] > 900  # 2 rows × 3 panels
+    assert cli_main(["plot", str(tmp_path / "a"), "--metrics", "loss"]) == 0
+    assert (tmp_path / "a" / "curves.png").is_file()
+    capsys.readouterr()
+    assert cli_main(["plot", str(tmp_path / "a"), "--metrics", "accuracy"]) == 2
+    assert "no run logged ['accuracy']" in capsys.readouterr().err
+    assert cli_main(["plot", str(tmp_path / "empty")]) == 2
+    assert "no training log" in capsys.readouterr().err

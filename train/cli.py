@@ -1,10 +1,17 @@
-"""``wm-video train``: the training programs, each also runnable as ``python -m wm_video.train.<program>``."""
+"""``wm-video train``, ``wm-video finetune`` and ``wm-video plot``: the training programs (each also
+runnable as ``python -m wm_video.train.<program>``), fine-tuning on new footage, and the curves."""
 
 from __future__ import annotations
 
 import argparse
 
 from wm_video.cli_args import Commands
+from wm_video.train.options import add_finetune_flags
+
+DESCRIPTION = (
+    "Fine-tune a trained tokenizer and dynamics model on new footage (another game or action set too): "
+    "RUN/tokenizer, then RUN/dynamics. Run the same command again to resume."
+)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -15,8 +22,20 @@ def _train(args: argparse.Namespace) -> int:
     return programs[args.program](args.program_args, prog=f"wm-video train {args.program}")
 
 
+def _finetune(args: argparse.Namespace) -> int:
+    from wm_video.train.finetune import run_finetune
+
+    return run_finetune(args)
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from wm_video.train.plot import run_plot
+
+    return run_plot(args)
+
+
 def register(commands: Commands) -> None:
-    """Add ``wm-video train``."""
+    """Add ``wm-video train``, ``wm-video finetune`` and ``wm-video plot``."""
     p = commands.add_parser(
         "train",
         help="train a model (tokenizer, dynamics); `wm-video train dynamics --help` lists its flags",
@@ -26,3 +45,23 @@ def register(commands: Commands) -> None:
     p.add_argument("program", choices=["tokenizer", "dynamics"], help="what to train")
     p.add_argument("program_args", nargs=argparse.REMAINDER, help="the program's own flags")
     p.set_defaults(handler=_train)
+
+    f = commands.add_parser(
+        "finetune",
+        help="adapt a trained world (tokenizer and dynamics) to new footage, another action set too",
+        description=DESCRIPTION,
+    )
+    add_finetune_flags(f)
+    f.set_defaults(handler=_finetune)
+
+    plot = commands.add_parser(
+        "plot",
+        help="draw a run's training curves (log.jsonl) into a PNG",
+        description="Draw training curves from RUN/log.jsonl, one panel per metric, runs overlaid.",
+    )
+    plot.add_argument("runs", nargs="+", help="run folders (each has a log.jsonl)")
+    plot.add_argument("--out", default=None, help="PNG to write (default: RUN/curves.png of the first run)")
+    plot.add_argument(
+        "--metrics", default=None, help="comma-separated metrics to draw, e.g. loss,lr (default: all logged)"
+    )
+    plot.set_defaults(handler=_plot)

@@ -24,9 +24,7 @@ from torch import nn
 
 from wm_video.errors import InputError
 from wm_video.fileio import atomic_write
-
-PRECISIONS = ("auto", "no", "bf16", "fp16")
-REPORT_TO = ("none", "wandb")
+from wm_video.train.options import PRECISIONS, REPORT_TO
 
 
 def cpu_has_amx() -> bool:
@@ -124,6 +122,81 @@ def rng_state() -> dict[str, Any]:
     }
 
 
+def rng_state_to_lists(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with tensors as lists of ints: plain data that can travel between processes."""
+    name, keys, *rest = state["numpy"]
+    return {
+        "python": state["python"],
+        "numpy": [name, keys.tolist(), *rest],
+        "torch": state["torch"].tolist(),
+        "cuda": [s.tolist() for s in state["cuda"]],
+    }
+
+
+def rng_state_from_lists(state: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of :func:`rng_state_to_lists`."""
+    name, keys, *rest = state["numpy"]
+    return {
+        "python": state["python"],
+        "numpy": [name, torch.from_numpy(np.asarray(keys, dtype=np.uint32)), *rest],
+        "torch": torch.tensor(state["torch"], dtype=torch.uint8),
+        "cuda": [torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]],
+    }
+
+
+def seed_ranks(seed: int, rank: int) -> None:
+    """Seed python, numpy and torch with a seed of their own for each (seed, rank)."""
+    derived = int(np.random.SeedSequence([seed, rank, 0x5EED]).generate_state(1)[0])
+    random.seed(derived)
+    np.random.seed(derived)
+    torch.manual_seed(derived)
+
+
+# Dense bf16 tensor-core peaks (FLOP/s) as the vendors state them, by a name fragment of
+# torch.cuda.get_device_name(); an MFU estimate is only logged for GPUs listed here.
+GPU_PEAK_BF16_FLOPS: dict[str, float] = {
+    "H200": 989e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "L4": 121e12,
+    "A10": 125e12,
+    "RTX 4090": 165e12,
+    "RTX 3090": 71e12,
+}
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """The bf16 peak of ``device`` if it is a GPU named in :data:`GPU_PEAK_BF16_FLOPS`, else None."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((flops for key, flops in GPU_PEAK_BF16_FLOPS.items() if key in name), None)
+
+
+def train_flops_per_frame(parameters: int, tokens_per_frame: int) -> float:
+    """Training FLOPs for one frame, the usual estimate: 6 × parameters × tokens (forward and
+    backward; attention and the patch (de)embedding's per-pixel work are left out)."""
+    return 6.0 * parameters * tokens_per_frame
+
+
+def throughput(
+    frames: int,
+    seconds: float,
+    *,
+    tokens_per_frame: int,
+    flops_per_frame: float,
+    peak: float | None,
+    world: int,
+) -> dict[str, float]:
+    """frames/s and tokens/s over all processes, and MFU when the peak is known (all ranks' peaks)."""
+    frames_per_s = frames / max(seconds, 1e-9)
+    metrics = {"frames_per_s": frames_per_s, "tokens_per_s": frames_per_s * tokens_per_frame}
+    if peak is not None:
+        metrics["mfu"] = frames_per_s * flops_per_frame / (peak * world)
+    return metrics
+
+
 def set_rng_state(state: dict[str, Any]) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
@@ -180,6 +253,37 @@ class RunLogger:
             import wandb
 
             self._wandb.log({key: wandb.Image(str(path))}, step=step)
+
+    @property
+    def wants_media(self) -> bool:
+        """True when images and videos go somewhere (wandb): worth the time to make them."""
+        return self.enabled and self._wandb is not None
+
+    def log_video(self, step: int, key: str, frames: np.ndarray, fps: float) -> Path | None:
+        """Sample frames, uint8 (T, 3, H, W), to ``RUN/samples/<key>-step-N.mp4`` and to wandb.
+
+        Only when wandb is on (the local run keeps its PNG grids); returns the mp4 written.
+        """
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1] != 3:
+            raise InputError(f"a video must be uint8 (T, 3, H, W); got {frames.dtype} {frames.shape}")
+        if not (self.enabled and self._wandb is not None):
+            return None
+        import wandb
+
+        from wm_video.data.video import VideoSettings, encode_video
+
+        path = self.path.parent / "samples" / f"{key}-step-{step:08d}.mp4"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # yuv420 (even sizes): the mp4 plays in browsers, where wandb shows it
+        height, width = frames.shape[2] // 2 * 2, frames.shape[3] // 2 * 2
+        clip = np.ascontiguousarray(frames.transpose(0, 2, 3, 1)[:, :height, :width])  # (T, H, W, 3)
+
+        def write(tmp: Path) -> None:
+            encode_video(tmp, clip, fps, VideoSettings(codec="h264-yuv420"))
+
+        atomic_write(path, write)
+        self._wandb.log({key: wandb.Video(str(path), format="mp4")}, step=step)
+        return path
 
     def close(self) -> None:
         if self._wandb is not None:

@@ -20,7 +20,7 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from wm_video.checkpoint import load_checkpoint, load_tokenizer, resolve_checkpoint
+from wm_video.checkpoint import load_checkpoint, load_tokenizer, load_weights, resolve_checkpoint
 from wm_video.data.cache import load_cache
 from wm_video.data.lerobot import read_info
 from wm_video.data.reader import open_dataset
@@ -38,6 +38,7 @@ from wm_video.data.tokens import TokenCache, load_token_cache, tokenizer_fingerp
 from wm_video.dynamics import (
     DYNAMICS_PRESETS,
     CorruptionConfig,
+    DynamicsConfig,
     DynamicsLosses,
     DynamicsModel,
     dynamics_config,
@@ -47,8 +48,15 @@ from wm_video.engine import World
 from wm_video.errors import InputError, WMVideoError
 from wm_video.eval.dynamics import controllability, frames_of_clips, teacher_forced
 from wm_video.tokenizer import VideoTokenizer
-from wm_video.train.common import save_comparison_grid
-from wm_video.train.session import SessionOptions, TrainingSession, add_session_flags, session_options
+from wm_video.train.common import peak_flops, save_comparison_grid, throughput, train_flops_per_frame
+from wm_video.train.remap import ActionMapping, remap_action_weights
+from wm_video.train.session import (
+    SessionOptions,
+    TrainingSession,
+    add_session_flags,
+    end_processes,
+    session_options,
+)
 
 PROBE_CLIPS = 6  # held-out clips scored at every eval step
 PROBE_CONTEXT = 4  # real frames before the rollouts that measure ΔPSNR
@@ -64,6 +72,7 @@ class DynamicsTrainOptions:
     clip_len: int = 16
     holdout: float = DEFAULT_HOLDOUT
     corruption: CorruptionConfig = CorruptionConfig()
+    init: Path | None = None  # start from this dynamics checkpoint (fine-tuning; actions matched by name)
 
 
 @dataclass(frozen=True)
@@ -154,6 +163,40 @@ class Probe:
         }
         return metrics, generated.cpu().numpy()
 
+    @torch.inference_mode()
+    def video(self, tokenizer: VideoTokenizer, model: DynamicsModel) -> np.ndarray:
+        """The first clip as uint8 (T, 3, H, 2W): real frames left, the model's rollout under the real
+        actions right (the first PROBE_CONTEXT frames are the real context on both sides)."""
+        world = World(tokenizer, model, batch_size=PROBE_CLIPS)
+        actions = self.actions.cpu().numpy()
+        shown = [world.reset(self.frames[:, :PROBE_CONTEXT], actions[:, : PROBE_CONTEXT - 1])[0]]
+        for t in range(PROBE_HORIZON):
+            shown.append(world.step(actions[:, PROBE_CONTEXT - 1 + t])[0])
+        generated = np.concatenate([self.frames[0, : PROBE_CONTEXT - 1], np.stack(shown)])  # (T, H, W, 3)
+        return np.concatenate([self.frames[0], generated], axis=2).transpose(0, 3, 1, 2)
+
+
+def initial_model(init: Path, config: DynamicsConfig) -> tuple[DynamicsModel, DynamicsConfig, ActionMapping]:
+    """A model of ``init``'s shape (its EMA weights) for this data's ``config`` actions and scales."""
+    source = load_checkpoint(init, kind="dynamics", with_training_state=False)
+    source_config = DynamicsConfig.from_dict(source.config)
+    if (source_config.grid_size, source_config.levels) != (config.grid_size, config.levels):
+        raise InputError(
+            f"{source.path}: predicts {source_config.grid_size}×{source_config.grid_size} tokens of levels "
+            f"{list(source_config.levels)}, the tokenizer makes {config.grid_size}×{config.grid_size} of "
+            f"{list(config.levels)}; fine-tune with the tokenizer this model was trained with"
+        )
+    target = replace(
+        source_config,
+        action_names=config.action_names,
+        action_buttons=config.action_buttons,
+        action_scale=config.action_scale,
+    )
+    weights, mapping = remap_action_weights(source.ema_weights or source.weights, source_config, target)
+    model = DynamicsModel(target)
+    load_weights(model, weights, source.path)
+    return model, target, mapping
+
 
 def train_dynamics(options: DynamicsTrainOptions) -> DynamicsTrainResult:
     if options.clip_len < 2:
@@ -163,7 +206,8 @@ def train_dynamics(options: DynamicsTrainOptions) -> DynamicsTrainResult:
     tokenizer, _ = load_tokenizer(tokenizer_path)  # a wrong checkpoint fails before the run folder is made
     tokenizer_id = tokenizer_fingerprint(tokenizer)
     _check_same_tokenizer(options.session.out, tokenizer_path, tokenizer_id)
-    space = open_dataset(options.data).action_space
+    dataset = open_dataset(options.data)
+    space, fps = dataset.action_space, dataset.fps
     session = TrainingSession(
         kind="dynamics",
         options=options.session,
@@ -174,6 +218,7 @@ def train_dynamics(options: DynamicsTrainOptions) -> DynamicsTrainResult:
             "clip_len": options.clip_len,
             "holdout": options.holdout,
             "corruption": asdict(options.corruption),
+            **({"init": str(resolve_checkpoint(options.init))} if options.init is not None else {}),
         },
     )
     o, accelerator = options.session, session.accelerator
@@ -204,7 +249,12 @@ def train_dynamics(options: DynamicsTrainOptions) -> DynamicsTrainResult:
     scale = action_scale(tokens, len(space.buttons), train_episodes)
     config = dynamics_config(options.preset, tokenizer.config, space, scale)
     torch.manual_seed(o.seed)
-    model, _, ema, step = session.prepare(DynamicsModel(config), config.to_dict(), sampler)
+    mapping: ActionMapping | None = None
+    if options.init is not None:
+        initial, config, mapping = initial_model(options.init, config)
+    else:
+        initial = DynamicsModel(config)
+    model, _, ema, step = session.prepare(initial, config.to_dict(), sampler)
     meta: dict[str, Any] = {
         "data": str(options.data),
         "tokenizer": str(tokenizer_path.resolve()),
@@ -213,16 +263,26 @@ def train_dynamics(options: DynamicsTrainOptions) -> DynamicsTrainResult:
         "heldout_episodes": list(split.heldout),
         "probe_is_heldout": bool(split.heldout and probe_episodes and probe_episodes[0] in split.heldout),
     }
+    if options.init is not None and mapping is not None:
+        meta["finetuned_from"] = str(resolve_checkpoint(options.init).resolve())
+        meta["actions"] = {
+            "kept": list(mapping.kept),
+            "new": list(mapping.new),
+            "dropped": list(mapping.dropped),
+        }
+    parameters = sum(p.numel() for p in model.parameters())
     if session.is_main:
-        parameters = sum(p.numel() for p in model.parameters()) / 1e6
+        origin = f"from {options.init} ({mapping.describe()})" if mapping is not None else options.preset
         print(
-            f"dynamics {options.preset}: {parameters:.1f} M parameters, {config.tokens_per_frame} tokens/frame, "
+            f"dynamics {origin}: {parameters / 1e6:.1f} M parameters, {config.tokens_per_frame} tokens/frame, "
             f"{config.decode_passes} passes; actions {list(config.action_names)}; {tokens.num_frames:,} frames, "
             f"{len(train_episodes)} training / {len(split.heldout)} held-out episodes; {session.world_size} "
             f"process(es) on {session.device}, precision {session.precision}",
             flush=True,
         )
     frames_per_step = o.batch_size * (options.clip_len - 1) * session.world_size * o.grad_accum
+    flops_per_frame = train_flops_per_frame(parameters, config.tokens_per_frame)
+    peak = peak_flops(session.device)
     last_probe: dict[str, float] = {}
     last_saved, stopped = step, False
     bar = tqdm(total=o.max_steps, initial=step, disable=not (session.is_main and o.progress), unit="step")
@@ -243,12 +303,24 @@ def train_dynamics(options: DynamicsTrainOptions) -> DynamicsTrainResult:
                     "token_accuracy": float(losses.accuracy),
                     "grad_norm": grad_norm,
                     "lr": o.lr_at(step - 1),
-                    "frames_per_s": window_frames / (time.perf_counter() - window_start),
+                    **throughput(
+                        window_frames,
+                        time.perf_counter() - window_start,
+                        tokens_per_frame=config.tokens_per_frame,
+                        flops_per_frame=flops_per_frame,
+                        peak=peak,
+                        world=session.world_size,
+                    ),
                 }
                 session.logger.log(step, metrics)
                 bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['token_accuracy']:.3f}")
                 window_start, window_frames = time.perf_counter(), 0
-            if probe is not None and session.is_main and (step % o.eval_every == 0 or step == o.max_steps):
+            if (
+                probe is not None
+                and session.is_main
+                and o.eval_every
+                and (step % o.eval_every == 0 or step == o.max_steps)
+            ):
                 assert isinstance(ema.model, DynamicsModel)
                 last_probe, generated = probe(tokenizer, ema.model)
                 session.logger.log(step, last_probe)
@@ -256,6 +328,8 @@ def train_dynamics(options: DynamicsTrainOptions) -> DynamicsTrainResult:
                     probe.frames[:, 1:], generated, session.out / "samples" / f"step-{step:08d}.png"
                 )
                 session.logger.log_image(step, "samples", grid)
+                if session.logger.wants_media:
+                    session.logger.log_video(step, "rollout", probe.video(tokenizer, ema.model), fps=fps)
                 bar.write(
                     f"step {step}: held-out next-frame PSNR {last_probe['heldout_next_psnr']:.2f} dB "
                     f"(tokenizer {last_probe['heldout_tokenizer_psnr']:.2f}, repeat {last_probe['heldout_repeat_psnr']:.2f}), "
@@ -323,6 +397,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "wm-video train dynamics
     except WMVideoError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        end_processes()
     if result.probe:
         print(
             f"{result.run}: step {result.step}, held-out next-frame PSNR {result.probe['heldout_next_psnr']:.2f} dB, "

@@ -5,170 +5,50 @@ A program builds its model, optimizer and sampler, hands them to :class:`Trainin
 keeps only its own step and evaluation. The run folder holds ``run.json`` (options),
 ``log.jsonl`` and ``checkpoints/`` (:mod:`wm_video.checkpoint`); a session opened on a folder
 that has a checkpoint resumes from it: weights, EMA, optimizer, sampler position and RNG states.
+
+Several processes (``torchrun`` / ``accelerate launch``): every rank builds the same model, then
+seeds its RNGs apart; a save gathers each rank's RNG states (as plain lists: tensors do not pass
+through ``all_gather_object``) and rank 0 writes; a failed save raises on every rank, so none
+waits forever at a barrier. A run resumed with the same number of ranks continues bit-identically.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
+import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType, broadcast_object_list, gather_object
 from torch import nn
 
 from wm_video.checkpoint import load_checkpoint, load_weights, resolve_checkpoint, save_checkpoint
-from wm_video.data.sampler import ClipSampler
+from wm_video.data.sampler import CLIP_TRACE_ENV, ClipSampler
 from wm_video.errors import InputError
 from wm_video.fileio import atomic_write_json
 from wm_video.train.common import (
     EMA,
-    PRECISIONS,
-    REPORT_TO,
     RunLogger,
     StopFlag,
     choose_mixed_precision,
     rng_state,
+    rng_state_from_lists,
+    rng_state_to_lists,
+    seed_ranks,
     set_rng_state,
+)
+from wm_video.train.options import (  # noqa: F401  (re-exported: the programs import them from here)
+    SessionOptions,
+    add_session_flags,
+    check_session_options,
+    session_options,
 )
 
 MAX_SKIPPED_STEPS = 10  # non-finite gradients in a row before the run stops
-
-
-@dataclass(frozen=True)
-class SessionOptions:
-    out: Path
-    max_steps: int = 20_000
-    max_minutes: float | None = None
-    batch_size: int = 8  # clips per process per step
-    lr: float = 5e-4
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 200
-    weight_decay: float = 0.01
-    grad_accum: int = 1
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    seed: int = 0
-    mixed_precision: str = "auto"
-    cpu: bool = False
-    log_every: int = 10
-    eval_every: int = 250
-    save_every: int = 1000
-    keep: int = 3
-    report_to: str = "none"
-    wandb_project: str = "wm-video"
-    progress: bool = True
-
-    def lr_at(self, step: int) -> float:
-        """Linear warm-up, then cosine decay to ``min_lr_ratio`` × lr at ``max_steps``."""
-        if step < self.warmup_steps:
-            return self.lr * (step + 1) / self.warmup_steps
-        span = max(1, self.max_steps - self.warmup_steps)
-        progress = min(1.0, (step - self.warmup_steps) / span)
-        return self.lr * (
-            self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-        )
-
-
-def add_session_flags(parser: argparse.ArgumentParser, defaults: SessionOptions) -> None:
-    """The flags every training program shares, grouped by topic, with ``defaults`` shown."""
-    d = defaults
-    run = parser.add_argument_group("run")
-    run.add_argument(
-        "--out", type=Path, required=True, help="run folder; an existing run resumes from its last checkpoint"
-    )
-    run.add_argument(
-        "--max-steps", type=int, default=d.max_steps, help=f"optimizer steps in all (default {d.max_steps})"
-    )
-    run.add_argument(
-        "--max-minutes", type=float, default=None, help="stop (and save) after this much wall time"
-    )
-    run.add_argument("--seed", type=int, default=d.seed, help=f"model init and clip order (default {d.seed})")
-    run.add_argument(
-        "--save-every",
-        type=int,
-        default=d.save_every,
-        help=f"steps between checkpoints (default {d.save_every})",
-    )
-    run.add_argument("--keep", type=int, default=d.keep, help=f"checkpoints kept (default {d.keep})")
-    run.add_argument(
-        "--log-every", type=int, default=d.log_every, help=f"steps between log lines (default {d.log_every})"
-    )
-    run.add_argument(
-        "--eval-every",
-        type=int,
-        default=d.eval_every,
-        help=f"steps between held-out checks (default {d.eval_every})",
-    )
-    opt = parser.add_argument_group("optimisation")
-    opt.add_argument(
-        "--batch-size",
-        type=int,
-        default=d.batch_size,
-        help=f"clips per process per step (default {d.batch_size})",
-    )
-    opt.add_argument("--lr", type=float, default=d.lr, help=f"peak AdamW learning rate (default {d.lr})")
-    opt.add_argument(
-        "--warmup-steps", type=int, default=d.warmup_steps, help=f"linear warm-up (default {d.warmup_steps})"
-    )
-    opt.add_argument(
-        "--weight-decay",
-        type=float,
-        default=d.weight_decay,
-        help=f"AdamW weight decay (default {d.weight_decay})",
-    )
-    opt.add_argument(
-        "--grad-accum",
-        type=int,
-        default=d.grad_accum,
-        help="batches accumulated per optimizer step (default 1)",
-    )
-    opt.add_argument(
-        "--grad-clip", type=float, default=d.grad_clip, help=f"gradient norm clip (default {d.grad_clip})"
-    )
-    opt.add_argument(
-        "--ema-decay",
-        type=float,
-        default=d.ema_decay,
-        help=f"EMA of weights for evaluation (default {d.ema_decay})",
-    )
-    hw = parser.add_argument_group("hardware")
-    hw.add_argument(
-        "--mixed-precision",
-        choices=PRECISIONS,
-        default=d.mixed_precision,
-        help="auto: bf16 on GPUs and on CPUs with AMX, fp32 on other CPUs (default auto)",
-    )
-    hw.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
-    log = parser.add_argument_group("logging")
-    log.add_argument(
-        "--report-to", choices=REPORT_TO, default=d.report_to, help="also log to wandb (WANDB_MODE honoured)"
-    )
-    log.add_argument(
-        "--wandb-project", default=d.wandb_project, help=f"wandb project (default {d.wandb_project})"
-    )
-    log.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def session_options(args: argparse.Namespace) -> SessionOptions:
-    """The :class:`SessionOptions` of parsed :func:`add_session_flags` flags, checked."""
-    values = {f.name: getattr(args, f.name) for f in fields(SessionOptions) if hasattr(args, f.name)}
-    options = SessionOptions(**values, progress=not args.no_progress)
-    check_session_options(options)
-    return options
-
-
-def check_session_options(o: SessionOptions) -> None:
-    for name in ("max_steps", "batch_size", "grad_accum", "log_every", "eval_every", "save_every", "keep"):
-        if getattr(o, name) < 1:
-            raise InputError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(o, name)}")
-    if o.lr <= 0 or o.warmup_steps < 0 or o.grad_clip <= 0:
-        raise InputError("--lr and --grad-clip must be > 0 and --warmup-steps ≥ 0")
-    if o.max_minutes is not None and o.max_minutes <= 0:
-        raise InputError(f"--max-minutes must be > 0, got {o.max_minutes}")
 
 
 def adamw(model: nn.Module, options: SessionOptions) -> torch.optim.AdamW:
@@ -193,9 +73,16 @@ class TrainingSession:
         self.out = Path(options.out)
         on_cpu = options.cpu or not torch.cuda.is_available()
         self.precision = choose_mixed_precision(options.mixed_precision, on_cpu=on_cpu)
+        # cpu=True on a machine without a GPU too: only then does Accelerate join the processes of
+        # torchrun / accelerate launch over gloo (MULTI_CPU) instead of running each one alone.
         self.accelerator = Accelerator(
-            cpu=options.cpu, mixed_precision=self.precision, gradient_accumulation_steps=options.grad_accum
+            cpu=on_cpu, mixed_precision=self.precision, gradient_accumulation_steps=options.grad_accum
         )
+        if self.accelerator.distributed_type == DistributedType.FSDP:
+            raise InputError(
+                "FSDP is not supported: the EMA and the checkpoints read whole weights. Every preset fits "
+                "on one GPU; choose multi-GPU (DDP) in `accelerate config`"
+            )
         self.is_main = self.accelerator.is_main_process
         self.rank = self.accelerator.process_index
         self.world_size = self.accelerator.num_processes
@@ -204,6 +91,7 @@ class TrainingSession:
             raise InputError(
                 f"{self.out} exists and is not a wm-video run folder (no run.json); choose a new --out"
             )
+        self.accelerator.wait_for_everyone()  # every rank has checked before the main one writes
         self.run_config = {
             "kind": kind,
             "program": program_options,
@@ -232,11 +120,19 @@ class TrainingSession:
     def prepare(
         self, model: nn.Module, config: dict[str, Any], sampler: ClipSampler
     ) -> tuple[nn.Module, torch.optim.Optimizer, EMA, int]:
-        """Resume weights and state if the run has a checkpoint; returns (model, optimizer, ema, step)."""
+        """Resume weights and state if the run has a checkpoint; returns (model, optimizer, ema, step).
+
+        Every rank builds the same initial model (the program seeds torch first); then each rank's
+        RNGs are seeded apart (the corruption noise differs across ranks), or restored on resume.
+        """
         self.config = config
         self.sampler = sampler
         optimizer = adamw(model, self.options)
         ema = EMA(model, self.options.ema_decay)
+        seed_ranks(self.options.seed, self.rank)
+        trace = os.environ.get(CLIP_TRACE_ENV)
+        if trace:
+            sampler.trace_to(Path(trace) / f"clips-rank{self.rank}.txt")
         step = 0
         if (self.out / "checkpoints").exists():
             step = self._resume(model, optimizer, ema, sampler)
@@ -266,33 +162,56 @@ class TrainingSession:
         if "optimizer" in state:
             optimizer.load_state_dict(state["optimizer"])
         if "sampler" in state:
-            sampler.load_state_dict(state["sampler"])
-        if "rng" in state and self.world_size == 1:
-            set_rng_state(state["rng"])
+            sampler.load_state_dict(state["sampler"], saved_world_size=state.get("world_size"))
+        saved_rngs = state.get("rng")
+        if isinstance(saved_rngs, dict):  # saved by one process before per-rank states were kept
+            saved_rngs = [saved_rngs]
+        if saved_rngs and len(saved_rngs) == self.world_size:
+            set_rng_state(saved_rngs[self.rank])
+        elif saved_rngs and self.is_main:
+            print(
+                f"note: {path.name} was saved by {len(saved_rngs)} process(es) and this run has "
+                f"{self.world_size}: random states start afresh and the clip order is rescaled, "
+                "so the run continues but is not bit-identical to an uninterrupted one",
+                flush=True,
+            )
         if self.is_main:
             print(f"resuming {self.out} from step {checkpoint.step} ({path.name})", flush=True)
         return checkpoint.step
 
     def save(self, step: int, meta: dict[str, Any]) -> None:
-        """Checkpoint at ``step`` (every rank calls it; the main process writes)."""
+        """Checkpoint at ``step``. Every rank calls it (each rank's RNG state is gathered); the main
+        process writes. A failed save (disk full, …) raises the same InputError on every rank."""
+        if self.world_size > 1:  # as plain lists: tensors do not survive all_gather_object's unpickler
+            rngs = [rng_state_from_lists(r) for r in gather_object([rng_state_to_lists(rng_state())])]
+        else:
+            rngs = [rng_state()]
         self.accelerator.wait_for_everyone()
+        error: list[str | None] = [None]
         if self.is_main:
-            save_checkpoint(
-                self.out,
-                kind=self.kind,
-                config=self.config,
-                step=step,
-                weights=self.accelerator.unwrap_model(self.model).state_dict(),
-                ema_weights=self.ema.state_dict(),
-                training_state={
-                    "optimizer": self.optimizer.state_dict(),
-                    "sampler": self.sampler.state_dict(),
-                    "rng": rng_state(),
-                },
-                meta={"run": self.run_config, **meta},
-                keep=self.options.keep,
-            )
-        self.accelerator.wait_for_everyone()
+            try:
+                save_checkpoint(
+                    self.out,
+                    kind=self.kind,
+                    config=self.config,
+                    step=step,
+                    weights=self.accelerator.unwrap_model(self.model).state_dict(),
+                    ema_weights=self.ema.state_dict(),
+                    training_state={
+                        "optimizer": self.optimizer.state_dict(),
+                        "sampler": self.sampler.state_dict(),
+                        "world_size": self.world_size,
+                        "rng": rngs,  # one state per rank, in rank order
+                    },
+                    meta={"run": self.run_config, **meta},
+                    keep=self.options.keep,
+                )
+            except InputError as err:
+                error = [str(err)]
+        if self.world_size > 1:
+            broadcast_object_list(error, from_process=0)
+        if error[0] is not None:
+            raise InputError(error[0])
 
     # -- the step --------------------------------------------------------------------------------------
     def optimizer_step(self, step: int) -> tuple[bool, float]:
@@ -309,11 +228,11 @@ class TrainingSession:
         if not math.isfinite(grad_norm):
             self.optimizer.zero_grad(set_to_none=True)
             self.skipped_in_a_row += 1
-            self.logger.log(step, {"skipped_nonfinite": 1.0})
+            self.logger.log(step + 1, {"skipped_nonfinite": 1.0})  # step + 1: as the loop counts it
             if self.skipped_in_a_row >= MAX_SKIPPED_STEPS:
                 raise InputError(
                     f"{self.skipped_in_a_row} optimizer steps in a row had non-finite gradients; "
-                    f"stopping at step {step}. Lower --lr or check the data; {self.out} keeps the last good checkpoint"
+                    f"stopping at step {step + 1}. Lower --lr or check the data; {self.out} keeps the last good checkpoint"
                 )
             return False, grad_norm
         self.skipped_in_a_row = 0
@@ -344,5 +263,12 @@ class TrainingSession:
         self.close()
 
     def close(self) -> None:
+        """Close the logs. The process group stays up (``finetune`` runs two sessions in one
+        process); a program's ``main`` ends it with :func:`end_processes`."""
         self.logger.close()
-        self.accelerator.end_training()
+
+
+def end_processes() -> None:
+    """Leave the process group of a multi-process run (at the end of a program's ``main``)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

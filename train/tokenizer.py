@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from wm_video.checkpoint import load_tokenizer, resolve_checkpoint
 from wm_video.data.cache import TrainingCache, load_cache
 from wm_video.data.lerobot import read_info
 from wm_video.data.sampler import ClipSampler
@@ -32,8 +33,14 @@ from wm_video.metrics import psnr
 from wm_video.tokenizer import TOKENIZER_PRESETS, VideoTokenizer, tokenizer_preset
 from wm_video.tokenizer.loss import ReconstructionLossConfig, ReconstructionLosses, reconstruction_loss
 from wm_video.tokenizer.pixels import to_model_pixels, to_uint8_frames
-from wm_video.train.common import save_comparison_grid
-from wm_video.train.session import SessionOptions, TrainingSession, add_session_flags, session_options
+from wm_video.train.common import peak_flops, save_comparison_grid, throughput, train_flops_per_frame
+from wm_video.train.session import (
+    SessionOptions,
+    TrainingSession,
+    add_session_flags,
+    end_processes,
+    session_options,
+)
 
 PROBE_CLIPS = 6  # held-out clips scored and drawn at every eval step
 
@@ -46,6 +53,7 @@ class TokenizerTrainOptions:
     clip_len: int = 8
     l1_weight: float = 0.2
     holdout: float = DEFAULT_HOLDOUT
+    init: Path | None = None  # start from this tokenizer checkpoint (its config and EMA weights): fine-tuning
 
 
 @dataclass(frozen=True)
@@ -87,7 +95,8 @@ def _episodes_with_clips(cache: TrainingCache, episodes: Sequence[int], clip_len
 
 
 def train_tokenizer(options: TokenizerTrainOptions) -> TokenizerTrainResult:
-    config = tokenizer_preset(options.preset)
+    initial = load_tokenizer(options.init)[0].train() if options.init is not None else None
+    config = initial.config if initial is not None else tokenizer_preset(options.preset)
     if options.clip_len < 1:
         raise InputError(f"--clip-len must be ≥ 1, got {options.clip_len}")
     read_info(options.data)  # a clear error for a missing or foreign folder before the run folder is made
@@ -100,6 +109,7 @@ def train_tokenizer(options: TokenizerTrainOptions) -> TokenizerTrainResult:
             "clip_len": options.clip_len,
             "l1_weight": options.l1_weight,
             "holdout": options.holdout,
+            **({"init": str(resolve_checkpoint(options.init))} if options.init is not None else {}),
         },
     )
     o, accelerator = options.session, session.accelerator
@@ -127,7 +137,7 @@ def train_tokenizer(options: TokenizerTrainOptions) -> TokenizerTrainResult:
         session.device,
     )
     torch.manual_seed(o.seed)
-    model, _, ema, step = session.prepare(VideoTokenizer(config), config.to_dict(), sampler)
+    model, _, ema, step = session.prepare(initial or VideoTokenizer(config), config.to_dict(), sampler)
     loss_config = ReconstructionLossConfig(l1_weight=options.l1_weight)
     meta = {
         "data": str(options.data),
@@ -136,11 +146,14 @@ def train_tokenizer(options: TokenizerTrainOptions) -> TokenizerTrainResult:
         "probe_is_heldout": bool(split.heldout and probe_episodes != train_episodes),
     }
     frames_per_step = o.batch_size * options.clip_len * session.world_size * o.grad_accum
+    parameters = sum(p.numel() for p in model.parameters())
+    flops_per_frame = train_flops_per_frame(parameters, config.tokens_per_frame)
+    peak = peak_flops(session.device)
     heldout_psnr: float | None = None
     last_saved, stopped = step, False
     if session.is_main:
         print(
-            f"tokenizer {options.preset}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, "
+            f"tokenizer {'from ' + str(options.init) if options.init else options.preset}: {parameters / 1e6:.1f} M parameters, "
             f"{config.tokens_per_frame} tokens/frame ({config.bits_per_frame:.0f} bits); {cache.num_frames:,} frames, "
             f"{len(train_episodes)} training / {len(split.heldout)} held-out episodes; {session.world_size} process(es) "
             f"on {session.device}, precision {session.precision}",
@@ -167,7 +180,14 @@ def train_tokenizer(options: TokenizerTrainOptions) -> TokenizerTrainResult:
                     "train_psnr": losses.psnr,
                     "grad_norm": grad_norm,
                     "lr": o.lr_at(step - 1),
-                    "frames_per_s": window_frames / seconds,
+                    **throughput(
+                        window_frames,
+                        seconds,
+                        tokens_per_frame=config.tokens_per_frame,
+                        flops_per_frame=flops_per_frame,
+                        peak=peak,
+                        world=session.world_size,
+                    ),
                 }
                 session.logger.log(step, metrics)
                 bar.set_postfix(
@@ -176,7 +196,7 @@ def train_tokenizer(options: TokenizerTrainOptions) -> TokenizerTrainResult:
                     fps=f"{metrics['frames_per_s']:.0f}",
                 )
                 window_start, window_frames = time.perf_counter(), 0
-            if session.is_main and (step % o.eval_every == 0 or step == o.max_steps):
+            if session.is_main and o.eval_every and (step % o.eval_every == 0 or step == o.max_steps):
                 heldout_psnr, reconstruction = probe(ema.model, probe_frames)
                 session.logger.log(step, {"heldout_psnr": heldout_psnr})
                 grid = save_comparison_grid(
@@ -233,6 +253,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "wm-video train tokenize
     except WMVideoError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        end_processes()
     if result.heldout_psnr is not None:
         print(
             f"{result.run}: step {result.step}, held-out PSNR {result.heldout_psnr:.2f} dB ({result.seconds:.0f} s)"

@@ -19,6 +19,7 @@ from wm_video.bench.cli import register as register_bench
 from wm_video.cli_args import Commands, positive_int
 from wm_video.errors import WMVideoError
 from wm_video.eval.cli import register as register_eval
+from wm_video.play.cli import register as register_play
 from wm_video.train.cli import register as register_train
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ _REGISTERS: tuple[Callable[[Commands], None], ...] = (
     register_train,
     register_eval,
     register_bench,
+    register_play,
 )
 
 

@@ -12,11 +12,17 @@ Nothing in :meth:`World.advance` reads a device value back to the host (the coun
 the device; the tables are built at construction), so on a GPU the step can be compiled and
 graph-captured (``compile=True``). :meth:`World.step` copies the frame to the host at the end,
 because a player needs pixels.
+
+:meth:`World.snapshot` and :meth:`World.restore` copy the state a rollout depends on (the trunk
+cache, the decoder's cache, the current tokens, the sampling counters) on the device, so a
+player can rewind; ``restore`` writes into the existing tensors, so captured graphs stay valid.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -39,6 +45,37 @@ def check_pair(tokenizer: VideoTokenizer, dynamics: DynamicsModel) -> None:
             f"dynamics model reads {d.grid_size}×{d.grid_size} with levels {list(d.levels)}: "
             "use the tokenizer the dynamics model was trained with"
         )
+
+
+@dataclass(frozen=True)
+class WorldSnapshot:
+    """A copy of a world's state between two steps (see :meth:`World.snapshot`); device tensors."""
+
+    current: Tensor  # (B, N) tokens of the frame shown
+    trunk_keys: tuple[Tensor, ...]  # per trunk layer (B, h, S + W, N, E)
+    trunk_values: tuple[Tensor, ...]
+    trunk_frame: Tensor  # () frames fed to the trunk
+    decoder_keys: tuple[Tensor, ...]  # per tokenizer decoder block (B, h, N, window − 1, E)
+    decoder_values: tuple[Tensor, ...]
+    decoder_frames: int  # frames the decoder has seen
+    counter: Tensor  # () generated frames (the sampling noise's frame number)
+    seed: Tensor
+    frames_seen: int
+
+    @property
+    def nbytes(self) -> int:
+        """Device memory this snapshot holds."""
+        tensors = (
+            self.current,
+            *self.trunk_keys,
+            *self.trunk_values,
+            *self.decoder_keys,
+            *self.decoder_values,
+            self.trunk_frame,
+            self.counter,
+            self.seed,
+        )
+        return sum(t.numel() * t.element_size() for t in tensors)
 
 
 class World:
@@ -68,6 +105,8 @@ class World:
         self.counter = torch.zeros((), dtype=torch.long, device=self.device)
         self.current: Tensor | None = None  # (B, N) tokens of the frame shown now
         self._frames_seen = 0
+        #: What the checkpoint says about itself (``meta`` of checkpoint.json; empty for fresh models).
+        self.meta: dict[str, Any] = {}
         self._advance = torch.compile(self._advance_eager) if compile else self._advance_eager
 
     @property
@@ -188,6 +227,56 @@ class World:
         """Apply ``action`` ((A,) for one world, or (B, A)) → the next frame, uint8 (H, W, 3) or (B, H, W, 3)."""
         return self._to_host(self.render(self.advance(action)))
 
+    # -- rewind ------------------------------------------------------------------------------------
+    def snapshot(self) -> WorldSnapshot:
+        """Copy the state the next steps depend on (device copies; no host read).
+
+        The tokenizer's encoder cache is left out: it is used only by :meth:`reset`, which clears it.
+        """
+        if self.current is None:
+            raise InputError("reset the world with context frames before taking a snapshot")
+        decoder = self.stream.decoder_cache
+        return WorldSnapshot(
+            current=self.current.clone(),
+            trunk_keys=tuple(t.clone() for t in self.cache.keys),
+            trunk_values=tuple(t.clone() for t in self.cache.values),
+            trunk_frame=self.cache.frame.clone(),
+            decoder_keys=tuple(t.clone() for t in decoder.keys),
+            decoder_values=tuple(t.clone() for t in decoder.values),
+            decoder_frames=decoder.frames_seen,
+            counter=self.counter.clone(),
+            seed=self.seed.clone(),
+            frames_seen=self._frames_seen,
+        )
+
+    @torch.inference_mode()
+    def restore(self, snapshot: WorldSnapshot) -> None:
+        """Return to a :meth:`snapshot` of this world: the next step is the one that followed it.
+
+        Copies into the tensors the world already holds, so a compiled step keeps working.
+        """
+        decoder = self.stream.decoder_cache
+        pairs = [
+            *zip(self.cache.keys, snapshot.trunk_keys, strict=True),
+            *zip(self.cache.values, snapshot.trunk_values, strict=True),
+            *zip(decoder.keys, snapshot.decoder_keys, strict=True),
+            *zip(decoder.values, snapshot.decoder_values, strict=True),
+            (self.cache.frame, snapshot.trunk_frame),
+            (self.counter, snapshot.counter),
+            (self.seed, snapshot.seed),
+        ]
+        for target, saved in pairs:
+            if target.shape != saved.shape:
+                raise InputError(
+                    f"this snapshot belongs to another world: a tensor of {tuple(saved.shape)} "
+                    f"where this world holds {tuple(target.shape)}"
+                )
+        for target, saved in pairs:
+            target.copy_(saved)
+        decoder.frames_seen = snapshot.decoder_frames
+        self.current = snapshot.current.clone()  # a new tensor, as advance() makes one each step
+        self._frames_seen = snapshot.frames_seen
+
     def _to_host(self, frames: Tensor) -> np.ndarray:
         array = frames.cpu().numpy()
         return array[0] if self.batch_size == 1 else array
@@ -218,6 +307,8 @@ def load_world(
         if not tokenizer.is_absolute():
             tokenizer = saved.path / tokenizer
     tokenizer_model, _ = load_tokenizer(tokenizer, device=device)
-    return World(
+    world = World(
         tokenizer_model, dynamics, batch_size=batch_size, sampling=sampling, seed=seed, compile=compile
     )
+    world.meta = {**saved.meta, "checkpoint": str(saved.path)}
+    return world

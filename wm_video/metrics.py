@@ -11,6 +11,10 @@ and averaged over the channels and the valid pixels (no padding, so every window
 frame). It equals scikit-image's ``structural_similarity(..., gaussian_weights=True, sigma=1.5,
 use_sample_covariance=False, data_range=...)``; unlike Wang's MATLAB code it does not first
 downsample frames larger than 256 px.
+
+Frame statistics (:func:`frame_statistics`, :func:`colour_histogram`, :func:`histogram_distance`)
+summarise single frames for the soak test of ``wm-video eval``: a world collapsing into a blur,
+a flat colour or noise shows in them long before anyone watches 10,000 frames.
 """
 
 from __future__ import annotations
@@ -130,3 +134,61 @@ def codebook_usage(tokens: Tensor, codebook_size: int) -> CodebookUsage:
         )
     _, counts = torch.unique(tokens.flatten(), return_counts=True)
     return codebook_usage_from_counts(counts, codebook_size)
+
+
+# -- frame statistics (collapse detection in long rollouts) ------------------------------------------
+HISTOGRAM_BINS = 16
+
+
+def frame_statistics(frames: Tensor) -> dict[str, Tensor]:
+    """Per-frame summary of uint8-range frames (..., C, H, W) → each statistic shaped (...), float64.
+
+    - ``mean``: mean pixel value (0–255 for uint8): a world fading to black or white moves it.
+    - ``spread``: standard deviation over all pixels and channels: a grey blur or a flat colour lowers it.
+    - ``sharpness``: mean absolute response of the 4-neighbour Laplacian on the channel mean,
+      over interior pixels: a blur lowers it, noise raises it far above footage.
+    """
+    if frames.dim() < 3 or frames.shape[-1] < 3 or frames.shape[-2] < 3:
+        raise ValueError(
+            f"frame_statistics: frames must be (..., C, H, W) with H, W ≥ 3; got {tuple(frames.shape)}"
+        )
+    x = frames.double()
+    gray = x.mean(dim=-3)  # (..., H, W)
+    laplacian = (
+        4 * gray[..., 1:-1, 1:-1]
+        - gray[..., :-2, 1:-1]
+        - gray[..., 2:, 1:-1]
+        - gray[..., 1:-1, :-2]
+        - gray[..., 1:-1, 2:]
+    )
+    return {
+        "mean": x.mean(dim=(-3, -2, -1)),
+        "spread": x.flatten(-3).std(dim=-1, unbiased=False),
+        "sharpness": laplacian.abs().mean(dim=(-2, -1)),
+    }
+
+
+def colour_histogram(frames: Tensor, bins: int = HISTOGRAM_BINS, data_range: float = 255.0) -> Tensor:
+    """Normalised per-channel histograms of frames (..., C, H, W) → (..., C·bins), each channel's
+    block summing to 1/C (so the whole vector sums to 1); values are binned over [0, data_range]."""
+    if frames.dim() < 3:
+        raise ValueError(f"colour_histogram: frames must be (..., C, H, W); got {tuple(frames.shape)}")
+    *batch, channels, height, width = frames.shape
+    index = (frames.double() / data_range * bins).floor().clamp(0, bins - 1).long()
+    index = index.reshape(-1, channels, height * width)  # (F, C, P)
+    offsets = (torch.arange(channels, device=frames.device) * bins)[None, :, None]
+    counts = torch.zeros(index.shape[0], channels * bins, dtype=torch.float64, device=frames.device)
+    counts.scatter_add_(
+        1, (index + offsets).flatten(1), torch.ones_like(index.flatten(1), dtype=torch.float64)
+    )
+    return (counts / (channels * height * width)).reshape(*batch, channels * bins)
+
+
+def histogram_distance(histograms: Tensor, reference: Tensor) -> Tensor:
+    """Total-variation distance (½ L1) between normalised histograms (..., K) and a reference (K,):
+    0 for the same colour distribution, 1 for disjoint ones."""
+    if histograms.shape[-1] != reference.shape[-1]:
+        raise ValueError(
+            f"histogram_distance: {histograms.shape[-1]} bins against a reference of {reference.shape[-1]}"
+        )
+    return 0.5 * (histograms.double() - reference.double()).abs().sum(dim=-1)

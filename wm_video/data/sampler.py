@@ -9,7 +9,10 @@ Design choices:
 - Deterministic for a seed and resumable exactly: epoch e is a permutation of every valid start
   drawn from ``np.random.default_rng([seed, e])``, and the state is just ``{"epoch", "position"}``.
 - Split across ranks: rank r of W takes positions r, r + W, … of each permutation, so ranks draw
-  different clips and change epoch together.
+  different clips and change epoch together. A run resumed with another number of ranks
+  continues at the same share of the epoch (``load_state_dict(…, saved_world_size=W)``).
+- ``WM_VIDEO_TRACE_CLIPS=DIR`` (read by the training session) appends each clip a rank draws,
+  as ``episode start`` lines, to ``DIR/clips-rank<r>.txt``: a debugging aid, off by default.
 - numpy only (no torch import): a batch is one contiguous memmap copy per clip into a
   preallocated array of the rows' dtype, far faster than any model consumes it.
 """
@@ -18,11 +21,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from wm_video.errors import InputError
+
+CLIP_TRACE_ENV = "WM_VIDEO_TRACE_CLIPS"
 
 
 class ClipTable(Protocol):
@@ -111,6 +117,20 @@ class ClipSampler:
             raise InputError(f"only {self.num_starts} clip starts for {world_size} ranks; use fewer ranks")
         self.epoch, self.position = 0, 0
         self._order_epoch, self._order = -1, np.empty(0, dtype=np.int64)
+        self._trace: Path | None = None
+
+    def trace_to(self, path: Path) -> None:
+        """Append every clip drawn from now on to ``path`` as ``episode start`` lines."""
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._trace = Path(path)
+
+    def _write_trace(self, picked: np.ndarray) -> None:
+        if self._trace is None:
+            return
+        episodes = self.cache.episode_indices[self._episode_of[picked]].tolist()
+        starts = self._offset[picked].tolist()
+        with self._trace.open("a") as handle:
+            handle.writelines(f"{e} {s}\n" for e, s in zip(episodes, starts, strict=True))
 
     @property
     def num_starts(self) -> int:
@@ -136,6 +156,7 @@ class ClipSampler:
             picked[filled : filled + take] = self._order[mine]
             filled += take
             self.position += take
+        self._write_trace(picked)
         return picked
 
     def __iter__(self) -> ClipSampler:
@@ -169,8 +190,13 @@ class ClipSampler:
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "position": self.position}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], *, saved_world_size: int | None = None) -> None:
+        """Continue where ``state`` left off. Saved by a run of ``saved_world_size`` ranks (ranks draw
+        in lockstep, so one rank's state is every rank's) when this one has another number, continue
+        at the same share of the epoch."""
         epoch, position = int(state["epoch"]), int(state["position"])
+        if saved_world_size is not None and saved_world_size >= 1 and saved_world_size != self.world_size:
+            position = min(len(self), position * saved_world_size // self.world_size)
         if epoch < 0 or not 0 <= position <= len(self):
             raise InputError(
                 f"sampler state {state} does not fit this sampler ({len(self)} clips per epoch per rank)"

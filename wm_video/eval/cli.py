@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from wm_video.cli_args import Commands, positive_int
-from wm_video.errors import WMVideoError
+from wm_video.errors import InputError, WMVideoError
 
 
 def _eval_dynamics(args: argparse.Namespace) -> int:
@@ -51,7 +51,7 @@ def _eval_dynamics(args: argparse.Namespace) -> int:
         episodes,
         clips=args.clips,
         context=args.context,
-        horizon=args.horizon,
+        horizon=args.horizon or 16,
         seed=args.seed,
     )
     print(
@@ -66,11 +66,98 @@ def _eval_dynamics(args: argparse.Namespace) -> int:
     return 0
 
 
+def _episode_list(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise InputError(
+            f"--episodes must be comma-separated episode indices like 18,19; got {text!r}"
+        ) from None
+
+
+def _eval_consistency(args: argparse.Namespace) -> int:
+    import signal
+
+    import torch
+
+    from wm_video.data.cache import load_cache
+    from wm_video.eval.clips import EvalInterrupted
+    from wm_video.eval.consistency import ConsistencyConfig, load_models, run_consistency
+    from wm_video.eval.idm import IDMConfig
+    from wm_video.eval.report import write_report
+
+    if args.out is None:
+        raise InputError(
+            "wm-video eval: the consistency run writes a report folder; pass --out REPORT "
+            "(or name a quick check: `eval tokenizer` / `eval dynamics`)"
+        )
+    config = ConsistencyConfig(
+        clips=args.clips,
+        context=args.context,
+        horizon=args.horizon,
+        soak=args.soak,
+        seed=args.seed,
+        episodes=_episode_list(args.episodes),
+        live=args.live,
+        actions=args.actions,
+        skip=frozenset(part for part in (args.skip or "").split(",") if part),
+        idm=IDMConfig() if args.idm_steps is None else IDMConfig(steps=args.idm_steps),
+        idm_cache=args.idm_cache,
+    )
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    models = load_models(
+        args.checkpoint, args.baseline, tokenizer=args.tokenizer, device=device, raw_weights=args.raw_weights
+    )
+    data = args.data or models[0].meta.get("data")
+    if data is None:
+        raise InputError(f"{models[0].path}: the checkpoint does not name its dataset; pass --data DIR")
+    progress = sys.stderr.isatty()
+    cache = load_cache(Path(data), size=models[0].tokenizer.config.image_size, progress=progress)
+    stopped: list[int] = []
+    handlers = {
+        sig: signal.signal(sig, lambda signum, frame: stopped.append(signum))
+        for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        result = run_consistency(
+            models,
+            cache,
+            Path(data),
+            float(models[0].meta.get("holdout", 0.1)),
+            config,
+            stop=lambda: bool(stopped),
+            progress=progress,
+            log=lambda line: print(line, file=sys.stderr),
+        )
+    except EvalInterrupted:
+        print("wm-video eval: interrupted; no report was written", file=sys.stderr)
+        return 130
+    finally:
+        for sig, previous in handlers.items():
+            signal.signal(sig, previous)
+    report = write_report(result, args.out)
+    for r in result.results:
+        drift, control = r.clips.drift, r.clips.control
+        print(
+            f"{r.model.label} {r.model.path} (step {r.model.step}): teacher-forced {r.clips.teacher.psnr:.2f} dB, "
+            f"after {r.clips.horizon} frames {drift.psnr.mean[-1]:.2f} ± {drift.psnr.std[-1]:.2f} dB, "
+            f"ΔPSNR(t={control.t}) {control.delta_psnr_t4:+.2f} dB"
+        )
+    print(f"report: {report}")
+    return 0
+
+
 def _eval(args: argparse.Namespace) -> int:
     import signal
 
     if args.what == "dynamics":
         return _eval_dynamics(args)
+    if args.what is None:
+        return _eval_consistency(args)
 
     import torch
 
@@ -119,12 +206,20 @@ def _eval(args: argparse.Namespace) -> int:
 
 def register(commands: Commands) -> None:
     """Add ``wm-video eval``."""
-    p = commands.add_parser("eval", help="evaluate a trained model on held-out footage")
+    p = commands.add_parser(
+        "eval",
+        help="evaluate a trained model: the consistency run of a dynamics checkpoint, or a quick check",
+        description="Without WHAT: the full consistency run of a dynamics checkpoint (teacher-forced next "
+        "frame, drift, controllability, action accuracy, loop closure, soak) written as a report folder "
+        "(--out). With WHAT: a quick check printed to the terminal.",
+    )
     p.add_argument(
         "what",
+        nargs="?",
         choices=["tokenizer", "dynamics"],
-        help="tokenizer: PSNR, SSIM, codebook use, bits per frame; dynamics: teacher-forced next-frame PSNR, "
-        "ΔPSNR(t=4) and drift over a rollout",
+        default=None,
+        help="quick checks: tokenizer (PSNR, SSIM, codebook use, bits per frame) or dynamics (teacher-forced "
+        "next-frame PSNR, ΔPSNR and drift, printed); omit for the full consistency run",
     )
     p.add_argument("--checkpoint", type=Path, required=True, help="run folder or checkpoint step folder")
     p.add_argument(
@@ -149,12 +244,64 @@ def register(commands: Commands) -> None:
     group.add_argument(
         "--tokenizer", type=Path, default=None, help="tokenizer (default: the one it was trained with)"
     )
-    group.add_argument("--clips", type=positive_int, default=16, help="held-out clips scored (default 16)")
+    group.add_argument(
+        "--clips", type=positive_int, default=16, help="held-out clips (or live episodes) scored (default 16)"
+    )
     group.add_argument(
         "--context", type=positive_int, default=4, help="real frames before a rollout (default 4)"
     )
     group.add_argument(
-        "--horizon", type=positive_int, default=16, help="frames generated per rollout (default 16)"
+        "--horizon",
+        type=positive_int,
+        default=None,
+        help="frames generated per rollout (default: 3 s of game time for the full run, 16 for `dynamics`)",
     )
     group.add_argument("--seed", type=int, default=0, help="which clips, and the sampling noise (default 0)")
+    group = p.add_argument_group("consistency run (no WHAT)")
+    group.add_argument(
+        "--out", type=Path, default=None, help="report folder: report.md, metrics.json, plots, mp4"
+    )
+    group.add_argument(
+        "--baseline", type=Path, default=None, help="a second dynamics run scored on the same clips"
+    )
+    group.add_argument(
+        "--soak",
+        type=int,
+        default=10_000,
+        help="frames of the long rollout under exploration (default 10000; 0 skips)",
+    )
+    group.add_argument(
+        "--live",
+        default=None,
+        metavar="ENGINE[:SCENARIO]",
+        help="play live episodes on the real engine (e.g. vizdoom:my_way_home) instead of dataset clips; "
+        "--clips of them, under --actions",
+    )
+    group.add_argument(
+        "--actions",
+        default="explore",
+        help="live action program: explore, random or a JSONL script (default explore)",
+    )
+    group.add_argument(
+        "--skip", default=None, help="comma-separated parts to leave out: actions, loops, soak"
+    )
+    group.add_argument(
+        "--idm-steps",
+        type=positive_int,
+        default=None,
+        help="training steps of the inverse-dynamics model (default 1200)",
+    )
+    group.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="CPU threads for torch (default: torch's choice, one per core); 1 is often faster for small "
+        "models on a busy machine",
+    )
+    group.add_argument(
+        "--idm-cache",
+        type=Path,
+        default=None,
+        help="folder for the cached IDM (default: beside the frame cache)",
+    )
     p.set_defaults(handler=_eval)

@@ -11,9 +11,12 @@
   actions and once with actions drawn from elsewhere in the data; ΔPSNR is PSNR(real,
   generated with real actions) − PSNR(real, generated with random actions) at the last frame.
   A model that ignores its actions scores 0.
-- **Drift** (:func:`rollout_psnr`): PSNR of each generated frame of a rollout under the real
-  actions, beside the last real context frame held still (what a frozen world would score).
-- :func:`evaluate_dynamics` runs all three on held-out clips (``wm-video eval dynamics``).
+- **Drift**: PSNR of each generated frame of a rollout under the real actions
+  (:func:`wm_video.eval.rollouts.rollout`), beside the last real context frame held still.
+- :func:`evaluate_dynamics` runs all three on held-out clips (``wm-video eval dynamics``, the
+  quick check printed to the terminal); ``wm-video eval`` without WHAT is the full consistency
+  run (:mod:`wm_video.eval.consistency`), which adds SSIM, spreads, curves, action accuracy,
+  loop closure and a soak, and writes a report folder.
 """
 
 from __future__ import annotations
@@ -146,20 +149,6 @@ def controllability(
     return ControllabilityReport(batch, horizon, scores[0], scores[1], scores[0] - scores[1])
 
 
-@torch.inference_mode()
-def rollout_psnr(
-    world: World, frames: np.ndarray, actions: np.ndarray, *, context: int, horizon: int, seed: int = 0
-) -> list[float]:
-    """PSNR (dB, mean over the batch) of each of ``horizon`` frames generated from ``context`` real
-    frames under the real actions: the drift curve. frames (B, ≥ context + horizon, H, W, 3)."""
-    world.reset(frames[:, :context], actions[:, : context - 1], seed=seed)
-    curve = []
-    for t in range(horizon):
-        shown = world.render(world.advance(actions[:, context - 1 + t]))
-        curve.append(_psnr_mean(shown.cpu(), torch.from_numpy(np.ascontiguousarray(frames[:, context + t]))))
-    return curve
-
-
 def frames_of_clips(tokens: TokenCache, frames: np.ndarray, picked: ClipBatch, length: int) -> np.ndarray:
     """The uint8 frames (B, length, H, W, 3) of clips drawn from the token cache made from ``frames``."""
     first_row = dict(zip(tokens.episode_indices.tolist(), tokens.episode_starts[:-1].tolist(), strict=True))
@@ -238,7 +227,16 @@ def evaluate_dynamics(
         horizon=min(4, horizon),
         seed=seed,
     )
-    curve = rollout_psnr(world, clip_frames, picked.actions, context=context, horizon=horizon, seed=seed)
+    from wm_video.eval.rollouts import frame_scores, rollout  # it builds on this module
+
+    generated = rollout(
+        world,
+        clip_frames[:, :context],
+        picked.actions[:, : context - 1],
+        picked.actions[:, context - 1 : -1],
+        seed=seed,
+    )
+    curve = frame_scores(generated, clip_frames[:, context:])[0].mean(axis=0).tolist()
     held = clip_frames[:, context - 1 : context]
     repeat = [
         _psnr_mean(torch.from_numpy(held[:, 0]), torch.from_numpy(clip_frames[:, context + t]))

@@ -138,6 +138,11 @@ class TokenizerStream:
             self.batch_size, tokens, self._dtype, self._device
         )
 
+    @property
+    def decoder_cache(self) -> StackCache:
+        """The decoder's cache of earlier frames (what a rewind must save and restore)."""
+        return self._decoder_cache
+
     def encode(self, frame: Tensor) -> TokenizerEncoding:
         """(B, 3, H, W) in [-1, 1] → encoding with T = 1."""
         frames = frame.unsqueeze(1)

@@ -1,0 +1,210 @@
+"""Where a play session starts, and what the checkpoint says about its world.
+
+Design choices:
+- ``--start-from`` is an image (any file OpenCV reads) or ``DATASET_DIR[:EPISODE[:FRAME]]``.
+  From a dataset, the world reads the frames up to FRAME (at most the model's context window of
+  them) with the actions taken between them, so it starts *moving* the way the footage did.
+  EPISODE defaults to the first episode, FRAME to the last frame of a full context window.
+- Without ``--start-from``: the checkpoint's training data (``meta.data``; its first held-out
+  episode when one is recorded), else the first frame of the real default world when the model
+  has its buttons, else a grey frame. The start is what Enter returns to.
+- The world's pace is its dataset's fps (``meta/info.json``), else ViZDoom's default 17.5.
+- Nothing here imports pygame.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from wm_video.actions import ActionSpace
+from wm_video.engine import World
+from wm_video.errors import InputError, WMVideoError
+
+log = logging.getLogger(__name__)
+
+#: Where the trained default world ships (issue 8); `wm-video play` loads it when no --checkpoint is given.
+DEFAULT_CHECKPOINT = Path("checkpoints/default")
+#: ViZDoom's default footage rate (35 tics/s, frame skip 2): the pace when the data does not say.
+DEFAULT_FPS = 17.5
+
+
+@dataclass(frozen=True)
+class StartContext:
+    """Real frames a world starts from, and the actions taken between them."""
+
+    frames: np.ndarray  # (T, H, W, 3) uint8, T ≥ 1
+    actions: np.ndarray | None  # (T − 1, A) float32; None: no key pressed
+    label: str  # for the HUD and logs, e.g. "data/doom episode 18 frames 0-7"
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the checkpoint's training data says about the world (all optional)."""
+
+    root: Path | None
+    fps: float
+    keymap: dict[str, str]
+    source: dict[str, Any]  # meta/wm_video.json "source": source, scenario, frame_skip, …
+    heldout: tuple[int, ...]
+
+
+def dataset_info(meta: dict[str, Any], names: tuple[str, ...]) -> DatasetInfo:
+    """Read the checkpoint's dataset (``meta.data``) if it is still there; defaults otherwise."""
+    data = meta.get("data")
+    heldout = tuple(int(e) for e in meta.get("heldout_episodes") or ())
+    root = Path(data) if data else None
+    if root is None or not (root / "meta" / "info.json").is_file():
+        if root is not None:
+            log.info("the checkpoint's dataset %s is not here; pace %.1f fps", root, DEFAULT_FPS)
+        return DatasetInfo(None, DEFAULT_FPS, {}, {}, heldout)
+    from wm_video.data.reader import open_dataset
+
+    try:
+        dataset = open_dataset(root)
+    except WMVideoError as exc:
+        log.warning("cannot read the checkpoint's dataset (%s); pace %.1f fps", exc, DEFAULT_FPS)
+        return DatasetInfo(None, DEFAULT_FPS, {}, {}, heldout)
+    same = tuple(dataset.action_space.names) == names
+    keymap = dict(dataset.action_space.default_keymap) if same else {}
+    source = dict(dataset.ours.get("source") or {})
+    return DatasetInfo(root if same else None, dataset.fps, keymap, source, heldout)
+
+
+def parse_start(spec: str) -> tuple[Path, int | None, int | None]:
+    """``PATH``, ``PATH:EPISODE`` or ``PATH:EPISODE:FRAME`` → (path, episode, frame)."""
+    if Path(spec).exists():
+        return Path(spec), None, None
+    parts = spec.split(":")
+    numbers: list[int] = []
+    while len(parts) > 1 and len(numbers) < 2 and parts[-1].strip().lstrip("-").isdigit():
+        numbers.insert(0, int(parts.pop()))
+    path = Path(":".join(parts))
+    if not path.exists():
+        raise InputError(
+            f"--start-from {spec!r}: no such image or dataset folder {str(path)!r} "
+            "(expected IMAGE or DATASET_DIR[:EPISODE[:FRAME]])"
+        )
+    if numbers and not path.is_dir():
+        raise InputError(f"--start-from {spec!r}: EPISODE and FRAME go with a dataset folder, not a file")
+    if any(n < 0 for n in numbers):
+        raise InputError(f"--start-from {spec!r}: EPISODE and FRAME are numbers ≥ 0")
+    return path, (numbers[0] if numbers else None), (numbers[1] if len(numbers) > 1 else None)
+
+
+def load_image(path: Path) -> np.ndarray:
+    """An image file → (H, W, 3) uint8 RGB."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise InputError(f"{path}: cannot read this image (expected a PNG, JPEG or another format OpenCV reads)")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def from_dataset(
+    root: Path, episode: int | None, frame: int | None, *, space: ActionSpace, context_frames: int
+) -> StartContext:
+    """Frames ≤ ``frame`` of an episode (the last ``context_frames`` of them) and the actions between."""
+    from wm_video.data.reader import open_dataset
+
+    dataset = open_dataset(root)
+    if not dataset.episodes:
+        raise InputError(f"{root}: the dataset holds no episode to start from")
+    ref = dataset.episode(episode) if episode is not None else dataset.episodes[0]
+    last = min(ref.length, context_frames) - 1 if frame is None else frame
+    if last >= ref.length:
+        raise InputError(f"{root}: episode {ref.index} has {ref.length} frames; frame {last} is not one of them")
+    first = max(0, last - context_frames + 1)
+    frames: list[np.ndarray] = []
+    for index, image in enumerate(dataset.iter_frames(ref)):
+        if index >= first:
+            frames.append(image)
+        if index == last:
+            break
+    actions: np.ndarray | None = None
+    if tuple(dataset.action_space.names) == tuple(space.names):
+        actions = dataset.actions(ref)[first:last]
+    else:
+        log.warning(
+            "%s: its actions %s are not this world's %s; starting without them",
+            root,
+            list(dataset.action_space.names),
+            list(space.names),
+        )
+    return StartContext(np.stack(frames), actions, f"{root} episode {ref.index} frames {first}-{last}")
+
+
+def load_start(spec: str, *, space: ActionSpace, context_frames: int) -> StartContext:
+    """``--start-from``: an image or ``DATASET_DIR[:EPISODE[:FRAME]]``."""
+    path, episode, frame = parse_start(spec)
+    if path.is_dir():
+        return from_dataset(path, episode, frame, space=space, context_frames=context_frames)
+    return StartContext(load_image(path)[None], None, str(path))
+
+
+def default_start(
+    info: DatasetInfo, *, space: ActionSpace, context_frames: int, image_size: int
+) -> StartContext:
+    """The checkpoint's data, else the real default world's first frame, else grey."""
+    if info.root is not None:
+        episode = info.heldout[0] if info.heldout else None
+        try:
+            return from_dataset(info.root, episode, None, space=space, context_frames=context_frames)
+        except WMVideoError as exc:
+            log.warning("cannot start from the checkpoint's dataset (%s)", exc)
+    from wm_video.sources.vizdoom import ACTION_SPACE
+
+    if tuple(space.names) == tuple(ACTION_SPACE.names):
+        from wm_video.sources import make_source
+
+        with make_source("vizdoom", size=image_size) as engine:
+            return StartContext(engine.reset(0)[None], None, "ViZDoom my_way_home, seed 0")
+    grey = np.full((1, image_size, image_size, 3), 128, dtype=np.uint8)
+    return StartContext(grey, None, "a grey frame")
+
+
+def open_world(
+    checkpoint: Path | None,
+    *,
+    preset: str | None = None,
+    tokenizer: Path | None = None,
+    device: str = "cpu",
+    seed: int = 0,
+    temperature: float | None = None,
+) -> World:
+    """The :class:`~wm_video.engine.World` to play: a checkpoint, or a preset with random weights.
+
+    With neither, the shipped default (:data:`DEFAULT_CHECKPOINT`); if that is not there yet, an
+    error says what to pass instead. A preset builds its tokenizer and dynamics model with
+    weights drawn from ``seed``, for the default world's 8 ViZDoom buttons.
+    """
+    import torch
+
+    from wm_video.dynamics import DynamicsModel, SamplingConfig, dynamics_config
+    from wm_video.engine import load_world
+    from wm_video.sources.vizdoom import ACTION_SPACE
+    from wm_video.tokenizer import VideoTokenizer, tokenizer_preset
+
+    sampling = SamplingConfig(temperature=temperature) if temperature is not None else None
+    if checkpoint is None and preset is None:
+        if not (DEFAULT_CHECKPOINT / "checkpoints").exists() and not (
+            DEFAULT_CHECKPOINT / "checkpoint.json"
+        ).exists():
+            raise InputError(
+                f"no trained world ships in {DEFAULT_CHECKPOINT}/ yet: pass --checkpoint RUN (a dynamics "
+                "run or step folder) or --preset tiny (random weights, for development)"
+            )
+        checkpoint = DEFAULT_CHECKPOINT
+    if checkpoint is not None:
+        return load_world(checkpoint, tokenizer=tokenizer, device=device, sampling=sampling, seed=seed)
+    assert preset is not None
+    torch.manual_seed(seed)
+    tokenizer_model = VideoTokenizer(tokenizer_preset(preset))
+    dynamics = DynamicsModel(dynamics_config(preset, tokenizer_model.config, ACTION_SPACE))
+    world = World(tokenizer_model.to(device), dynamics.to(device), sampling=sampling, seed=seed)
+    world.meta = {"preset": preset, "random_weights": True}
+    return world

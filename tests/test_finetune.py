@@ -1,0 +1,173 @@
+"""`wm-video finetune`: a trained world adapted to new footage with another action set and frame size;
+actions matched by name keep their embedding, so the model reads them exactly as before."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_dataset, random_actions, smooth_frames
+
+from wm_video.actions import ActionSpace
+from wm_video.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint, save_checkpoint
+from wm_video.cli import main as cli_main
+from wm_video.data.video import VideoSettings
+from wm_video.data.writer import DatasetWriter
+from wm_video.dynamics import DYNAMICS_PRESETS, DynamicsConfig, DynamicsModel
+from wm_video.engine import load_world
+from wm_video.tokenizer import TokenizerConfig, VideoTokenizer
+from wm_video.train.dynamics import initial_model
+from wm_video.train.finetune import source_tokenizer
+from wm_video.train.remap import remap_action_weights
+
+TOKENIZER = TokenizerConfig(
+    image_size=32, patch_size=8, dim=32, heads=2, encoder_layers=1, decoder_layers=1, temporal_window=3
+)
+DYNAMICS = DynamicsConfig(dim=32, heads=2, trunk_layers=1, head_layers=1, context_frames=3)
+NEW_SPACE = ActionSpace(("forward", "jump"), ("mouse_dx",), {"w": "forward", "space": "jump"})
+
+
+def source_config(names: tuple[str, ...], buttons: int, scale: tuple[float, ...]) -> DynamicsConfig:
+    return replace(
+        DYNAMICS,
+        grid_size=TOKENIZER.grid_size,
+        levels=TOKENIZER.levels,
+        action_names=names,
+        action_buttons=buttons,
+        action_scale=scale,
+    )
+
+
+def test_matching_actions_keep_their_meaning_and_new_ones_start_at_zero(tmp_path: Path) -> None:
+    old = source_config(("forward", "turn_left", "mouse_dx"), 2, (1.0, 1.0, 2.0))
+    new = source_config(("forward", "jump", "mouse_dx"), 2, (1.0, 1.0, 4.0))
+    torch.manual_seed(0)
+    source = DynamicsModel(old).eval()
+    save_checkpoint(
+        tmp_path / "src", kind="dynamics", config=old.to_dict(), step=5, weights=source.state_dict()
+    )
+    model, config, mapping = initial_model(tmp_path / "src", new)
+    assert (mapping.kept, mapping.new, mapping.dropped) == (
+        ("forward", "mouse_dx"),
+        ("jump",),
+        ("turn_left",),
+    )
+    assert config.action_names == new.action_names and config.action_scale == new.action_scale
+    assert config.dim == DYNAMICS.dim  # the source's shape, not a preset's
+    weights, _ = remap_action_weights(source.state_dict(), old, new)
+    assert torch.equal(weights["action_embed.0.weight"][:, 1], torch.zeros(DYNAMICS.dim))
+    # forward pressed and a mouse move: the same embedding before and after (delta rescaled)
+    with torch.no_grad():
+        before = source.embed_actions(torch.tensor([[1.0, 0.0, 0.7]]))
+        after = model.eval().embed_actions(torch.tensor([[1.0, 0.0, 0.7]]))
+    torch.testing.assert_close(after, before)
+    with pytest.raises(Exception, match="fine-tune with the tokenizer this model was trained with"):
+        initial_model(tmp_path / "src", replace(new, grid_size=2))
+
+
+def test_the_tokenizer_is_found_through_the_checkpoint(tmp_path: Path) -> None:
+    def checkpoint(meta: dict[str, str]) -> Checkpoint:
+        return Checkpoint(
+            tmp_path / "run" / "checkpoints" / "step-1", "dynamics", {}, 1, {}, None, None, meta
+        )
+
+    assert source_tokenizer(checkpoint({"tokenizer": "/abs/tok"})) == Path("/abs/tok")
+    relative = source_tokenizer(checkpoint({"tokenizer": "../../tok"}))  # as a shipped checkpoint has it
+    assert relative == tmp_path / "run" / "checkpoints" / "step-1" / "../../tok"
+    with pytest.raises(Exception, match="no tokenizer recorded"):
+        source_tokenizer(checkpoint({}))
+
+
+def test_finetune_command_adapts_a_world_to_new_footage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(DYNAMICS_PRESETS, "tiny", DYNAMICS)
+    old_data = make_dataset(tmp_path / "old", [20, 20])
+    torch.manual_seed(0)
+    save_checkpoint(
+        tmp_path / "tokenizer",
+        kind="tokenizer",
+        config=TOKENIZER.to_dict(),
+        step=0,
+        weights=VideoTokenizer(TOKENIZER).state_dict(),
+    )
+    common = [
+        "--batch-size",
+        "2",
+        "--log-every",
+        "1",
+        "--eval-every",
+        "0",
+        "--no-progress",
+        "--warmup-steps",
+        "1",
+    ]
+    assert (
+        cli_main(
+            ["train", "dynamics", "--data", str(old_data.root), "--tokenizer", str(tmp_path / "tokenizer")]
+            + ["--out", str(tmp_path / "source"), "--max-steps", "2", "--clip-len", "4", *common]
+        )
+        == 0
+    )
+    new_data = tmp_path / "new"  # another game: 48 px frames, a "jump" button instead of "turn_left"
+    with DatasetWriter(
+        new_data,
+        fps=15,
+        action_space=NEW_SPACE,
+        frame_shape=(48, 48, 3),
+        task="new",
+        video=VideoSettings(codec="lossless"),
+    ) as writer:
+        for episode in range(2):
+            writer.write_episode(smooth_frames(16, 48, 10 + episode), random_actions(16, 10 + episode))
+    capsys.readouterr()
+    command = [
+        "finetune",
+        "--data",
+        str(new_data),
+        "--from",
+        str(tmp_path / "source"),
+        "--out",
+        str(tmp_path / "ft"),
+    ]
+    command += ["--tokenizer-steps", "2", "--dynamics-steps", "2", *common]
+    assert cli_main(command) == 0
+    out = capsys.readouterr().out
+    assert "phase 1/2" in out and "phase 2/2" in out and "actions kept: forward, mouse_dx; new: jump" in out
+
+    tokenizer = load_checkpoint(tmp_path / "ft" / "tokenizer", kind="tokenizer")
+    assert tokenizer.step == 2 and tokenizer.config == TOKENIZER.to_dict()
+    assert tokenizer.meta["run"]["program"]["init"] == str(resolve_checkpoint(tmp_path / "tokenizer"))
+    dynamics = load_checkpoint(tmp_path / "ft" / "dynamics", kind="dynamics")
+    assert dynamics.step == 2 and dynamics.config["action_names"] == ["forward", "jump", "mouse_dx"]
+    assert dynamics.meta["actions"] == {
+        "kept": ["forward", "mouse_dx"],
+        "new": ["jump"],
+        "dropped": ["turn_left"],
+    }
+    assert Path(dynamics.meta["tokenizer"]) == resolve_checkpoint(tmp_path / "ft" / "tokenizer").resolve()
+    assert dynamics.meta["finetuned_from"] == str(resolve_checkpoint(tmp_path / "source").resolve())
+
+    world = load_world(tmp_path / "ft" / "dynamics")  # plays with the fine-tuned tokenizer
+    frames = smooth_frames(3, 32, 0)
+    world.reset(frames, np.zeros((2, 3), np.float32))
+    assert world.step(np.array([1.0, 1.0, 0.5], np.float32)).shape == (32, 32, 3)
+
+    assert cli_main(command) == 0  # run again: both phases are done and resume to nothing new
+    assert capsys.readouterr().out.count("resuming") == 2
+    assert load_checkpoint(tmp_path / "ft" / "dynamics").step == 2
+
+    bad = [
+        "finetune",
+        "--data",
+        str(new_data),
+        "--from",
+        str(tmp_path / "tokenizer"),
+        "--out",
+        str(tmp_path / "x"),
+    ]
+    assert cli_main(bad) == 2
+    assert "is a tokenizer checkpoint; expected a dynamics checkpoint" in capsys.readouterr().err

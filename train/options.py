@@ -1,0 +1,183 @@
+"""The options every training program shares, and their command-line flags.
+
+Kept free of torch and Accelerate so that ``wm-video --help`` and the subcommand parsers stay
+instant; :mod:`wm_video.train.session` runs a session from these options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from wm_video.errors import InputError
+
+PRECISIONS = ("auto", "no", "bf16", "fp16")
+REPORT_TO = ("none", "wandb")
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    out: Path
+    max_steps: int = 20_000
+    max_minutes: float | None = None
+    batch_size: int = 8  # clips per process per step
+    lr: float = 5e-4
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 200
+    weight_decay: float = 0.01
+    grad_accum: int = 1
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    seed: int = 0
+    mixed_precision: str = "auto"
+    cpu: bool = False
+    log_every: int = 10
+    eval_every: int = 250
+    save_every: int = 1000
+    keep: int = 3
+    report_to: str = "none"
+    wandb_project: str = "wm-video"
+    progress: bool = True
+
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up, then cosine decay to ``min_lr_ratio`` × lr at ``max_steps``."""
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        span = max(1, self.max_steps - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / span)
+        return self.lr * (
+            self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        )
+
+
+def add_session_flags(
+    parser: argparse.ArgumentParser, defaults: SessionOptions, *, with_max_steps: bool = True
+) -> None:
+    """The flags every training program shares, grouped by topic, with ``defaults`` shown
+    (``with_max_steps=False`` for a program that sets the steps of its phases itself)."""
+    d = defaults
+    run = parser.add_argument_group("run")
+    run.add_argument(
+        "--out", type=Path, required=True, help="run folder; an existing run resumes from its last checkpoint"
+    )
+    if with_max_steps:
+        run.add_argument(
+            "--max-steps",
+            type=int,
+            default=d.max_steps,
+            help=f"optimizer steps in all (default {d.max_steps})",
+        )
+    run.add_argument(
+        "--max-minutes", type=float, default=None, help="stop (and save) after this much wall time"
+    )
+    run.add_argument("--seed", type=int, default=d.seed, help=f"model init and clip order (default {d.seed})")
+    run.add_argument(
+        "--save-every",
+        type=int,
+        default=d.save_every,
+        help=f"steps between checkpoints (default {d.save_every})",
+    )
+    run.add_argument("--keep", type=int, default=d.keep, help=f"checkpoints kept (default {d.keep})")
+    run.add_argument(
+        "--log-every", type=int, default=d.log_every, help=f"steps between log lines (default {d.log_every})"
+    )
+    run.add_argument(
+        "--eval-every",
+        type=int,
+        default=d.eval_every,
+        help=f"steps between held-out checks, and at the end; 0: none (default {d.eval_every})",
+    )
+    opt = parser.add_argument_group("optimisation")
+    opt.add_argument(
+        "--batch-size",
+        type=int,
+        default=d.batch_size,
+        help=f"clips per process per step (default {d.batch_size})",
+    )
+    opt.add_argument("--lr", type=float, default=d.lr, help=f"peak AdamW learning rate (default {d.lr})")
+    opt.add_argument(
+        "--warmup-steps", type=int, default=d.warmup_steps, help=f"linear warm-up (default {d.warmup_steps})"
+    )
+    opt.add_argument(
+        "--weight-decay",
+        type=float,
+        default=d.weight_decay,
+        help=f"AdamW weight decay (default {d.weight_decay})",
+    )
+    opt.add_argument(
+        "--grad-accum",
+        type=int,
+        default=d.grad_accum,
+        help="batches accumulated per optimizer step (default 1)",
+    )
+    opt.add_argument(
+        "--grad-clip", type=float, default=d.grad_clip, help=f"gradient norm clip (default {d.grad_clip})"
+    )
+    opt.add_argument(
+        "--ema-decay",
+        type=float,
+        default=d.ema_decay,
+        help=f"EMA of weights for evaluation (default {d.ema_decay})",
+    )
+    hw = parser.add_argument_group("hardware")
+    hw.add_argument(
+        "--mixed-precision",
+        choices=PRECISIONS,
+        default=d.mixed_precision,
+        help="auto: bf16 on GPUs and on CPUs with AMX, fp32 on other CPUs (default auto)",
+    )
+    hw.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
+    log = parser.add_argument_group("logging")
+    log.add_argument(
+        "--report-to", choices=REPORT_TO, default=d.report_to, help="also log to wandb (WANDB_MODE honoured)"
+    )
+    log.add_argument(
+        "--wandb-project", default=d.wandb_project, help=f"wandb project (default {d.wandb_project})"
+    )
+    log.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def session_options(args: argparse.Namespace) -> SessionOptions:
+    """The :class:`SessionOptions` of parsed :func:`add_session_flags` flags, checked."""
+    values = {f.name: getattr(args, f.name) for f in fields(SessionOptions) if hasattr(args, f.name)}
+    options = SessionOptions(**values, progress=not args.no_progress)
+    check_session_options(options)
+    return options
+
+
+def check_session_options(o: SessionOptions) -> None:
+    for name in ("max_steps", "batch_size", "grad_accum", "log_every", "save_every", "keep"):
+        if getattr(o, name) < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(o, name)}")
+    if o.eval_every < 0:
+        raise InputError(f"--eval-every must be ≥ 0 (0: no held-out checks), got {o.eval_every}")
+    if o.lr <= 0 or o.warmup_steps < 0 or o.grad_clip <= 0:
+        raise InputError("--lr and --grad-clip must be > 0 and --warmup-steps ≥ 0")
+    if o.max_minutes is not None and o.max_minutes <= 0:
+        raise InputError(f"--max-minutes must be > 0, got {o.max_minutes}")
+
+
+FINETUNE_DEFAULTS = SessionOptions(out=Path("run"), lr=1e-4, warmup_steps=50, eval_every=250, save_every=250)
+
+
+def add_finetune_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``wm-video finetune``: what to fine-tune, then the session flags."""
+    what = parser.add_argument_group("what to fine-tune")
+    what.add_argument("--data", type=Path, required=True, help="the new footage (LeRobot v3.0/v2.1 folder)")
+    what.add_argument(
+        "--from",
+        dest="source",
+        type=Path,
+        required=True,
+        help="a dynamics run or checkpoint; its tokenizer is found through the checkpoint",
+    )
+    what.add_argument(
+        "--tokenizer-steps", type=int, default=500, help="tokenizer steps; 0 keeps it as it is (default 500)"
+    )
+    what.add_argument("--dynamics-steps", type=int, default=2000, help="dynamics steps (default 2000)")
+    what.add_argument(
+        "--clip-len", type=int, default=None, help="dynamics clip length (default: the source run's)"
+    )
+    add_session_flags(parser, FINETUNE_DEFAULTS, with_max_steps=False)

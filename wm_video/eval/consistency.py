@@ -1,0 +1,347 @@
+"""``wm-video eval``: the whole consistency run of a dynamics checkpoint (and an optional baseline).
+
+Order of work, each part on the same clips and seed for every checkpoint:
+1. real clips (held-out episodes of the dataset, or live episodes on the engine);
+2. per checkpoint: teacher-forced next frame, drift and controllability (:mod:`.rollouts`);
+3. action accuracy with the cached inverse-dynamics model (:mod:`.idm`) on real and generated pairs;
+4. loop closure on the real engine (:mod:`.loops`), when the engine is known and runs here;
+5. a soak rollout under the exploration policy (:mod:`.soak`);
+6. the report folder (:mod:`.report`, :mod:`.plots`).
+
+Defaults follow the anchors: the horizon is 3 s of game time at the data's fps (GameNGen's
+"PSNR after 3 s"), ΔPSNR is read at t = 4 (Genie), the soak is 10,000 frames.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wm_video.data.cache import TrainingCache
+from wm_video.data.split import split_episodes
+from wm_video.dynamics import DynamicsModel
+from wm_video.engine import check_pair
+from wm_video.errors import InputError
+from wm_video.eval.clips import EvalClips, clips_from_cache, collect_live, engine_of_dataset, parse_engine
+from wm_video.eval.idm import (
+    ActionScores,
+    IDMConfig,
+    TrainedIDM,
+    load_or_train_idm,
+    pair_rows,
+    readable_buttons,
+    score_actions,
+    with_readable,
+)
+from wm_video.eval.loops import LoopConfig, LoopReport, loop_closure
+from wm_video.eval.rollouts import ClipScores, evaluate_clips
+from wm_video.eval.soak import SoakReference, SoakReport, footage_collapse, reference_statistics, soak
+from wm_video.tokenizer import VideoTokenizer
+
+PARTS = ("teacher", "drift", "actions", "loops", "soak")
+REFERENCE_FRAMES = 2000  # real frames the soak thresholds are taken from
+HELDOUT_PAIRS = 4000  # at most this many real held-out pairs for the IDM's reference score
+
+
+@dataclass(frozen=True)
+class ConsistencyConfig:
+    clips: int = 16  # clips (or live episodes) rolled out together
+    context: int = 4  # real frames before each rollout
+    horizon: int | None = None  # generated frames per rollout; None: 3 s of game time
+    soak: int = 10_000  # frames of the soak rollout (0: skip)
+    seed: int = 0
+    episodes: tuple[int, ...] | None = None  # dataset episodes to draw clips from; None: held-out
+    live: str | None = None  # "vizdoom[:SCENARIO]": play live episodes instead of dataset clips
+    actions: str = "explore"  # the live action program: explore, random or a JSONL script
+    skip: frozenset[str] = frozenset()  # parts of PARTS not to run ("loops", "soak", "actions")
+    video_clips: int = 4  # clips shown in samples.mp4
+    idm: IDMConfig = field(default_factory=IDMConfig)
+    loops: LoopConfig = field(default_factory=LoopConfig)
+    idm_cache: Path | None = None  # None: beside the frame cache
+
+    def __post_init__(self) -> None:
+        if self.clips < 1 or self.context < 1 or (self.horizon is not None and self.horizon < 1):
+            raise InputError(
+                f"clips, context and horizon must be ≥ 1; got {self.clips}, {self.context}, {self.horizon}"
+            )
+        if self.soak < 0:
+            raise InputError(f"--soak is a number of frames ≥ 0 (0 skips it); got {self.soak}")
+        unknown = sorted(self.skip - set(PARTS))
+        if unknown:
+            raise InputError(f"--skip: unknown parts {unknown}; choose from {list(PARTS)}")
+
+
+@dataclass
+class Model:
+    """A checkpoint under evaluation."""
+
+    label: str  # "model" or "baseline"
+    path: Path
+    step: int
+    tokenizer_path: str
+    tokenizer: VideoTokenizer
+    dynamics: DynamicsModel
+    meta: dict[str, Any]  # the checkpoint's meta (data, holdout, tokenizer)
+
+    @property
+    def weights_sha256(self) -> str:
+        from wm_video.data.tokens import tokenizer_fingerprint  # hashes any module's state dict
+
+        return tokenizer_fingerprint(self.dynamics)
+
+
+@dataclass
+class ModelResult:
+    model: Model
+    clips: ClipScores
+    actions: dict[str, ActionScores]  # "real clips", "teacher-forced", "rollout", "random-action rollout"
+    loops: LoopReport | None
+    soak: SoakReport | None
+    seconds: dict[str, float]
+
+
+@dataclass
+class ConsistencyResult:
+    config: ConsistencyConfig
+    data: Path
+    fps: float
+    clips: EvalClips
+    results: list[ModelResult]
+    idm: TrainedIDM | None
+    idm_heldout: ActionScores | None
+    reference: SoakReference | None
+    notes: list[str]
+    seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def readable_buttons(self) -> list[str]:
+        """Buttons the IDM reads from real frames (see :func:`wm_video.eval.idm.readable_buttons`)."""
+        real = self.idm_heldout or (self.results[0].actions.get("real clips") if self.results else None)
+        return readable_buttons(real) if real is not None else []
+
+
+def _pairs(clips: EvalClips, scores: ClipScores) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(before, after, actions) frame pairs for the IDM, flattened over clips and steps."""
+    c, frames, actions = scores.context, clips.frames, clips.actions
+
+    def flat(array: np.ndarray) -> np.ndarray:
+        return array.reshape(-1, *array.shape[2:])
+
+    real_before, real_after = frames[:, c - 1 : -1], frames[:, c:]
+    rollout_actions = actions[:, c - 1 : -1]
+    generated_before = np.concatenate((frames[:, c - 1 : c], scores.generated[:, :-1]), axis=1)
+    random_before = np.concatenate((frames[:, c - 1 : c], scores.generated_random[:, :-1]), axis=1)
+    length = scores.teacher_length
+    return {
+        "real clips": (flat(real_before), flat(real_after), flat(rollout_actions)),
+        "teacher-forced": (
+            flat(frames[:, : length - 1]),
+            flat(scores.teacher_generated),
+            flat(actions[:, : length - 1]),
+        ),
+        "rollout": (flat(generated_before), flat(scores.generated), flat(rollout_actions)),
+        "random-action rollout": (
+            flat(random_before),
+            flat(scores.generated_random),
+            flat(scores.random_actions),
+        ),
+    }
+
+
+def run_consistency(
+    models: list[Model],
+    cache: TrainingCache,
+    data: Path,
+    holdout: float,
+    config: ConsistencyConfig,
+    *,
+    stop: Callable[[], bool] | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+) -> ConsistencyResult:
+    """Evaluate ``models`` (the first is the one under test) on ``cache``'s dataset; see the module doc."""
+    started = time.perf_counter()
+    first = models[0]
+    for m in models:
+        check_pair(m.tokenizer, m.dynamics)
+        if tuple(cache.action_names) != m.dynamics.config.action_names:
+            raise InputError(
+                f"{data}: its actions {list(cache.action_names)} are not {m.path}'s {list(m.dynamics.config.action_names)}"
+            )
+    fps, notes = float(cache.fps), []
+    horizon = config.horizon or max(1, round(3 * fps))
+    length = config.context + horizon
+    split = split_episodes(cache.episode_indices.tolist(), holdout)
+    train_episodes = list(split.train)
+    if config.episodes is not None:
+        eval_episodes, which = list(config.episodes), f"episodes {list(config.episodes)}"
+    elif split.heldout:
+        eval_episodes, which = list(split.heldout), f"held-out episodes {list(split.heldout)}"
+    else:
+        eval_episodes, which = (
+            cache.episode_indices.tolist(),
+            "all episodes (the dataset has no held-out one)",
+        )
+        notes.append("the dataset has a single episode: clips come from the episode the model trained on")
+    if config.live:
+        engine = parse_engine(config.live, cache.size, None)
+        log(f"playing {config.clips} live episodes of {length} frames on {engine} under '{config.actions}'")
+        clips = collect_live(
+            engine,
+            config.actions,
+            episodes=config.clips,
+            length=length,
+            seed=config.seed,
+            action_names=first.dynamics.config.action_names,
+            stop=stop,
+        )
+    else:
+        clips = clips_from_cache(
+            cache, eval_episodes, config.clips, length, seed=config.seed, origin=f"dataset {data}, {which}"
+        )
+    rng = np.random.default_rng(config.seed)
+    random_actions = cache.actions[rng.integers(0, cache.num_frames, (clips.count, horizon))]  # (B, H, A)
+    buttons = first.dynamics.config.action_names[: first.dynamics.config.action_buttons]
+    idm, idm_heldout = None, None
+    if "actions" not in config.skip and buttons:
+        log(f"inverse-dynamics model on {len(train_episodes)} training episodes")
+        idm = load_or_train_idm(
+            cache,
+            train_episodes,
+            buttons,
+            cache_dir=config.idm_cache,
+            config=config.idm,
+            seed=config.seed,
+            stop=stop,
+            progress=progress,
+        )
+        log(f"  {'reused' if idm.reused else 'trained and cached'}: {idm.path}")
+        if not config.live:
+            rows = pair_rows(cache, eval_episodes)
+            rows = rows[np.linspace(0, len(rows) - 1, min(len(rows), HELDOUT_PAIRS)).round().astype(int)]
+            idm_heldout = score_actions(idm, cache.frames[rows], cache.frames[rows + 1], cache.actions[rows])
+    elif not buttons:
+        notes.append("the actions have no buttons: action accuracy is not measured")
+    loops: dict[str, LoopReport] = {}
+    if "loops" not in config.skip:
+        engine_spec = (
+            parse_engine(config.live, cache.size) if config.live else engine_of_dataset(data, cache.size)
+        )
+        if engine_spec is None:
+            notes.append(f"loop closure skipped: {data} does not record its engine; pass --live ENGINE")
+        else:
+            log(f"loop closure on {engine_spec}")
+            loops = loop_closure(
+                {m.label: (m.tokenizer, m.dynamics) for m in models},
+                engine_spec,
+                context=config.context,
+                seed=config.seed,
+                config=config.loops,
+                stop=stop,
+            )
+    reference = None
+    if config.soak and "soak" not in config.skip:
+        rows = pair_rows(cache, train_episodes)
+        rows = np.sort(rng.choice(rows, min(len(rows), REFERENCE_FRAMES), replace=False))
+        reference = reference_statistics(np.asarray(cache.frames[rows]), np.asarray(cache.frames[rows + 1]))
+    footage: dict[str, Any] = {}
+    if reference is not None and not config.live:  # the detector's false alarms on real held-out footage
+        positions = [i for i, e in enumerate(cache.episode_indices.tolist()) if e in set(eval_episodes)]
+        episodes_frames = [np.array(cache.frames[cache.episode_rows(i)]) for i in positions]
+        footage = {
+            "episodes": len(episodes_frames),
+            "flagged": footage_collapse(episodes_frames, reference, max(2, round(2 * fps))),
+        }
+    results = []
+    readable: list[str] | None = None
+    if idm_heldout is not None:
+        readable = readable_buttons(idm_heldout)
+        idm_heldout = with_readable(idm_heldout, readable)
+    for m in models:
+        seconds: dict[str, float] = {}
+        tick = time.perf_counter()
+        log(
+            f"{m.label}: rollouts of {clips.count} clips, {config.context} context + {horizon} generated frames"
+        )
+        scores = evaluate_clips(
+            m.tokenizer,
+            m.dynamics,
+            clips,
+            random_actions,
+            context=config.context,
+            seed=config.seed,
+            stop=stop,
+            progress=progress,
+        )
+        seconds["rollouts"] = time.perf_counter() - tick
+        actions = {}
+        if idm is not None:
+            actions = {name: score_actions(idm, *pair) for name, pair in _pairs(clips, scores).items()}
+            if readable is None:  # from the real held-out pairs, or (live) the real frames of the clips
+                readable = readable_buttons(idm_heldout or actions["real clips"])
+            actions = {name: with_readable(value, readable) for name, value in actions.items()}
+        soak_report = None
+        if reference is not None:
+            tick = time.perf_counter()
+            log(f"{m.label}: soak of {config.soak} frames")
+            soak_report = soak(
+                m.tokenizer,
+                m.dynamics,
+                clips.frames[0, : config.context],
+                clips.actions[0, : config.context - 1],
+                reference,
+                steps=config.soak,
+                seed=config.seed,
+                window=max(2, round(2 * fps)),
+                stop=stop,
+                progress=progress,
+            )
+            seconds["soak"] = time.perf_counter() - tick
+        results.append(ModelResult(m, scores, actions, loops.get(m.label), soak_report, seconds))
+    return ConsistencyResult(
+        config,
+        Path(data),
+        fps,
+        clips,
+        results,
+        idm,
+        idm_heldout,
+        reference,
+        notes,
+        time.perf_counter() - started,
+        {"footage_collapse": footage} if footage else {},
+    )
+
+
+def load_models(
+    checkpoint: Path,
+    baseline: Path | None,
+    *,
+    tokenizer: Path | None,
+    device: str,
+    raw_weights: bool = False,
+) -> list[Model]:
+    """The checkpoint under test and the optional baseline, each with the tokenizer it records."""
+    from wm_video.checkpoint import load_dynamics, load_tokenizer
+
+    models = []
+    for label, path in (("model", checkpoint), ("baseline", baseline)):
+        if path is None:
+            continue
+        dynamics, saved = load_dynamics(path, device=device, ema=not raw_weights)
+        recorded = (tokenizer if label == "model" else None) or saved.meta.get("tokenizer")
+        if not recorded:
+            raise InputError(
+                f"{saved.path}: the checkpoint does not name its tokenizer; pass --tokenizer RUN"
+            )
+        tokenizer_model, _ = load_tokenizer(Path(recorded), device=device)
+        models.append(
+            Model(label, saved.path, saved.step, str(recorded), tokenizer_model, dynamics, saved.meta)
+        )
+    return models

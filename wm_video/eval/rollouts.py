@@ -1,0 +1,234 @@
+"""Batched rollouts on real clips: teacher-forced next frame, drift, and controllability curves.
+
+Design choices:
+- One :class:`~wm_video.engine.World` with a batch of all clips steps every clip together, so a
+  horizon of H frames costs H batched steps; the random-action rollout restarts the same world
+  with the same seed, so the two rollouts differ only in their actions (Genie's ΔtPSNR).
+- Scores are per frame on uint8 pixels: PSNR (capped at 100 dB, so an exact frame does not make
+  the mean infinite) and SSIM (Wang et al., :mod:`wm_video.metrics`), kept per clip and step
+  (B, H) so the report can show the mean and the spread across clips at every step.
+- The drift curve comes with a floor: the last real context frame held still, scored at the
+  same steps (what a frozen world would get). A model below it has learnt nothing useful.
+- Teacher forcing reuses :func:`wm_video.eval.dynamics.teacher_forced` (every frame generated
+  from the real history, full decode) on the first ``context_frames + 1`` frames of each clip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from wm_video.dynamics import DynamicsModel
+from wm_video.engine import World
+from wm_video.errors import InputError
+from wm_video.eval.clips import EvalClips, check_stop
+from wm_video.eval.dynamics import PSNR_CAP_DB, teacher_forced
+from wm_video.metrics import psnr, ssim
+from wm_video.tokenizer import VideoTokenizer
+from wm_video.tokenizer.pixels import to_model_pixels
+
+CONTROL_STEP = 4  # Genie reports ΔtPSNR at t = 4
+
+
+def frame_scores(generated: np.ndarray, real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """PSNR (dB, capped) and SSIM of uint8 frames (..., H, W, 3) against real ones → two (...) arrays."""
+    if generated.shape != real.shape:
+        raise InputError(f"generated {generated.shape} and real {real.shape} frames differ in shape")
+    g = torch.from_numpy(np.ascontiguousarray(generated)).movedim(-1, -3)  # (..., 3, H, W)
+    r = torch.from_numpy(np.ascontiguousarray(real)).movedim(-1, -3)
+    return psnr(g, r).clamp(max=PSNR_CAP_DB).numpy(), ssim(g, r).numpy()
+
+
+@dataclass
+class Curve:
+    """A per-step score over clips: mean and standard deviation at each step 1 … H."""
+
+    mean: list[float]
+    std: list[float]
+
+    @staticmethod
+    def of(values: np.ndarray) -> Curve:
+        """From scores (B, H)."""
+        return Curve(values.mean(axis=0).tolist(), values.std(axis=0).tolist())
+
+
+@dataclass
+class TeacherForcedScores:
+    frames: int  # predicted frames scored
+    psnr: float  # dB, next frame generated from real history vs the real frame
+    ssim: float
+    token_accuracy: float  # predicted tokens equal to the real frame's
+    tokenizer_psnr: float  # dB, the real tokens decoded: the ceiling
+    repeat_psnr: float  # dB, frame t shown again as t + 1: the floor
+
+
+@dataclass
+class DriftScores:
+    psnr: Curve  # dB at generated step 1 … H, real actions
+    ssim: Curve
+    held_psnr: Curve  # the last context frame held still, scored at the same steps
+    final_psnr_per_clip: list[float]  # dB at step H, one per clip (spread across episodes)
+
+
+@dataclass
+class ControlScores:
+    random_psnr: Curve  # dB at step 1 … H, random actions from the same context and seed
+    delta_psnr: list[float]  # real − random, mean over clips, per step
+    delta_psnr_t4: float  # at t = 4 (or the horizon, when shorter)
+    t: int  # the step delta_psnr_t4 was read at
+
+
+@dataclass
+class ClipScores:
+    """Everything measured on one batch of clips, plus the frames it was measured on."""
+
+    clips: int
+    context: int
+    horizon: int
+    teacher: TeacherForcedScores
+    drift: DriftScores
+    control: ControlScores
+    generated: np.ndarray = field(repr=False)  # (B, H, h, w, 3) uint8, real actions
+    generated_random: np.ndarray = field(repr=False)  # (B, H, h, w, 3) uint8, random actions
+    teacher_generated: np.ndarray = field(repr=False)  # (B, L − 1, h, w, 3): frame t + 1 from real ≤ t
+    random_actions: np.ndarray = field(repr=False)  # (B, H, A) the actions of generated_random
+    teacher_length: int = 0  # L: clip frames used for teacher forcing
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return {
+            "clips": self.clips,
+            "context": self.context,
+            "horizon": self.horizon,
+            "teacher_forced": asdict(self.teacher),
+            "drift": asdict(self.drift),
+            "control": asdict(self.control),
+        }
+
+
+@torch.inference_mode()
+def rollout(
+    world: World,
+    context_frames: np.ndarray,
+    context_actions: np.ndarray,
+    actions: np.ndarray,
+    *,
+    seed: int,
+    stop: Callable[[], bool] | None = None,
+    progress: bool = False,
+    label: str = "rollout",
+) -> np.ndarray:
+    """From real frames (B, C, H, W, 3) and the C − 1 actions between them, generate one frame per
+    row of ``actions`` (B, S, A) → uint8 (B, S, H, W, 3)."""
+    world.reset(context_frames, context_actions, seed=seed)
+    steps = actions.shape[1]
+    out = np.empty((world.batch_size, steps, world.image_size, world.image_size, 3), dtype=np.uint8)
+    for t in tqdm(range(steps), desc=label, disable=not progress, leave=False):
+        check_stop(stop)
+        out[:, t] = world.render(world.advance(actions[:, t])).cpu().numpy()
+    return out
+
+
+@torch.inference_mode()
+def _teacher(
+    tokenizer: VideoTokenizer, dynamics: DynamicsModel, frames: np.ndarray, actions: np.ndarray, seed: int
+) -> tuple[TeacherForcedScores, np.ndarray]:
+    device = dynamics.trunk_pos.device
+    pixels = to_model_pixels(frames, device).to(tokenizer.decoder_pos.dtype)  # (B, L, 3, H, W)
+    tokens = tokenizer.encode(pixels).tokens  # (B, L, N)
+    report, generated = teacher_forced(
+        tokenizer, dynamics, frames, tokens.long(), torch.from_numpy(actions), seed=seed
+    )
+    generated_np = generated.cpu().numpy()
+    _, ssim_values = frame_scores(generated_np, frames[:, 1:])
+    scores = TeacherForcedScores(
+        report.frames,
+        report.psnr,
+        float(ssim_values.mean()),
+        report.token_accuracy,
+        report.tokenizer_psnr,
+        report.repeat_psnr,
+    )
+    return scores, generated_np
+
+
+def evaluate_clips(
+    tokenizer: VideoTokenizer,
+    dynamics: DynamicsModel,
+    clips: EvalClips,
+    random_actions: np.ndarray,
+    *,
+    context: int,
+    seed: int,
+    stop: Callable[[], bool] | None = None,
+    progress: bool = False,
+) -> ClipScores:
+    """Teacher-forced, drift and controllability scores on ``clips`` (B clips of context + H frames).
+
+    ``random_actions`` (B, H, A) replace the real actions in the controllability rollout.
+    """
+    horizon = clips.length - context
+    if context < 1 or horizon < 1:
+        raise InputError(f"clips of {clips.length} frames leave no horizon after {context} context frames")
+    if random_actions.shape != (clips.count, horizon, clips.actions.shape[2]):
+        raise InputError(
+            f"random actions must be {(clips.count, horizon, clips.actions.shape[2])}; got {random_actions.shape}"
+        )
+    frames, actions = clips.frames, clips.actions
+    teacher_length = min(clips.length, dynamics.config.context_frames + 1)
+    check_stop(stop)
+    teacher, teacher_generated = _teacher(
+        tokenizer, dynamics, frames[:, :teacher_length], actions[:, :teacher_length], seed
+    )
+    world = World(tokenizer, dynamics, batch_size=clips.count, seed=seed)
+    context_frames, context_actions = frames[:, :context], actions[:, : context - 1]
+    real_future = frames[:, context:]
+    generated = rollout(
+        world,
+        context_frames,
+        context_actions,
+        actions[:, context - 1 : -1],
+        seed=seed,
+        stop=stop,
+        progress=progress,
+        label="drift (real actions)",
+    )
+    generated_random = rollout(
+        world,
+        context_frames,
+        context_actions,
+        random_actions,
+        seed=seed,
+        stop=stop,
+        progress=progress,
+        label="control (random actions)",
+    )
+    psnr_real, ssim_real = frame_scores(generated, real_future)  # (B, H)
+    psnr_random, _ = frame_scores(generated_random, real_future)
+    held = np.broadcast_to(frames[:, context - 1 : context], real_future.shape)
+    psnr_held, _ = frame_scores(np.ascontiguousarray(held), real_future)
+    delta = (psnr_real - psnr_random).mean(axis=0)  # (H,)
+    t = min(CONTROL_STEP, horizon)
+    drift = DriftScores(
+        Curve.of(psnr_real), Curve.of(ssim_real), Curve.of(psnr_held), psnr_real[:, -1].tolist()
+    )
+    control = ControlScores(Curve.of(psnr_random), delta.tolist(), float(delta[t - 1]), t)
+    return ClipScores(
+        clips.count,
+        context,
+        horizon,
+        teacher,
+        drift,
+        control,
+        generated,
+        generated_random,
+        teacher_generated,
+        random_actions,
+        teacher_length,
+    )
