@@ -9,15 +9,19 @@ os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from wm_video.actions import ActionSpace
+from wm_video.checkpoint import save_checkpoint
 from wm_video.data.video import VideoSettings
 from wm_video.data.writer import DatasetWriter
+from wm_video.tokenizer import TokenizerConfig, VideoTokenizer
 
 SPACE = ActionSpace(("forward", "turn_left"), ("mouse_dx",), {"w": "forward", "left": "turn_left"})
 
@@ -69,6 +73,29 @@ def make_dataset(root: Path, lengths: list[int], *, size: int = 32, codec: str =
             data.frames.append(frames)
             data.actions.append(actions)
     return data
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Tiny models step ~10× faster on one thread when other processes share the 2 cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def save_random_tokenizer(path: Path, config: TokenizerConfig, seed: int = 0) -> Path:
+    """A tokenizer checkpoint with random weights (step 0), as the training programs read one."""
+    torch.manual_seed(seed)
+    save_checkpoint(
+        path,
+        kind="tokenizer",
+        config=config.to_dict(),
+        step=0,
+        weights=VideoTokenizer(config).state_dict(),
+        keep=1,
+    )
+    return path
 
 
 @pytest.fixture

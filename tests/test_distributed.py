@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_dataset
+from conftest import make_dataset, save_random_tokenizer
 from safetensors.torch import load_file
 
-from wm_video.checkpoint import LAST_POINTER, load_checkpoint, resolve_checkpoint, save_checkpoint
+from wm_video.checkpoint import LAST_POINTER, load_checkpoint, resolve_checkpoint
 from wm_video.data.sampler import CLIP_TRACE_ENV
-from wm_video.tokenizer import TokenizerConfig, VideoTokenizer
+from wm_video.tokenizer import TokenizerConfig
 from wm_video.train.common import read_log
 
 TOKENIZER = TokenizerConfig(
@@ -40,16 +40,7 @@ class Setup:
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Setup:
     root = tmp_path_factory.mktemp("distributed")
     data = make_dataset(root / "ds", [24, 20, 30])
-    torch.manual_seed(0)
-    save_checkpoint(
-        root / "tokenizer",
-        kind="tokenizer",
-        config=TOKENIZER.to_dict(),
-        step=0,
-        weights=VideoTokenizer(TOKENIZER).state_dict(),
-        keep=1,
-    )
-    return Setup(data.root, root / "tokenizer")
+    return Setup(data.root, save_random_tokenizer(root / "tokenizer", TOKENIZER))
 
 
 def torchrun(program: str, trace: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-import torch
 from conftest import open_writer
 
 from wm_video.data.cache import load_cache
@@ -17,12 +15,7 @@ from wm_video.eval.idm import IDMConfig, load_or_train_idm, pair_rows, score_act
 CONFIG = IDMConfig(input_size=32, channels=16, steps=150, batch_size=32, lr=3e-3)
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def camera_episode(length: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -4,7 +4,6 @@ measured full turn, and `wm-video eval --live` end to end with a tiny random mod
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +29,7 @@ ENGINE = EngineSpec("vizdoom", "my_way_home", 32)
 NAMES = ACTION_SPACE.names
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_models() -> tuple[VideoTokenizer, DynamicsModel]:

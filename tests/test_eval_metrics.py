@@ -4,7 +4,6 @@ that ignores its actions, frame statistics, collapse detection, loop programs.""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -31,13 +30,7 @@ TOKENIZER = TokenizerConfig(
 NAMES = ("forward", "turn_left", "mouse_dx")
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models step ~10× faster on one thread when other processes share the 2 cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_models(seed: int = 0) -> tuple[VideoTokenizer, DynamicsModel]:

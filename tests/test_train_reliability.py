@@ -21,16 +21,16 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import make_dataset
+from conftest import make_dataset, save_random_tokenizer
 from safetensors.torch import load_file, save_file
 
 import wm_video.checkpoint as checkpoint_module
 import wm_video.train.tokenizer as tokenizer_program
-from wm_video.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from wm_video.checkpoint import load_checkpoint, resolve_checkpoint
 from wm_video.cli import main as cli_main
 from wm_video.data.sampler import ClipBatch, ClipSampler
 from wm_video.dynamics import DYNAMICS_PRESETS, DynamicsConfig
-from wm_video.tokenizer import TOKENIZER_PRESETS, TokenizerConfig, VideoTokenizer
+from wm_video.tokenizer import TOKENIZER_PRESETS, TokenizerConfig
 from wm_video.train import session as session_module
 from wm_video.train.common import StopFlag, read_log
 from wm_video.train.session import TrainingSession
@@ -53,16 +53,7 @@ class Setup:
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Setup:
     root = tmp_path_factory.mktemp("reliability")
     data = make_dataset(root / "ds", [24, 20, 30])
-    torch.manual_seed(0)
-    save_checkpoint(
-        root / "tokenizer",
-        kind="tokenizer",
-        config=TOKENIZER.to_dict(),
-        step=0,
-        weights=VideoTokenizer(TOKENIZER).state_dict(),
-        keep=1,
-    )
-    return Setup(data.root, root / "tokenizer")
+    return Setup(data.root, save_random_tokenizer(root / "tokenizer", TOKENIZER))
 
 
 @pytest.fixture(autouse=True)

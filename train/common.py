@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from wm_video.errors import InputError
-from wm_video.fileio import atomic_write
+from wm_video.fileio import atomic_write, atomic_write_png
 from wm_video.train.options import PRECISIONS, REPORT_TO
 
 
@@ -319,12 +319,4 @@ def save_comparison_grid(real: np.ndarray, generated: np.ndarray, path: Path, sc
                 left = t * (width + gap)
                 grid[top : top + height, left : left + width] = source[b, t]
     grid = cv2.resize(grid, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
-
-    def write(tmp: Path) -> None:
-        ok, encoded = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
-        if not ok:  # pragma: no cover
-            raise OSError(f"could not encode {path}")
-        tmp.write_bytes(encoded.tobytes())
-
-    atomic_write(Path(path), write)
-    return Path(path)
+    return atomic_write_png(path, grid)

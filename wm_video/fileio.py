@@ -44,6 +44,21 @@ def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
+def atomic_write_png(path: Path, image: Any) -> Path:
+    """Write a uint8 RGB image (H, W, 3) as a PNG, atomically; returns the path."""
+    import cv2
+
+    ok, encoded = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    if not ok:  # pragma: no cover - cv2 fails only on unsupported arrays
+        raise OSError(f"could not encode {path} as PNG")
+
+    def write(tmp: Path) -> None:
+        tmp.write_bytes(encoded.tobytes())
+
+    atomic_write(Path(path), write)
+    return Path(path)
+
+
 @contextmanager
 def signals_deferred() -> Iterator[None]:
     """Hold SIGINT and SIGTERM for the duration of a short multi-file commit, then deliver them.

@@ -5,9 +5,29 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from wm_video.cli_args import Commands, positive_int
 from wm_video.errors import InputError, WMVideoError
+
+if TYPE_CHECKING:
+    from wm_video.checkpoint import Checkpoint
+
+
+def _print_summary(
+    args: argparse.Namespace, checkpoint: Checkpoint, data: object, which: str, report: Any
+) -> None:
+    """Print a quick check's report (and write it as JSON with --json)."""
+    from wm_video.fileio import atomic_write_json
+
+    weights = "raw" if args.raw_weights else "EMA"
+    print(f"{checkpoint.path} (step {checkpoint.step}, {weights} weights) on {data}: {which}")
+    print(report.format())
+    if args.json is not None:
+        atomic_write_json(
+            args.json, {"checkpoint": str(checkpoint.path), "step": checkpoint.step, **report.to_dict()}
+        )
+        print(f"report: {args.json}")
 
 
 def _eval_dynamics(args: argparse.Namespace) -> int:
@@ -19,7 +39,6 @@ def _eval_dynamics(args: argparse.Namespace) -> int:
     from wm_video.data.tokens import load_token_cache
     from wm_video.engine import check_pair
     from wm_video.eval.dynamics import evaluate_dynamics
-    from wm_video.fileio import atomic_write_json
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dynamics, checkpoint = load_dynamics(args.checkpoint, device=device, ema=not args.raw_weights)
@@ -54,15 +73,7 @@ def _eval_dynamics(args: argparse.Namespace) -> int:
         horizon=args.horizon or 16,
         seed=args.seed,
     )
-    print(
-        f"{checkpoint.path} (step {checkpoint.step}, {'raw' if args.raw_weights else 'EMA'} weights) on {data}: {which}"
-    )
-    print(report.format())
-    if args.json is not None:
-        atomic_write_json(
-            args.json, {"checkpoint": str(checkpoint.path), "step": checkpoint.step, **report.to_dict()}
-        )
-        print(f"report: {args.json}")
+    _print_summary(args, checkpoint, data, which, report)
     return 0
 
 
@@ -165,7 +176,6 @@ def _eval(args: argparse.Namespace) -> int:
     from wm_video.data.cache import load_cache
     from wm_video.eval import evaluate_tokenizer
     from wm_video.eval.tokenizer import choose_episodes
-    from wm_video.fileio import atomic_write_json
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, checkpoint = load_tokenizer(args.checkpoint, device=device, ema=not args.raw_weights)
@@ -190,15 +200,7 @@ def _eval(args: argparse.Namespace) -> int:
         )
     finally:
         signal.signal(signal.SIGINT, previous)
-    print(
-        f"{checkpoint.path} (step {checkpoint.step}, {'raw' if args.raw_weights else 'EMA'} weights) on {data}: {which}"
-    )
-    print(report.format())
-    if args.json is not None:
-        atomic_write_json(
-            args.json, {"checkpoint": str(checkpoint.path), "step": checkpoint.step, **report.to_dict()}
-        )
-        print(f"report: {args.json}")
+    _print_summary(args, checkpoint, data, which, report)
     if interrupted:
         return 130
     return 0

@@ -15,7 +15,7 @@ import numpy as np
 from wm_video.data.video import VideoSettings, encode_video
 from wm_video.eval.rollouts import ClipScores
 from wm_video.eval.soak import SoakReference, SoakReport
-from wm_video.fileio import atomic_write
+from wm_video.fileio import atomic_write, atomic_write_png
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -120,15 +120,7 @@ def save_grid(rows: list[np.ndarray], path: Path, scale: int = 2) -> Path:
             top, left = r * (height + gap), k * (width + gap)
             grid[top : top + height, left : left + width] = row[k]
     grid = cv2.resize(grid, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
-
-    def write(tmp: Path) -> None:
-        ok, encoded = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
-        if not ok:  # pragma: no cover
-            raise OSError(f"could not encode {path}")
-        tmp.write_bytes(encoded.tobytes())
-
-    atomic_write(Path(path), write)
-    return Path(path)
+    return atomic_write_png(path, grid)
 
 
 def side_by_side_frames(real: np.ndarray, generated: np.ndarray, scale: int = 2) -> np.ndarray:
