@@ -29,12 +29,11 @@ def _play(args: argparse.Namespace) -> int:
     import numpy as np
 
     from wm_video.errors import InputError
+    from wm_video.play.keymap import COMMAND_KEYS, derive_keymap
+    from wm_video.play.session import PlaySession, Shadow
+    from wm_video.play.start import StartContext, dataset_info, default_start, load_start, open_world
     from wm_video.sources import make_source
     from wm_video.sources.policies import load_policy
-
-    from .keymap import COMMAND_KEYS, derive_keymap
-    from .session import PlaySession, Shadow
-    from .start import StartContext, dataset_info, default_start, load_start, open_world
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.threads is not None:
@@ -112,8 +111,8 @@ def _play(args: argparse.Namespace) -> int:
         print(result.format())
         return 0
 
-    from .keys import KeyboardActions
-    from .window import PlayWindow
+    from wm_video.play.keys import KeyboardActions
+    from wm_video.play.window import PlayWindow
 
     keymap = derive_keymap(
         space, dataset_keymap=info.keymap, path=args.keymap, reserved=frozenset(COMMAND_KEYS)

@@ -29,11 +29,10 @@ import numpy as np
 from tqdm import tqdm
 
 from wm_video.errors import InputError
+from wm_video.play.record import SignalStop, stop_on_signals
+from wm_video.play.recording import RecordingResult
+from wm_video.play.session import PlaySession
 from wm_video.sources.policies import Policy
-
-from .record import _stop_on_signals, _StopFlag
-from .recording import RecordingResult
-from .session import PlaySession
 
 log = logging.getLogger(__name__)
 
@@ -121,10 +120,10 @@ def run_headless(
     psnrs: list[float] = []
     rss_start = 0
     recording: RecordingResult | None = None
-    flag = _StopFlag()
+    flag = SignalStop()
     began = time.perf_counter()
     try:
-        with _stop_on_signals(flag):
+        with stop_on_signals(flag):
             for index in tqdm(range(frames), desc="play", unit="frame", disable=not progress):
                 session.step(policy.act(session.frame))
                 model_ms.append(session.model_ms)

@@ -20,8 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from wm_video.actions import ActionSpace, load_keymap
-
-from .keys import resolve_key
+from wm_video.play.keys import resolve_key
 
 #: The play commands' keys (pygame key names); a derived keymap never gives them to a button.
 COMMAND_KEYS: dict[str, str] = {

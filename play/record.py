@@ -36,9 +36,8 @@ from wm_video.actions import load_keymap
 from wm_video.data.video import VideoSettings
 from wm_video.data.writer import DatasetWriter, EpisodeRecorder
 from wm_video.errors import InputError
+from wm_video.play.keys import KeyboardActions
 from wm_video.sources.base import Source
-
-from .keys import KeyboardActions
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +109,7 @@ class FrameView:
         pygame.display.flip()
 
 
-class _StopFlag:
+class SignalStop:
     """Set by Ctrl-C / SIGTERM; a second signal raises KeyboardInterrupt at once."""
 
     def __init__(self) -> None:
@@ -125,7 +124,7 @@ class _StopFlag:
 
 
 @contextmanager
-def _stop_on_signals(flag: _StopFlag) -> Iterator[None]:
+def stop_on_signals(flag: SignalStop) -> Iterator[None]:
     """Route SIGINT and SIGTERM to ``flag`` (main thread only; elsewhere Python cannot)."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -227,7 +226,7 @@ def record(
         engine.close()
         raise
 
-    flag = _StopFlag()
+    flag = SignalStop()
     episodes = frames = recorded = 0
     recorder = writer.recorder()
 
@@ -238,7 +237,7 @@ def record(
         frames += written
 
     # Our handlers go in before SDL starts, so SDL leaves SIGINT and SIGTERM to them.
-    with _stop_on_signals(flag):
+    with stop_on_signals(flag):
         try:
             pygame.display.init()
             view = FrameView(engine.frame_shape, scale=scale, display_size=display_size)

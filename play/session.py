@@ -32,10 +32,9 @@ import torch
 from wm_video.engine import World, WorldSnapshot
 from wm_video.errors import InputError
 from wm_video.metrics import psnr
+from wm_video.play.recording import RecordingResult, SessionRecorder
+from wm_video.play.start import StartContext
 from wm_video.sources.base import Source
-
-from .recording import RecordingResult, SessionRecorder
-from .start import StartContext
 
 
 @dataclass(frozen=True)

@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 import pygame
 
-from .hud import Hud
-from .keymap import COMMAND_KEYS
-from .keys import KeyboardActions, resolve_key
-from .record import FrameView, _stop_on_signals, _StopFlag
-from .recording import RecordingResult
-from .session import PlaySession
+from wm_video.play.hud import Hud
+from wm_video.play.keymap import COMMAND_KEYS
+from wm_video.play.keys import KeyboardActions, resolve_key
+from wm_video.play.record import FrameView, SignalStop, stop_on_signals
+from wm_video.play.recording import RecordingResult
+from wm_video.play.session import PlaySession
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class PlayWindow:
         log.info("recording saved: %s", result)
 
     # -- the loop --------------------------------------------------------------------------------
-    def _events(self, flag: _StopFlag) -> None:
+    def _events(self, flag: SignalStop) -> None:
         for event in pygame.event.get():
             if event.type == pygame.QUIT:
                 flag.reason = flag.reason or "window closed"
@@ -171,8 +171,8 @@ class PlayWindow:
 
     def run(self, *, max_frames: int | None = None, on_frame: Callable[[int], None] | None = None) -> WindowResult:
         """Play until the player quits (or ``max_frames`` frames were generated)."""
-        flag = _StopFlag()
-        with _stop_on_signals(flag):
+        flag = SignalStop()
+        with stop_on_signals(flag):
             pygame.display.init()
             try:
                 view = FrameView(
