@@ -28,8 +28,9 @@ from wm_video.errors import InputError, WMVideoError
 
 log = logging.getLogger(__name__)
 
-#: Where the trained default world ships (issue 8); `wm-video play` loads it when no --checkpoint is given.
-DEFAULT_CHECKPOINT = Path("checkpoints/default")
+#: Where the trained default world ships, in the repository (``checkpoints/default`` beside ``play/``);
+#: `wm-video play` loads it when no --checkpoint is given. Found from any working directory.
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "default"
 #: ViZDoom's default footage rate (35 tics/s, frame skip 2): the pace when the data does not say.
 DEFAULT_FPS = 17.5
 
@@ -195,7 +196,7 @@ def open_world(
             DEFAULT_CHECKPOINT / "checkpoint.json"
         ).exists():
             raise InputError(
-                f"no trained world ships in {DEFAULT_CHECKPOINT}/ yet: pass --checkpoint RUN (a dynamics "
+                f"no trained world in {DEFAULT_CHECKPOINT}/ yet: pass --checkpoint RUN (a dynamics "
                 "run or step folder) or --preset tiny (random weights, for development)"
             )
         checkpoint = DEFAULT_CHECKPOINT

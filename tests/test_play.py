@@ -241,7 +241,9 @@ def test_shadow_mode_steps_vizdoom_beside_the_model(tmp_path: Path, capsys) -> N
 
 
 def test_missing_default_checkpoint_says_what_to_do(tmp_path: Path, monkeypatch, capsys) -> None:
-    monkeypatch.chdir(tmp_path)
+    import wm_video.play.start as start
+
+    monkeypatch.setattr(start, "DEFAULT_CHECKPOINT", tmp_path / "checkpoints" / "default")
     assert main(["play", "--headless", "--frames", "1"]) == 2
     err = capsys.readouterr().err
     assert "checkpoints/default" in err and "--checkpoint RUN" in err and "--preset tiny" in err
