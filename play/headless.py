@@ -29,9 +29,9 @@ import numpy as np
 from tqdm import tqdm
 
 from wm_video.errors import InputError
-from wm_video.play.record import SignalStop, stop_on_signals
 from wm_video.play.recording import RecordingResult
 from wm_video.play.session import PlaySession
+from wm_video.signals import StopFlag
 from wm_video.sources.policies import Policy
 
 log = logging.getLogger(__name__)
@@ -120,10 +120,10 @@ def run_headless(
     psnrs: list[float] = []
     rss_start = 0
     recording: RecordingResult | None = None
-    flag = SignalStop()
+    flag = StopFlag()
     began = time.perf_counter()
     try:
-        with stop_on_signals(flag):
+        with flag:
             for index in tqdm(range(frames), desc="play", unit="frame", disable=not progress):
                 session.step(policy.act(session.frame))
                 model_ms.append(session.model_ms)

@@ -20,13 +20,9 @@ Design choices:
 from __future__ import annotations
 
 import logging
-import signal
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -37,6 +33,7 @@ from wm_video.data.video import VideoSettings
 from wm_video.data.writer import DatasetWriter, EpisodeRecorder
 from wm_video.errors import InputError
 from wm_video.play.keys import KeyboardActions
+from wm_video.signals import StopFlag
 from wm_video.sources.base import Source
 
 log = logging.getLogger(__name__)
@@ -107,34 +104,6 @@ class FrameView:
     def show(self, frame: np.ndarray) -> None:
         self.draw(frame)
         pygame.display.flip()
-
-
-class SignalStop:
-    """Set by Ctrl-C / SIGTERM; a second signal raises KeyboardInterrupt at once."""
-
-    def __init__(self) -> None:
-        self.reason: str | None = None  # why the loop stops: a signal name, "Esc", "window closed"
-        self.signals = 0
-
-    def __call__(self, signum: int, frame: FrameType | None) -> None:
-        self.signals += 1
-        if self.signals > 1:
-            raise KeyboardInterrupt
-        self.reason = self.reason or signal.Signals(signum).name
-
-
-@contextmanager
-def stop_on_signals(flag: SignalStop) -> Iterator[None]:
-    """Route SIGINT and SIGTERM to ``flag`` (main thread only; elsewhere Python cannot)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, flag) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
 
 def _save(recorder: EpisodeRecorder, *, quiet: bool = False) -> int:
@@ -226,7 +195,7 @@ def record(
         engine.close()
         raise
 
-    flag = SignalStop()
+    flag = StopFlag()
     episodes = frames = recorded = 0
     recorder = writer.recorder()
 
@@ -237,7 +206,7 @@ def record(
         frames += written
 
     # Our handlers go in before SDL starts, so SDL leaves SIGINT and SIGTERM to them.
-    with stop_on_signals(flag):
+    with flag:
         try:
             pygame.display.init()
             view = FrameView(engine.frame_shape, scale=scale, display_size=display_size)
@@ -252,9 +221,9 @@ def record(
                     on_frame(recorded)
                 for event in pygame.event.get():
                     if event.type == pygame.QUIT:
-                        flag.reason = flag.reason or "window closed"
+                        flag.request("window closed")
                     elif event.type == pygame.KEYDOWN and event.key == pygame.K_ESCAPE:
-                        flag.reason = flag.reason or "Esc"
+                        flag.request("Esc")
                     else:
                         keys.handle(event)
                 if flag.reason is not None:

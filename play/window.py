@@ -29,9 +29,10 @@ import pygame
 from wm_video.play.hud import Hud
 from wm_video.play.keymap import COMMAND_KEYS
 from wm_video.play.keys import KeyboardActions, resolve_key
-from wm_video.play.record import FrameView, SignalStop, stop_on_signals
+from wm_video.play.record import FrameView
 from wm_video.play.recording import RecordingResult
 from wm_video.play.session import PlaySession
+from wm_video.signals import StopFlag
 
 log = logging.getLogger(__name__)
 
@@ -120,14 +121,14 @@ class PlayWindow:
         log.info("recording saved: %s", result)
 
     # -- the loop --------------------------------------------------------------------------------
-    def _events(self, flag: SignalStop) -> None:
+    def _events(self, flag: StopFlag) -> None:
         for event in pygame.event.get():
             if event.type == pygame.QUIT:
-                flag.reason = flag.reason or "window closed"
+                flag.request("window closed")
             elif event.type == pygame.KEYDOWN and event.key in self._commands and not self.keys.binds(event.key):
                 command = self._commands[event.key]
                 if command == "quit":
-                    flag.reason = flag.reason or "Esc"
+                    flag.request("Esc")
                 else:
                     self._safely(self.command, command)
             else:
@@ -171,8 +172,8 @@ class PlayWindow:
 
     def run(self, *, max_frames: int | None = None, on_frame: Callable[[int], None] | None = None) -> WindowResult:
         """Play until the player quits (or ``max_frames`` frames were generated)."""
-        flag = SignalStop()
-        with stop_on_signals(flag):
+        flag = StopFlag()
+        with flag:
             pygame.display.init()
             try:
                 view = FrameView(
@@ -198,7 +199,7 @@ class PlayWindow:
                     self._last_fps = clock.get_fps()
                     shown += 1
                     if max_frames is not None and self.session.total_frames >= max_frames:
-                        flag.reason = flag.reason or "max frames"
+                        flag.request("max frames")
                         break
             finally:
                 self._keep(self.session.close())

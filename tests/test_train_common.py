@@ -18,10 +18,10 @@ from conftest import TinyDataset
 
 from wm_video.checkpoint import load_checkpoint
 from wm_video.errors import InputError
+from wm_video.signals import StopFlag
 from wm_video.train.common import (
     EMA,
     RunLogger,
-    StopFlag,
     choose_mixed_precision,
     peak_flops,
     read_log,

@@ -30,9 +30,10 @@ from wm_video.checkpoint import load_checkpoint, resolve_checkpoint
 from wm_video.cli import main as cli_main
 from wm_video.data.sampler import ClipBatch, ClipSampler
 from wm_video.dynamics import DYNAMICS_PRESETS, DynamicsConfig
+from wm_video.signals import StopFlag
 from wm_video.tokenizer import TOKENIZER_PRESETS, TokenizerConfig
 from wm_video.train import session as session_module
-from wm_video.train.common import StopFlag, read_log
+from wm_video.train.common import read_log
 from wm_video.train.session import TrainingSession
 
 TOKENIZER = TokenizerConfig(

@@ -9,12 +9,9 @@ from __future__ import annotations
 import copy
 import json
 import random
-import signal
-import threading
 import time
 import uuid
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import cv2
@@ -80,35 +77,6 @@ class EMA:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict(state)
-
-
-class StopFlag:
-    """Ctrl-C or SIGTERM sets ``requested``; the loop polls it at step boundaries, saves and exits.
-
-    A second Ctrl-C while a stop is pending raises KeyboardInterrupt at once. Outside the main
-    thread (where signals cannot be caught) it does nothing.
-    """
-
-    def __init__(self) -> None:
-        self.requested = False
-        self.signal_name = ""
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-        self.signal_name = signal.Signals(signum).name
-
-    def __enter__(self) -> StopFlag:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 def rng_state() -> dict[str, Any]:

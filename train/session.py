@@ -30,10 +30,10 @@ from wm_video.checkpoint import load_checkpoint, load_weights, resolve_checkpoin
 from wm_video.data.sampler import CLIP_TRACE_ENV, ClipSampler
 from wm_video.errors import InputError
 from wm_video.fileio import atomic_write_json
+from wm_video.signals import StopFlag
 from wm_video.train.common import (
     EMA,
     RunLogger,
-    StopFlag,
     choose_mixed_precision,
     rng_state,
     rng_state_from_lists,

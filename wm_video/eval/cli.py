@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from wm_video.cli_args import Commands, positive_int
 from wm_video.errors import InputError, WMVideoError
+from wm_video.signals import StopFlag
 
 if TYPE_CHECKING:
     from wm_video.checkpoint import Checkpoint
@@ -89,7 +90,6 @@ def _episode_list(text: str | None) -> tuple[int, ...] | None:
 
 
 def _eval_consistency(args: argparse.Namespace) -> int:
-    import signal
 
     import torch
 
@@ -128,28 +128,21 @@ def _eval_consistency(args: argparse.Namespace) -> int:
         raise InputError(f"{models[0].path}: the checkpoint does not name its dataset; pass --data DIR")
     progress = sys.stderr.isatty()
     cache = load_cache(Path(data), size=models[0].tokenizer.config.image_size, progress=progress)
-    stopped: list[int] = []
-    handlers = {
-        sig: signal.signal(sig, lambda signum, frame: stopped.append(signum))
-        for sig in (signal.SIGINT, signal.SIGTERM)
-    }
     try:
-        result = run_consistency(
-            models,
-            cache,
-            Path(data),
-            float(models[0].meta.get("holdout", 0.1)),
-            config,
-            stop=lambda: bool(stopped),
-            progress=progress,
-            log=lambda line: print(line, file=sys.stderr),
-        )
+        with StopFlag() as stop:
+            result = run_consistency(
+                models,
+                cache,
+                Path(data),
+                float(models[0].meta.get("holdout", 0.1)),
+                config,
+                stop=lambda: stop.requested,
+                progress=progress,
+                log=lambda line: print(line, file=sys.stderr),
+            )
     except EvalInterrupted:
         print("wm-video eval: interrupted; no report was written", file=sys.stderr)
         return 130
-    finally:
-        for sig, previous in handlers.items():
-            signal.signal(sig, previous)
     report = write_report(result, args.out)
     for r in result.results:
         drift, control = r.clips.drift, r.clips.control
@@ -163,7 +156,6 @@ def _eval_consistency(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    import signal
 
     if args.what == "dynamics":
         return _eval_dynamics(args)
@@ -186,9 +178,7 @@ def _eval(args: argparse.Namespace) -> int:
     episodes, which = choose_episodes(
         cache, args.episodes, all_episodes=args.all_episodes, holdout=checkpoint.meta.get("holdout")
     )
-    interrupted: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
-    try:
+    with StopFlag() as stop:
         report = evaluate_tokenizer(
             model,
             cache,
@@ -196,12 +186,10 @@ def _eval(args: argparse.Namespace) -> int:
             max_frames_per_episode=args.max_frames,
             chunk_frames=args.chunk_frames,
             progress=sys.stderr.isatty(),
-            stop=lambda: bool(interrupted),
+            stop=lambda: stop.requested,
         )
-    finally:
-        signal.signal(signal.SIGINT, previous)
     _print_summary(args, checkpoint, data, which, report)
-    if interrupted:
+    if stop.requested:
         return 130
     return 0
 
