@@ -30,9 +30,9 @@ Handler = Callable[[argparse.Namespace], int]
 #: Command groups that live beside the code they drive; each adds its own subparser.
 _REGISTERS: tuple[Callable[[Commands], None], ...] = (
     register_train,
+    register_play,
     register_eval,
     register_bench,
-    register_play,
 )
 
 
