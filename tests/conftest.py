@@ -98,6 +98,27 @@ def save_random_tokenizer(path: Path, config: TokenizerConfig, seed: int = 0) ->
     return path
 
 
+#: The smallest tokenizer the training programs accept: 32 px frames, 4×4 tokens, one layer each way.
+MICRO_TOKENIZER = TokenizerConfig(
+    image_size=32, patch_size=8, dim=32, heads=2, encoder_layers=1, decoder_layers=1, temporal_window=3
+)
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """A 3-episode dataset and a random-weight tokenizer checkpoint for training-program tests."""
+
+    data: Path
+    tokenizer: Path
+
+
+@pytest.fixture(scope="module")
+def training_data(tmp_path_factory: pytest.TempPathFactory) -> TrainingData:
+    root = tmp_path_factory.mktemp("training")
+    data = make_dataset(root / "ds", [24, 20, 30])
+    return TrainingData(data.root, save_random_tokenizer(root / "tokenizer", MICRO_TOKENIZER))
+
+
 @pytest.fixture
 def tiny_dataset(tmp_path: Path) -> TinyDataset:
     return make_dataset(tmp_path / "ds", [12, 7, 20])

@@ -11,36 +11,18 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 import torch
-from conftest import make_dataset, save_random_tokenizer
+from conftest import MICRO_TOKENIZER, TrainingData
 from safetensors.torch import load_file
 
 from wm_video.checkpoint import LAST_POINTER, load_checkpoint, resolve_checkpoint
 from wm_video.data.sampler import CLIP_TRACE_ENV
-from wm_video.tokenizer import TokenizerConfig
 from wm_video.train.common import read_log
 
-TOKENIZER = TokenizerConfig(
-    image_size=32, patch_size=8, dim=32, heads=2, encoder_layers=1, decoder_layers=1, temporal_window=3
-)
+TOKENIZER = MICRO_TOKENIZER
 BATCH = 2
-
-
-@dataclass(frozen=True)
-class Setup:
-    data: Path
-    tokenizer: Path
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> Setup:
-    root = tmp_path_factory.mktemp("distributed")
-    data = make_dataset(root / "ds", [24, 20, 30])
-    return Setup(data.root, save_random_tokenizer(root / "tokenizer", TOKENIZER))
 
 
 def torchrun(program: str, trace: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -60,9 +42,9 @@ def drawn(trace: Path, rank: int) -> list[tuple[int, int]]:
     return [(int(e), int(s)) for e, s in (line.split() for line in lines if line)]
 
 
-def test_tokenizer_trains_saves_and_resumes_on_two_ranks(setup: Setup, tmp_path: Path) -> None:
+def test_tokenizer_trains_saves_and_resumes_on_two_ranks(training_data: TrainingData, tmp_path: Path) -> None:
     run, trace = tmp_path / "run", tmp_path / "trace"
-    args = ["--data", str(setup.data), "--out", str(run), "--clip-len", "3", "--save-every", "1"]
+    args = ["--data", str(training_data.data), "--out", str(run), "--clip-len", "3", "--save-every", "1"]
     torchrun("tokenizer", trace, *args, "--max-steps", "2")
     checkpoint = load_checkpoint(run, kind="tokenizer")
     assert checkpoint.step == 2 and checkpoint.meta["run"]["world_size"] == 2
@@ -79,12 +61,12 @@ def test_tokenizer_trains_saves_and_resumes_on_two_ranks(setup: Setup, tmp_path:
     assert [len(drawn(trace, rank)) for rank in (0, 1)] == [3 * BATCH, 3 * BATCH]
 
 
-def test_dynamics_resumed_on_two_ranks_is_bit_identical(setup: Setup, tmp_path: Path) -> None:
+def test_dynamics_resumed_on_two_ranks_is_bit_identical(training_data: TrainingData, tmp_path: Path) -> None:
     """4 steps straight == the step-2 checkpoint of that run resumed for 2 more steps, on 2 ranks:
     weights, EMA, optimizer, sampler and both ranks' RNG states (the corruption noise draws from
     them, differently on each rank)."""
     straight, resumed, trace = tmp_path / "straight", tmp_path / "resumed", tmp_path / "trace"
-    args = ["--data", str(setup.data), "--tokenizer", str(setup.tokenizer), "--clip-len", "4"]
+    args = ["--data", str(training_data.data), "--tokenizer", str(training_data.tokenizer), "--clip-len", "4"]
     args += ["--max-steps", "4", "--save-every", "2", "--warmup-steps", "2"]
     torchrun("dynamics", trace, *args, "--out", str(straight))
     assert resolve_checkpoint(straight).name == "step-00000004"

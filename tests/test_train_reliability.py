@@ -14,14 +14,13 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from conftest import make_dataset, save_random_tokenizer
+from conftest import MICRO_TOKENIZER, TrainingData
 from safetensors.torch import load_file, save_file
 
 import wm_video.checkpoint as checkpoint_module
@@ -31,30 +30,15 @@ from wm_video.cli import main as cli_main
 from wm_video.data.sampler import ClipBatch, ClipSampler
 from wm_video.dynamics import DYNAMICS_PRESETS, DynamicsConfig
 from wm_video.signals import StopFlag
-from wm_video.tokenizer import TOKENIZER_PRESETS, TokenizerConfig
+from wm_video.tokenizer import TOKENIZER_PRESETS
 from wm_video.train import session as session_module
 from wm_video.train.common import read_log
 from wm_video.train.session import TrainingSession
 
-TOKENIZER = TokenizerConfig(
-    image_size=32, patch_size=8, dim=32, heads=2, encoder_layers=1, decoder_layers=1, temporal_window=3
-)
+TOKENIZER = MICRO_TOKENIZER
 DYNAMICS = DynamicsConfig(dim=32, heads=2, trunk_layers=1, head_layers=1, context_frames=3)
 PROGRAMS = ["tokenizer", "dynamics"]
 BATCH = 2
-
-
-@dataclass(frozen=True)
-class Setup:
-    data: Path
-    tokenizer: Path
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> Setup:
-    root = tmp_path_factory.mktemp("reliability")
-    data = make_dataset(root / "ds", [24, 20, 30])
-    return Setup(data.root, save_random_tokenizer(root / "tokenizer", TOKENIZER))
 
 
 @pytest.fixture(autouse=True)
@@ -63,11 +47,13 @@ def small_presets(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(DYNAMICS_PRESETS, "tiny", DYNAMICS)
 
 
-def train(program: str, setup: Setup, out: Path, steps: int, *extra: str) -> int:
-    model_args = ["--tokenizer", str(setup.tokenizer), "--clip-len", "4"] if program == "dynamics" else []
+def train(program: str, training_data: TrainingData, out: Path, steps: int, *extra: str) -> int:
+    model_args = (
+        ["--tokenizer", str(training_data.tokenizer), "--clip-len", "4"] if program == "dynamics" else []
+    )
     return cli_main(
         [
-            "train", program, "--data", str(setup.data), "--out", str(out), "--max-steps", str(steps),
+            "train", program, "--data", str(training_data.data), "--out", str(out), "--max-steps", str(steps),
             *model_args, "--batch-size", str(BATCH), "--log-every", "1", "--eval-every", "0",
             "--save-every", "1", "--warmup-steps", "1", "--no-progress", *extra,
         ]
@@ -93,7 +79,7 @@ def fail_on_call(
 @pytest.mark.parametrize("program", PROGRAMS)
 def test_a_crash_mid_save_keeps_the_last_checkpoint_and_the_rerun_resumes(
     program: str,
-    setup: Setup,
+    training_data: TrainingData,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -104,12 +90,12 @@ def test_a_crash_mid_save_keeps_the_last_checkpoint_and_the_rerun_resumes(
     with monkeypatch.context() as patch:
         fail_on_call(patch, checkpoint_module, "_write_tensors", 5, RuntimeError("power cut"))
         with pytest.raises(RuntimeError, match="power cut"):
-            train(program, setup, run, 3, "--keep", "1")
+            train(program, training_data, run, 3, "--keep", "1")
     checkpoints = run / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["last", "step-00000001"]
     assert load_checkpoint(run).step == 1
     capsys.readouterr()
-    assert train(program, setup, run, 3, "--keep", "1") == 0
+    assert train(program, training_data, run, 3, "--keep", "1") == 0
     assert "from step 1" in capsys.readouterr().out
     assert sorted(p.name for p in checkpoints.iterdir()) == ["last", "step-00000003"]
 
@@ -148,13 +134,13 @@ def poison_second_batch(program: str, monkeypatch: pytest.MonkeyPatch, every: bo
 
 @pytest.mark.parametrize("program", PROGRAMS)
 def test_a_nan_batch_skips_its_step_and_the_next_batch_trains(
-    program: str, setup: Setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    program: str, training_data: TrainingData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Row 5: step 2's batch is NaN: weights, EMA and optimizer state after step 2 equal those
     after step 1; step 3 trains again; the skip is logged."""
     run = tmp_path / "run"
     poison_second_batch(program, monkeypatch)
-    assert train(program, setup, run, 3, "--keep", "5") == 0
+    assert train(program, training_data, run, 3, "--keep", "5") == 0
     skipped = [r["step"] for r in read_log(run) if r.get("skipped_nonfinite")]
     assert skipped == [2]
     steps = {s: run / "checkpoints" / f"step-{s:08d}" for s in (1, 2, 3)}
@@ -174,17 +160,17 @@ def test_a_nan_batch_skips_its_step_and_the_next_batch_trains(
 @pytest.mark.parametrize("program", PROGRAMS)
 def test_too_many_nan_steps_stop_the_run_with_a_message(
     program: str,
-    setup: Setup,
+    training_data: TrainingData,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     run = tmp_path / "run"
-    assert train(program, setup, run, 1) == 0  # a good checkpoint first
+    assert train(program, training_data, run, 1) == 0  # a good checkpoint first
     poison_second_batch(program, monkeypatch, every=True)
     monkeypatch.setattr(session_module, "MAX_SKIPPED_STEPS", 3)
     capsys.readouterr()
-    assert train(program, setup, run, 20, "--save-every", "100") == 2
+    assert train(program, training_data, run, 20, "--save-every", "100") == 2
     err = capsys.readouterr().err  # steps 2, 3 and 4 skipped:
     assert "3 optimizer steps in a row had non-finite gradients; stopping at step 4" in err
     assert "keeps the last good checkpoint" in err
@@ -194,7 +180,7 @@ def test_too_many_nan_steps_stop_the_run_with_a_message(
 @pytest.mark.parametrize("program", PROGRAMS)
 def test_a_full_disk_keeps_the_last_checkpoint_and_says_how_much_space(
     program: str,
-    setup: Setup,
+    training_data: TrainingData,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -203,7 +189,7 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_says_how_much_space(
     run = tmp_path / "run"
     full = OSError(errno.ENOSPC, "No space left on device")
     fail_on_call(monkeypatch, checkpoint_module, "save_file", 4, full)
-    assert train(program, setup, run, 3) == 2
+    assert train(program, training_data, run, 3) == 2
     err = capsys.readouterr().err.strip()
     assert f"wm-video train {program}: error: " in err and "disk full while saving step-00000002" in err
     assert "the checkpoint needs about" in err and "bytes" in err and "last good checkpoint is kept" in err
@@ -214,11 +200,11 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_says_how_much_space(
 @pytest.mark.parametrize("program", PROGRAMS)
 @pytest.mark.parametrize("damage", ["wrong shapes", "pickle"])
 def test_a_foreign_checkpoint_is_refused_naming_what_is_wrong(
-    program: str, damage: str, setup: Setup, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    program: str, damage: str, training_data: TrainingData, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Row 10: the run's checkpoint holds other weights (or a torch.save pickle); resuming names them."""
     run = tmp_path / "run"
-    assert train(program, setup, run, 1) == 0
+    assert train(program, training_data, run, 1) == 0
     weights = resolve_checkpoint(run) / "model.safetensors"
     first_key, first = next(iter(load_file(weights).items()))
     replacement = tmp_path / "replacement"  # written aside, then moved: `first` maps the old file
@@ -230,13 +216,13 @@ def test_a_foreign_checkpoint_is_refused_naming_what_is_wrong(
         expected = ["weights do not match the model", f"{first_key}: checkpoint {(*first.shape, 3)} vs model"]
     os.replace(replacement, weights)
     capsys.readouterr()
-    assert train(program, setup, run, 2) == 2
+    assert train(program, training_data, run, 2) == 2
     err = capsys.readouterr().err
     assert all(text in err for text in expected), err
 
 
 def test_sigterm_saves_the_dynamics_run_at_the_step_boundary(
-    setup: Setup, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    training_data: TrainingData, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Row 6 for the dynamics program (the tokenizer's is in test_train_common.py): a real SIGTERM
     to this process while it trains, sent only while the run's handler is installed."""
@@ -254,31 +240,36 @@ def test_sigterm_saves_the_dynamics_run_at_the_step_boundary(
     sender = threading.Thread(target=send_when_training)
     sender.start()
     try:
-        assert train("dynamics", setup, run, 100_000, "--save-every", "100000") == 0
+        assert train("dynamics", training_data, run, 100_000, "--save-every", "100000") == 0
     finally:
         sender.join()
     out = capsys.readouterr().out
     assert "stopped at step" in out and "(SIGTERM)" in out
     step = load_checkpoint(run).step
     assert step >= 1 and [r["step"] for r in read_log(run) if "loss" in r][-1] == step
-    assert train("dynamics", setup, run, step + 1) == 0
+    assert train("dynamics", training_data, run, step + 1) == 0
     assert f"from step {step}" in capsys.readouterr().out
     assert load_checkpoint(run).step == step + 1
 
 
 def test_an_interrupted_tokenizer_run_resumes_exactly(
-    setup: Setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    training_data: TrainingData,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Row 3 for the tokenizer (the dynamics program's is in test_train_dynamics.py): 4 steps straight
     == stopped after step 2, then the same command again; weights, EMA, optimizer, sampler, RNG."""
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    assert train("tokenizer", setup, straight, 4, "--warmup-steps", "2") == 0
+    assert train("tokenizer", training_data, straight, 4, "--warmup-steps", "2") == 0
     with monkeypatch.context() as patch:
         stops = iter([False, True])
         patch.setattr(TrainingSession, "should_stop", lambda self: next(stops))
-        assert train("tokenizer", setup, resumed, 4, "--warmup-steps", "2", "--save-every", "100") == 0
+        assert (
+            train("tokenizer", training_data, resumed, 4, "--warmup-steps", "2", "--save-every", "100") == 0
+        )
     assert "stopped at step 2" in capsys.readouterr().out
-    assert train("tokenizer", setup, resumed, 4, "--warmup-steps", "2") == 0
+    assert train("tokenizer", training_data, resumed, 4, "--warmup-steps", "2") == 0
     assert "from step 2" in capsys.readouterr().out
     a_dir, b_dir = resolve_checkpoint(straight), resolve_checkpoint(resumed)
     assert a_dir.name == b_dir.name == "step-00000004"
@@ -289,10 +280,12 @@ def test_an_interrupted_tokenizer_run_resumes_exactly(
     shutil.rmtree(straight)
 
 
-def test_a_sampler_resumed_with_another_number_of_ranks_keeps_its_share_of_the_epoch(setup: Setup) -> None:
+def test_a_sampler_resumed_with_another_number_of_ranks_keeps_its_share_of_the_epoch(
+    training_data: TrainingData,
+) -> None:
     from wm_video.data.cache import load_cache
 
-    cache = load_cache(setup.data, size=32, progress=False)
+    cache = load_cache(training_data.data, size=32, progress=False)
     two = ClipSampler(cache, 4, seed=3, rank=0, world_size=2)
     two.sample_batch(5)  # 10 of the epoch's clips drawn by the two ranks together
     one = ClipSampler(cache, 4, seed=3)
