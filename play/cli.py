@@ -149,18 +149,24 @@ def register(commands: Commands) -> None:
         "--checkpoint",
         type=Path,
         default=None,
-        help="dynamics run or step folder (default: checkpoints/default/, the shipped world)",
+        help="dynamics run or step folder, or an exported world (default: checkpoints/default/, the shipped one)",
     )
     group.add_argument(
         "--preset", choices=PRESETS, default=None, help="random weights of this preset instead (development)"
     )
     group.add_argument(
-        "--tokenizer", type=Path, default=None, help="tokenizer checkpoint (default: the one the checkpoint names)"
+        "--tokenizer",
+        type=Path,
+        default=None,
+        help="tokenizer checkpoint (default: the one the checkpoint names)",
     )
     group.add_argument("--device", default="cpu", help="torch device (default cpu)")
     group.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     group.add_argument(
-        "--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's; 1 on a busy CPU)"
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch CPU threads (default: torch's; 1 on a busy CPU)",
     )
     group.add_argument(
         "--temperature", type=float, default=None, help="sampling temperature (default 1; 0: most likely)"
@@ -169,7 +175,8 @@ def register(commands: Commands) -> None:
         "--start-from",
         default=None,
         metavar="IMAGE|DATASET_DIR[:EPISODE[:FRAME]]",
-        help="start from a picture or a recorded frame (default: the checkpoint's data, else the real game)",
+        help="start from a picture or a recorded frame (default: the checkpoint's data or shipped start, "
+        "else the real game)",
     )
     group.add_argument(
         "--fps", type=_positive_float, default=None, help="pace (default: the world's own fps, 17.5 for Doom)"
@@ -179,7 +186,9 @@ def register(commands: Commands) -> None:
     )
     group = p.add_argument_group("window")
     group.add_argument("--scale", type=positive_int, default=8, help="integer zoom of the frames (default 8)")
-    group.add_argument("--keymap", type=Path, default=None, help="JSON file {key name: button} replacing the keys")
+    group.add_argument(
+        "--keymap", type=Path, default=None, help="JSON file {key name: button} replacing the keys"
+    )
     group.add_argument("--mouse", action="store_true", help="turn with the mouse's x motion too")
     group.add_argument("--no-hud", action="store_true", help="start with the HUD hidden (H shows it)")
     group.add_argument(
@@ -188,7 +197,9 @@ def register(commands: Commands) -> None:
     group.add_argument("--max-frames", type=positive_int, default=None, help="quit after this many frames")
     group = p.add_argument_group("shadow: the real engine beside the model")
     group.add_argument(
-        "--shadow", action="store_true", help="split screen real | generated with the same actions, PSNR in the HUD"
+        "--shadow",
+        action="store_true",
+        help="split screen real | generated with the same actions, PSNR in the HUD",
     )
     group.add_argument(
         "--scenario", default=None, help="real engine's scenario (default: the one the data was collected in)"
@@ -199,7 +210,10 @@ def register(commands: Commands) -> None:
         "--actions", default="explore", help="explore (default), random, or a JSONL action script"
     )
     group.add_argument(
-        "--frames", type=positive_int, default=None, help="frames to generate (default: the script's length, else 1000)"
+        "--frames",
+        type=positive_int,
+        default=None,
+        help="frames to generate (default: the script's length, else 1000)",
     )
     group.add_argument("--record", type=Path, default=None, help="write the frames shown to this .mp4")
     group.add_argument(

@@ -6,8 +6,9 @@ Design choices:
   them) with the actions taken between them, so it starts *moving* the way the footage did.
   EPISODE defaults to the first episode, FRAME to the last frame of a full context window.
 - Without ``--start-from``: the checkpoint's training data (``meta.data``; its first held-out
-  episode when one is recorded), else the first frame of the real default world when the model
-  has its buttons, else a grey frame. The start is what Enter returns to.
+  episode when one is recorded), else the start frames an exported world ships, else the first
+  frame of the real engine and scenario it was trained on when the model has ViZDoom's buttons,
+  else a grey frame. The start is what Enter returns to.
 - The world's pace is its dataset's fps (``meta/info.json``), else ViZDoom's default 17.5.
 - Nothing here imports pygame.
 """
@@ -15,6 +16,7 @@ Design choices:
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ import cv2
 import numpy as np
 
 from wm_video.actions import ActionSpace
+from wm_video.checkpoint import WORLD_FILE
 from wm_video.engine import World
 from wm_video.errors import InputError, WMVideoError
 
@@ -53,24 +56,43 @@ class DatasetInfo:
     keymap: dict[str, str]
     source: dict[str, Any]  # meta/wm_video.json "source": source, scenario, frame_skip, …
     heldout: tuple[int, ...]
+    start: Path | None = None  # an exported world's start.safetensors (wm_video/export.py)
+
+
+def _shipped_info(meta: dict[str, Any], heldout: tuple[int, ...]) -> DatasetInfo:
+    """What an exported world carries in ``meta.shipped`` in place of its dataset; defaults otherwise."""
+    shipped = meta.get("shipped") or {}
+    start = None
+    if shipped.get("start") and meta.get("checkpoint"):
+        start = Path(os.path.normpath(Path(meta["checkpoint"]) / shipped["start"]))
+        start = start if start.is_file() else None
+    return DatasetInfo(
+        None,
+        float(shipped.get("fps") or DEFAULT_FPS),
+        {str(k): str(v) for k, v in (shipped.get("keymap") or {}).items()},
+        dict(shipped.get("source") or {}),
+        heldout,
+        start,
+    )
 
 
 def dataset_info(meta: dict[str, Any], names: tuple[str, ...]) -> DatasetInfo:
-    """Read the checkpoint's dataset (``meta.data``) if it is still there; defaults otherwise."""
+    """Read the checkpoint's dataset (``meta.data``) if it is still there, else what the checkpoint ships."""
     data = meta.get("data")
     heldout = tuple(int(e) for e in meta.get("heldout_episodes") or ())
     root = Path(data) if data else None
     if root is None or not (root / "meta" / "info.json").is_file():
-        if root is not None:
-            log.info("the checkpoint's dataset %s is not here; pace %.1f fps", root, DEFAULT_FPS)
-        return DatasetInfo(None, DEFAULT_FPS, {}, {}, heldout)
+        info = _shipped_info(meta, heldout)
+        if root is not None and info.start is None:
+            log.info("the checkpoint's dataset %s is not here; pace %.1f fps", root, info.fps)
+        return info
     from wm_video.data.reader import open_dataset
 
     try:
         dataset = open_dataset(root)
     except WMVideoError as exc:
         log.warning("cannot read the checkpoint's dataset (%s); pace %.1f fps", exc, DEFAULT_FPS)
-        return DatasetInfo(None, DEFAULT_FPS, {}, {}, heldout)
+        return _shipped_info(meta, heldout)
     same = tuple(dataset.action_space.names) == names
     keymap = dict(dataset.action_space.default_keymap) if same else {}
     source = dict(dataset.ours.get("source") or {})
@@ -102,7 +124,9 @@ def load_image(path: Path) -> np.ndarray:
     """An image file → (H, W, 3) uint8 RGB."""
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
-        raise InputError(f"{path}: cannot read this image (expected a PNG, JPEG or another format OpenCV reads)")
+        raise InputError(
+            f"{path}: cannot read this image (expected a PNG, JPEG or another format OpenCV reads)"
+        )
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
@@ -118,7 +142,9 @@ def from_dataset(
     ref = dataset.episode(episode) if episode is not None else dataset.episodes[0]
     last = min(ref.length, context_frames) - 1 if frame is None else frame
     if last >= ref.length:
-        raise InputError(f"{root}: episode {ref.index} has {ref.length} frames; frame {last} is not one of them")
+        raise InputError(
+            f"{root}: episode {ref.index} has {ref.length} frames; frame {last} is not one of them"
+        )
     first = max(0, last - context_frames + 1)
     frames: list[np.ndarray] = []
     for index, image in enumerate(dataset.iter_frames(ref)):
@@ -147,6 +173,21 @@ def load_start(spec: str, *, space: ActionSpace, context_frames: int) -> StartCo
     return StartContext(load_image(path)[None], None, str(path))
 
 
+def shipped_start(path: Path, *, space: ActionSpace, context_frames: int) -> StartContext:
+    """The start frames an exported world ships (``start.safetensors``: frames, actions)."""
+    from safetensors.numpy import load_file
+
+    try:
+        tensors = load_file(str(path))
+        frames, actions = tensors["frames"][-context_frames:], tensors["actions"]
+    except Exception as exc:  # safetensors raises its own error type
+        raise InputError(f"{path}: not a start file with 'frames' and 'actions' ({exc})") from exc
+    if actions.shape[-1:] != (len(space.names),):
+        return StartContext(frames, None, f"{path} (its actions do not fit this world)")
+    between = actions[-(len(frames) - 1) :] if len(frames) > 1 else None
+    return StartContext(frames, between, f"{path} ({len(frames)} frames)")
+
+
 def default_start(
     info: DatasetInfo, *, space: ActionSpace, context_frames: int, image_size: int
 ) -> StartContext:
@@ -157,13 +198,16 @@ def default_start(
             return from_dataset(info.root, episode, None, space=space, context_frames=context_frames)
         except WMVideoError as exc:
             log.warning("cannot start from the checkpoint's dataset (%s)", exc)
+    if info.start is not None:
+        return shipped_start(info.start, space=space, context_frames=context_frames)
     from wm_video.sources.vizdoom import ACTION_SPACE
 
     if tuple(space.names) == tuple(ACTION_SPACE.names):
         from wm_video.sources import make_source
 
-        with make_source("vizdoom", size=image_size) as engine:
-            return StartContext(engine.reset(0)[None], None, "ViZDoom my_way_home, seed 0")
+        scenario = info.source.get("scenario") if info.source.get("source") == "vizdoom" else None
+        with make_source("vizdoom", scenario=scenario, size=image_size) as engine:
+            return StartContext(engine.reset(0)[None], None, f"{engine.task}, seed 0")
     grey = np.full((1, image_size, image_size, 3), 128, dtype=np.uint8)
     return StartContext(grey, None, "a grey frame")
 
@@ -192,9 +236,8 @@ def open_world(
 
     sampling = SamplingConfig(temperature=temperature) if temperature is not None else None
     if checkpoint is None and preset is None:
-        if not (DEFAULT_CHECKPOINT / "checkpoints").exists() and not (
-            DEFAULT_CHECKPOINT / "checkpoint.json"
-        ).exists():
+        shipped = (WORLD_FILE, "checkpoints", "checkpoint.json")
+        if not any((DEFAULT_CHECKPOINT / name).exists() for name in shipped):
             raise InputError(
                 f"no trained world in {DEFAULT_CHECKPOINT}/ yet: pass --checkpoint RUN (a dynamics "
                 "run or step folder) or --preset tiny (random weights, for development)"

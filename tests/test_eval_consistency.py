@@ -92,7 +92,14 @@ def test_report_files_exist_parse_and_a_second_run_reuses_the_idm(runs: Runs, tm
     assert metrics["idm"]["reused"] is False and metrics["idm"]["buttons"] == ["forward", "turn_left"]
     assert metrics["idm"]["real_heldout"]["pairs"] == 29
     assert {"torch", "numpy", "wm_video"} <= set(metrics["versions"])
-    assert metrics["soak_real_footage"]["episodes"] == 1
+    footage = metrics["soak_real_footage"]
+    assert footage["episodes"] == 1 and set(footage["tokenizer_flagged"]) == {
+        "blur",
+        "noise",
+        "palette",
+        "freeze",
+    }
+    assert len(footage["tokenizer_percentiles"]["sharpness"]) == 3  # 1st / 50th / 99th percentile
     for name in ("drift.png", "controllability.png", "soak.png", "soak_snapshots.png"):
         image = cv2.imread(str(out / name))
         assert image is not None and image.size > 0, name
@@ -108,6 +115,8 @@ def test_report_files_exist_parse_and_a_second_run_reuses_the_idm(runs: Runs, tm
         "## Drift",
         "ΔPSNR(t=4)",
         "## Soak",
+        "the same, through the model's tokenizer (1 episodes): episodes flagged",
+        "| statistic | data | tokenizer | model | baseline |",
         "baseline",
         "drift.png",
     ):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -19,6 +20,7 @@ from wm_video.eval.soak import (
     SoakReference,
     detect_collapse,
     footage_collapse,
+    footage_percentiles,
     reference_statistics,
 )
 from wm_video.metrics import colour_histogram, frame_statistics, histogram_distance
@@ -145,6 +147,13 @@ def test_collapse_is_found_at_the_frame_it_starts() -> None:
     noisy = series(400)
     noisy["sharpness"][100:] *= 10
     assert detect_collapse(noisy, reference, window=20)["noise"] == pytest.approx(100, abs=1)
+    # footage smoothed as a tokenizer might smooth it: the detector calls it blur, and its own
+    # percentiles (the report's "tokenizer" column) show that the blur is there before any rollout
+    smoothed = np.stack([cv2.GaussianBlur(frame, (5, 5), 1.5) for frame in real])
+    assert footage_collapse([smoothed], reference, window=20)["blur"] == 1
+    as_real, as_smoothed = footage_percentiles([real], reference), footage_percentiles([smoothed], reference)
+    assert as_real["sharpness"] == pytest.approx(reference.percentiles["sharpness"])
+    assert as_smoothed["sharpness"][1] < 0.5 * as_real["sharpness"][1]
 
 
 def test_loop_programs_come_back() -> None:

@@ -12,7 +12,13 @@ import torch
 from conftest import make_dataset, random_actions, smooth_frames
 
 from wm_video.actions import ActionSpace
-from wm_video.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint, save_checkpoint
+from wm_video.checkpoint import (
+    Checkpoint,
+    load_checkpoint,
+    recorded_tokenizer,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from wm_video.cli import main as cli_main
 from wm_video.data.video import VideoSettings
 from wm_video.data.writer import DatasetWriter
@@ -20,7 +26,6 @@ from wm_video.dynamics import DYNAMICS_PRESETS, DynamicsConfig, DynamicsModel
 from wm_video.engine import load_world
 from wm_video.tokenizer import TokenizerConfig, VideoTokenizer
 from wm_video.train.dynamics import initial_model
-from wm_video.train.finetune import source_tokenizer
 from wm_video.train.remap import remap_action_weights
 
 TOKENIZER = TokenizerConfig(
@@ -74,11 +79,11 @@ def test_the_tokenizer_is_found_through_the_checkpoint(tmp_path: Path) -> None:
             tmp_path / "run" / "checkpoints" / "step-1", "dynamics", {}, 1, {}, None, None, meta
         )
 
-    assert source_tokenizer(checkpoint({"tokenizer": "/abs/tok"})) == Path("/abs/tok")
-    relative = source_tokenizer(checkpoint({"tokenizer": "../../tok"}))  # as a shipped checkpoint has it
-    assert relative == tmp_path / "run" / "checkpoints" / "step-1" / "../../tok"
-    with pytest.raises(Exception, match="no tokenizer recorded"):
-        source_tokenizer(checkpoint({}))
+    assert recorded_tokenizer(checkpoint({"tokenizer": "/abs/tok"})) == Path("/abs/tok")
+    relative = recorded_tokenizer(checkpoint({"tokenizer": "../../tok"}))  # as a shipped checkpoint has it
+    assert relative == tmp_path / "run" / "tok"
+    with pytest.raises(Exception, match="does not name its tokenizer"):
+        recorded_tokenizer(checkpoint({}))
 
 
 def test_finetune_command_adapts_a_world_to_new_footage(
@@ -148,7 +153,7 @@ def test_finetune_command_adapts_a_world_to_new_footage(
         "new": ["jump"],
         "dropped": ["turn_left"],
     }
-    assert Path(dynamics.meta["tokenizer"]) == resolve_checkpoint(tmp_path / "ft" / "tokenizer").resolve()
+    assert recorded_tokenizer(dynamics).resolve() == resolve_checkpoint(tmp_path / "ft" / "tokenizer").resolve()
     assert dynamics.meta["finetuned_from"] == str(resolve_checkpoint(tmp_path / "source").resolve())
 
     world = load_world(tmp_path / "ft" / "dynamics")  # plays with the fine-tuned tokenizer

@@ -1,9 +1,10 @@
-"""``wm-video train``, ``wm-video finetune`` and ``wm-video plot``: the training programs (each also
-runnable as ``python -m wm_video.train.<program>``), fine-tuning on new footage, and the curves."""
+"""``wm-video train``, ``finetune``, ``plot`` and ``export``: the training programs (each also runnable
+as ``python -m wm_video.train.<program>``), fine-tuning on new footage, the curves, and shipping."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from wm_video.cli_args import Commands
 from wm_video.train.options import add_finetune_flags
@@ -34,8 +35,15 @@ def _plot(args: argparse.Namespace) -> int:
     return run_plot(args)
 
 
+def _export(args: argparse.Namespace) -> int:
+    from wm_video.export import describe, export_world
+
+    print(describe(export_world(args.checkpoint, args.out, tokenizer=args.tokenizer, dtype=args.dtype)))
+    return 0
+
+
 def register(commands: Commands) -> None:
-    """Add ``wm-video train``, ``wm-video finetune`` and ``wm-video plot``."""
+    """Add ``wm-video train``, ``finetune``, ``plot`` and ``export``."""
     p = commands.add_parser(
         "train",
         help="train a model (tokenizer, dynamics); `wm-video train dynamics --help` lists its flags",
@@ -65,3 +73,22 @@ def register(commands: Commands) -> None:
         "--metrics", default=None, help="comma-separated metrics to draw, e.g. loss,lr (default: all logged)"
     )
     plot.set_defaults(handler=_plot)
+
+    export = commands.add_parser(
+        "export",
+        help="write a trained world (dynamics + its tokenizer + start frames) into one folder to ship",
+        description="Copy a dynamics checkpoint, its tokenizer and a held-out start into a self-contained "
+        "folder (inference weights only), e.g. checkpoints/NAME; play and eval take it as --checkpoint.",
+    )
+    export.add_argument("checkpoint", type=Path, help="dynamics run folder or checkpoint")
+    export.add_argument("--out", type=Path, required=True, help="folder to write (created or replaced)")
+    export.add_argument(
+        "--tokenizer", type=Path, default=None, help="tokenizer checkpoint (default: the one it records)"
+    )
+    export.add_argument(
+        "--dtype",
+        choices=["float16", "bfloat16", "float32"],
+        default="float16",
+        help="how the weights are stored (default float16: half the size; loaded back as float32)",
+    )
+    export.set_defaults(handler=_export)

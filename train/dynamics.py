@@ -17,6 +17,7 @@ teacher-forced next-frame PSNR, token accuracy, and ΔPSNR at t = 4),
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -224,8 +225,12 @@ def train_dynamics(options: DynamicsTrainOptions) -> DynamicsTrainResult:
     o, accelerator = options.session, session.accelerator
     tokenizer = tokenizer.to(session.device)
     with accelerator.main_process_first():
-        frames = load_cache(options.data, size=tokenizer.config.image_size, progress=session.is_main)
-        tokens = load_token_cache(frames, tokenizer, device=session.device, progress=session.is_main)
+        frames = load_cache(
+            options.data, size=tokenizer.config.image_size, progress=session.is_main and o.progress
+        )
+        tokens = load_token_cache(
+            frames, tokenizer, device=session.device, progress=session.is_main and o.progress
+        )
     split = split_episodes(tokens.episode_indices.tolist(), options.holdout)
     lengths = dict(zip(tokens.episode_indices.tolist(), tokens.episode_lengths.tolist(), strict=True))
     train_episodes = [e for e in split.train if lengths[e] >= options.clip_len]
@@ -257,7 +262,8 @@ def train_dynamics(options: DynamicsTrainOptions) -> DynamicsTrainResult:
     model, _, ema, step = session.prepare(initial, config.to_dict(), sampler)
     meta: dict[str, Any] = {
         "data": str(options.data),
-        "tokenizer": str(tokenizer_path.resolve()),
+        # Relative to the step directory (RUN/checkpoints/step-N), so runs moved together still pair up.
+        "tokenizer": os.path.relpath(tokenizer_path.resolve(), (o.out / "checkpoints" / "step-0").resolve()),
         "tokenizer_fingerprint": tokenizer_id,
         "holdout": options.holdout,
         "heldout_episodes": list(split.heldout),

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from wm_video.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint
+from wm_video.checkpoint import Checkpoint, load_checkpoint, recorded_tokenizer, resolve_checkpoint
 from wm_video.dynamics import CorruptionConfig
 from wm_video.errors import InputError, WMVideoError
 from wm_video.train.cli import DESCRIPTION
@@ -52,15 +52,6 @@ class FinetuneResult:
     stopped_early: bool
 
 
-def source_tokenizer(checkpoint: Checkpoint) -> Path:
-    """The tokenizer checkpoint a dynamics checkpoint was trained with (its ``meta.tokenizer``)."""
-    recorded = checkpoint.meta.get("tokenizer")
-    if not recorded:
-        raise InputError(f"{checkpoint.path}: no tokenizer recorded in its meta; it cannot be fine-tuned")
-    path = Path(recorded)
-    return path if path.is_absolute() else checkpoint.path / path
-
-
 def _program_option(checkpoint: Checkpoint, key: str, default: Any) -> Any:
     """An option of the run that saved ``checkpoint`` (kept in ``meta.run.program``)."""
     return checkpoint.meta.get("run", {}).get("program", {}).get(key, default)
@@ -71,7 +62,7 @@ def finetune(options: FinetuneOptions) -> FinetuneResult:
         if getattr(options, name) < 0 or (name == "dynamics_steps" and options.dynamics_steps < 1):
             raise InputError(f"--{name.replace('_', '-')} must be ≥ {int(name == 'dynamics_steps')}")
     source = load_checkpoint(options.source, kind="dynamics", with_training_state=False)
-    tokenizer = source_tokenizer(source)
+    tokenizer = recorded_tokenizer(source)
     tokenizer_checkpoint = load_checkpoint(tokenizer, kind="tokenizer", with_training_state=False)
     out = Path(options.session.out)
     tokenizer_step: int | None = None

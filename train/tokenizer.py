@@ -114,7 +114,7 @@ def train_tokenizer(options: TokenizerTrainOptions) -> TokenizerTrainResult:
     )
     o, accelerator = options.session, session.accelerator
     with accelerator.main_process_first():
-        cache = load_cache(options.data, size=config.image_size, progress=session.is_main)
+        cache = load_cache(options.data, size=config.image_size, progress=session.is_main and o.progress)
     split = split_episodes(cache.episode_indices.tolist(), options.holdout)
     train_episodes = _episodes_with_clips(cache, split.train, options.clip_len)
     if not train_episodes:

@@ -20,6 +20,8 @@ Layout::
 
     RUN/checkpoints/step-00001000/{model,ema,training}.safetensors, checkpoint.json, COMPLETE
     RUN/checkpoints/last           name of the newest complete step directory
+    WORLD/world.json, WORLD/dynamics/, WORLD/tokenizer/   an exported world (wm_video/export.py):
+                                   weights-only step directories, found by kind
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ if TYPE_CHECKING:
 CHECKPOINT_FORMAT = 1
 COMPLETE_MARKER = "COMPLETE"
 LAST_POINTER = "last"
+WORLD_FILE = "world.json"  # marks an exported world folder (wm_video/export.py)
 _STEP_DIR = re.compile(r"step-(\d+)")
 _EXPECTED = "expected RUN/checkpoints/step-*/COMPLETE"
 
@@ -271,24 +274,10 @@ def save_checkpoint(
     final = checkpoints / name
     tmp = checkpoints / f".tmp-{name}-{uuid.uuid4().hex}"
     try:
-        tmp.mkdir()
-        _write_tensors(tmp / "model.safetensors", weights)
-        if ema_weights is not None:
-            _write_tensors(tmp / "ema.safetensors", ema_weights)
-        if training_tensors:
-            _write_tensors(tmp / "training.safetensors", training_tensors)
-        atomic_write_json(tmp / "checkpoint.json", document)
-        atomic_write_text(tmp / COMPLETE_MARKER, f"{name}\n")
-        _fsync(tmp, directory=True)
+        files = {"model": weights, "ema": ema_weights, "training": training_tensors}
+        _fill_step_dir(tmp, name, document, files)
         with signals_deferred():
-            if final.exists():  # same step saved again (e.g. after a resume): swap safely
-                old = checkpoints / f".tmp-old-{name}-{uuid.uuid4().hex}"
-                os.replace(final, old)
-                os.replace(tmp, final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, final)
-            _fsync(checkpoints, directory=True)
+            _move_into_place(tmp, final)  # the same step saved again (e.g. after a resume) is swapped
             atomic_write_text(checkpoints / LAST_POINTER, f"{name}\n")
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -307,14 +296,76 @@ def save_checkpoint(
     return final
 
 
+def _fill_step_dir(
+    tmp: Path, name: str, document: dict[str, Any], files: dict[str, dict[str, Tensor] | None]
+) -> None:
+    """Write the files of the step directory ``name`` into the fresh directory ``tmp``, ``COMPLETE`` last."""
+    tmp.mkdir()
+    for stem, tensors in files.items():
+        if tensors is not None and (tensors or stem == "model"):
+            _write_tensors(tmp / f"{stem}.safetensors", tensors)
+    atomic_write_json(tmp / "checkpoint.json", document)
+    atomic_write_text(tmp / COMPLETE_MARKER, f"{name}\n")
+    _fsync(tmp, directory=True)
+
+
+def _move_into_place(tmp: Path, final: Path) -> None:
+    """Rename the finished ``tmp`` to ``final``; an existing ``final`` is replaced only once tmp is there."""
+    if final.exists():
+        old = final.parent / f".tmp-old-{final.name}-{uuid.uuid4().hex}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    _fsync(final.parent, directory=True)
+
+
+def write_inference_checkpoint(
+    final: Path,
+    *,
+    kind: str,
+    config: dict[str, Any],
+    step: int,
+    weights: dict[str, Tensor],
+    meta: dict[str, Any],
+) -> Path:
+    """Write a weights-only step directory at ``final`` atomically (no EMA file, no training state).
+
+    For shipping (``wm-video export``): ``weights`` are what inference should load.
+    """
+    document = {"format": CHECKPOINT_FORMAT, "kind": kind, "step": step, "config": config, "meta": meta}
+    json.dumps(document)  # fail before writing anything
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex}"
+    try:
+        _fill_step_dir(tmp, final.name, document, {"model": weights})
+        with signals_deferred():
+            _move_into_place(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
 # -- load -------------------------------------------------------------------------------------------
-def resolve_checkpoint(path: Path) -> Path:
-    """The complete step directory meant by a run dir, its checkpoints/ dir or a step dir."""
+def resolve_checkpoint(path: Path, kind: str | None = None) -> Path:
+    """The complete step directory meant by a run dir, its checkpoints/ dir, a step dir or a world.
+
+    A world folder (``wm-video export``: ``world.json`` beside ``dynamics/`` and ``tokenizer/``)
+    means its ``kind`` sub-folder, the dynamics model when no kind is asked for.
+    """
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: does not exist; expected a run directory or a checkpoint ({_EXPECTED})")
     if _is_complete(path):
         return path
+    if (path / WORLD_FILE).is_file():
+        part = kind or "dynamics"
+        if not _is_complete(path / part):
+            raise InputError(f"{path}: an exported world without a complete {part}/ checkpoint")
+        return path / part
     if (path / "checkpoint.json").exists() or _STEP_DIR.fullmatch(path.name):
         raise InputError(
             f"{path}: incomplete checkpoint (no {COMPLETE_MARKER} marker: its save was interrupted)"
@@ -344,8 +395,8 @@ def _upgrade(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_checkpoint(path: Path, *, kind: str | None = None, with_training_state: bool = True) -> Checkpoint:
-    """Load a checkpoint (run dir, checkpoints/ dir or step dir) with all tensors on the CPU."""
-    step_dir = resolve_checkpoint(path)
+    """Load a checkpoint (run dir, checkpoints/ dir, step dir or world) with all tensors on the CPU."""
+    step_dir = resolve_checkpoint(path, kind)
     info_file = step_dir / "checkpoint.json"
     try:
         data = json.loads(info_file.read_text())
@@ -397,6 +448,21 @@ def _load_for_inference(
     weights = checkpoint.ema_weights if use_ema and checkpoint.ema_weights is not None else checkpoint.weights
     load_weights(model, weights, checkpoint.path / ("ema.safetensors" if use_ema else "model.safetensors"))
     return model.to(device).eval(), checkpoint
+
+
+def recorded_tokenizer(checkpoint: Checkpoint) -> Path:
+    """The tokenizer checkpoint a dynamics checkpoint was trained with (``meta.tokenizer``).
+
+    A relative path is relative to the dynamics step directory, so a run moved together with its
+    tokenizer, or a shipped world, still finds it.
+    """
+    recorded = checkpoint.meta.get("tokenizer")
+    if not recorded:
+        raise InputError(
+            f"{checkpoint.path}: the checkpoint does not name its tokenizer; pass --tokenizer RUN"
+        )
+    path = Path(recorded)
+    return path if path.is_absolute() else Path(os.path.normpath(checkpoint.path / path))
 
 
 def load_tokenizer(

@@ -296,17 +296,10 @@ def load_world(
 
     The tokenizer defaults to the one recorded in the checkpoint (``meta.tokenizer``).
     """
-    from wm_video.checkpoint import load_dynamics, load_tokenizer
+    from wm_video.checkpoint import load_dynamics, load_tokenizer, recorded_tokenizer
 
     dynamics, saved = load_dynamics(checkpoint, device=device)
-    if tokenizer is None:
-        recorded = saved.meta.get("tokenizer")
-        if not recorded:
-            raise InputError(f"{saved.path}: no tokenizer recorded; pass the tokenizer checkpoint explicitly")
-        tokenizer = Path(recorded)
-        if not tokenizer.is_absolute():
-            tokenizer = saved.path / tokenizer
-    tokenizer_model, _ = load_tokenizer(tokenizer, device=device)
+    tokenizer_model, _ = load_tokenizer(tokenizer or recorded_tokenizer(saved), device=device)
     world = World(
         tokenizer_model, dynamics, batch_size=batch_size, sampling=sampling, seed=seed, compile=compile
     )

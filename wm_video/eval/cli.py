@@ -34,7 +34,7 @@ def _print_summary(
 def _eval_dynamics(args: argparse.Namespace) -> int:
     import torch
 
-    from wm_video.checkpoint import load_dynamics, load_tokenizer
+    from wm_video.checkpoint import load_dynamics, load_tokenizer, recorded_tokenizer
     from wm_video.data.cache import load_cache
     from wm_video.data.split import split_episodes
     from wm_video.data.tokens import load_token_cache
@@ -43,12 +43,7 @@ def _eval_dynamics(args: argparse.Namespace) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dynamics, checkpoint = load_dynamics(args.checkpoint, device=device, ema=not args.raw_weights)
-    tokenizer_path = args.tokenizer or checkpoint.meta.get("tokenizer")
-    if not tokenizer_path:
-        raise WMVideoError(
-            f"{checkpoint.path}: the checkpoint does not name its tokenizer; pass --tokenizer RUN"
-        )
-    tokenizer, _ = load_tokenizer(Path(tokenizer_path), device=device)
+    tokenizer, _ = load_tokenizer(args.tokenizer or recorded_tokenizer(checkpoint), device=device)
     check_pair(tokenizer, dynamics)
     data = args.data or checkpoint.meta.get("data")
     if data is None:

@@ -40,7 +40,15 @@ from wm_video.eval.idm import (
 )
 from wm_video.eval.loops import LoopConfig, LoopReport, loop_closure
 from wm_video.eval.rollouts import ClipScores, evaluate_clips
-from wm_video.eval.soak import SoakReference, SoakReport, footage_collapse, reference_statistics, soak
+from wm_video.eval.soak import (
+    SoakReference,
+    SoakReport,
+    footage_collapse,
+    footage_percentiles,
+    reference_statistics,
+    soak,
+)
+from wm_video.eval.tokenizer import reconstruct_episode
 from wm_video.tokenizer import VideoTokenizer
 
 PARTS = ("teacher", "drift", "actions", "loops", "soak")
@@ -254,9 +262,14 @@ def run_consistency(
     if reference is not None and not config.live:  # the detector's false alarms on real held-out footage
         positions = [i for i, e in enumerate(cache.episode_indices.tolist()) if e in set(eval_episodes)]
         episodes_frames = [np.array(cache.frames[cache.episode_rows(i)]) for i in positions]
+        window = max(2, round(2 * fps))
+        # The same footage through the tokenizer under test: what a rollout could look like at best.
+        rebuilt = [reconstruct_episode(models[0].tokenizer, frames) for frames in episodes_frames]
         footage = {
             "episodes": len(episodes_frames),
-            "flagged": footage_collapse(episodes_frames, reference, max(2, round(2 * fps))),
+            "flagged": footage_collapse(episodes_frames, reference, window),
+            "tokenizer_flagged": footage_collapse(rebuilt, reference, window),
+            "tokenizer_percentiles": footage_percentiles(rebuilt, reference),
         }
     results = []
     readable: list[str] | None = None
@@ -328,19 +341,15 @@ def load_models(
     raw_weights: bool = False,
 ) -> list[Model]:
     """The checkpoint under test and the optional baseline, each with the tokenizer it records."""
-    from wm_video.checkpoint import load_dynamics, load_tokenizer
+    from wm_video.checkpoint import load_dynamics, load_tokenizer, recorded_tokenizer
 
     models = []
     for label, path in (("model", checkpoint), ("baseline", baseline)):
         if path is None:
             continue
         dynamics, saved = load_dynamics(path, device=device, ema=not raw_weights)
-        recorded = (tokenizer if label == "model" else None) or saved.meta.get("tokenizer")
-        if not recorded:
-            raise InputError(
-                f"{saved.path}: the checkpoint does not name its tokenizer; pass --tokenizer RUN"
-            )
-        tokenizer_model, _ = load_tokenizer(Path(recorded), device=device)
+        recorded = (tokenizer if label == "model" else None) or recorded_tokenizer(saved)
+        tokenizer_model, _ = load_tokenizer(recorded, device=device)
         models.append(
             Model(label, saved.path, saved.step, str(recorded), tokenizer_model, dynamics, saved.meta)
         )

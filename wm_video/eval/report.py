@@ -328,33 +328,41 @@ def render_markdown(result: ConsistencyResult, files: dict[str, str]) -> str:
                     + " | ".join("–" if c[k] is None else str(c[k]) for k in kinds)
                     + " |"
                 )
-        footage = result.extra.get("footage_collapse")
-        if footage:
-            flagged = footage["flagged"]
-            lines.append(
-                f"| real held-out footage ({footage['episodes']} episodes): episodes flagged | "
-                + " | ".join(str(flagged[k]) for k in kinds)
-                + " |"
-            )
+        footage = result.extra.get("footage_collapse") or {}
+        for key, what in (
+            ("flagged", "real held-out footage"),
+            ("tokenizer_flagged", "the same, through the model's tokenizer"),
+        ):
+            if key in footage:
+                lines.append(
+                    f"| {what} ({footage['episodes']} episodes): episodes flagged | "
+                    + " | ".join(str(footage[key][k]) for k in kinds)
+                    + " |"
+                )
         labels = [r.model.label for r in result.results if r.soak is not None]
+        rebuilt = footage.get("tokenizer_percentiles")
         lines += [
             "",
-            "Frame statistics: the real data's 1st / 50th / 99th percentile, and each model's mean over the "
-            "first → last 10 % of the soak.",
+            "Frame statistics: the real data's 1st / 50th / 99th percentile"
+            + (
+                ", the same for the held-out footage reconstructed by the model's tokenizer (the best a rollout "
+                "decoded through it can look)"
+                if rebuilt
+                else ""
+            )
+            + ", and each model's mean over the first → last 10 % of the soak.",
             "",
-            "| statistic | data | " + " | ".join(labels) + " |",
-            "|---|---|" + "---|" * len(labels),
+            "| statistic | data | " + ("tokenizer | " if rebuilt else "") + " | ".join(labels) + " |",
+            "|---|---|" + ("---|" if rebuilt else "") + "---|" * len(labels),
         ]
         for name in ("sharpness", "spread", "mean", "histogram_distance", "change"):
-            p1, p50, p99 = result.reference.percentiles[name]
-            cells = [
+            columns = [result.reference.percentiles[name], *([rebuilt[name]] if rebuilt else [])]
+            cells = [" / ".join(_f(v) for v in column) for column in columns] + [
                 f"{_f(r.soak.summary[name]['first_10pct'])} → {_f(r.soak.summary[name]['last_10pct'])}"
                 for r in result.results
                 if r.soak is not None
             ]
-            lines.append(
-                f"| {name.replace('_', ' ')} | {_f(p1)} / {_f(p50)} / {_f(p99)} | " + " | ".join(cells) + " |"
-            )
+            lines.append(f"| {name.replace('_', ' ')} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "## Files",

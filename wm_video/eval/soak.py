@@ -133,6 +133,20 @@ def footage_collapse(episodes: list[np.ndarray], reference: SoakReference, windo
     return flagged
 
 
+def footage_percentiles(episodes: list[np.ndarray], reference: SoakReference) -> dict[str, list[float]]:
+    """1st / 50th / 99th percentile of each statistic over episodes (each uint8 (T, H, W, 3)).
+
+    Run on the tokenizer's reconstructions of real footage, it shows what a world decoded through
+    that tokenizer can reach at best: a soak is not "blurred" by the rollout if the tokenizer
+    already smooths the footage as much.
+    """
+    histogram = torch.tensor(reference.histogram, dtype=torch.float64)
+    parts = [_statistics(frames[1:], frames[:-1], histogram) for frames in episodes if len(frames) > 1]
+    if not parts:
+        raise InputError("footage_percentiles needs an episode of at least 2 frames")
+    return {k: np.percentile(np.concatenate([p[k] for p in parts]), [1, 50, 99]).tolist() for k in STATISTICS}
+
+
 @dataclass
 class SoakReport:
     steps: int

@@ -90,6 +90,12 @@ def reconstruct_chunks(
         )
 
 
+def reconstruct_episode(model: VideoTokenizer, frames: np.ndarray, *, chunk_frames: int = 64) -> np.ndarray:
+    """The tokenizer's reconstruction of an episode's uint8 frames (T, H, W, 3), as uint8 frames."""
+    chunks = reconstruct_chunks(model, frames, chunk_frames=chunk_frames)
+    return np.concatenate([to_uint8_frames(chunk.reconstruction).cpu().numpy() for chunk in chunks])
+
+
 @dataclass
 class TokenizerReport:
     """How well a tokenizer reconstructs episodes (uint8 frames, per-frame metrics)."""
