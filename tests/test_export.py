@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import MICRO_TOKENIZER, SPACE, make_dataset, save_random_tokenizer
 from safetensors import safe_open
 
-from tests.conftest import MICRO_TOKENIZER, SPACE, make_dataset, save_random_tokenizer
 from wm_video.checkpoint import load_checkpoint, load_tokenizer, save_checkpoint
 from wm_video.cli import main as cli_main
 from wm_video.data.tokens import tokenizer_fingerprint
