@@ -25,7 +25,6 @@ import cv2
 import numpy as np
 
 from wm_video.actions import ActionSpace
-from wm_video.checkpoint import WORLD_FILE
 from wm_video.engine import World
 from wm_video.errors import InputError, WMVideoError
 
@@ -236,8 +235,8 @@ def open_world(
 
     sampling = SamplingConfig(temperature=temperature) if temperature is not None else None
     if checkpoint is None and preset is None:
-        shipped = (WORLD_FILE, "checkpoints", "checkpoint.json")
-        if not any((DEFAULT_CHECKPOINT / name).exists() for name in shipped):
+        # A missing or empty folder means nothing shipped yet; anything else is for the loader to judge.
+        if not DEFAULT_CHECKPOINT.is_dir() or not any(DEFAULT_CHECKPOINT.iterdir()):
             raise InputError(
                 f"no trained world in {DEFAULT_CHECKPOINT}/ yet: pass --checkpoint RUN (a dynamics "
                 "run or step folder) or --preset tiny (random weights, for development)"
