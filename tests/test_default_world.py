@@ -64,3 +64,20 @@ def test_play_with_no_flags_opens_the_shipped_world(
     probe = probe_video(video)
     assert probe.frames == 8 and (probe.width, probe.height) == (64, 64)
     assert np.isfinite(probe.fps)
+
+
+def test_the_shipped_world_never_samples_past_its_codebook(one_thread: None) -> None:
+    """Issue 17's report: seed 0, frame counter 351,753, forward held drew the hash's largest value on a
+    padding slot and emitted token 4,726 of 4,375 (the next step raised IndexError)."""
+    from wm_video.engine import load_world
+
+    world = load_world(DEFAULT_CHECKPOINT)
+    context = world.dynamics.config.context_frames
+    start = shipped_start(
+        DEFAULT_CHECKPOINT / "start.safetensors", space=ACTION_SPACE, context_frames=context
+    )
+    forward = np.zeros(len(ACTION_SPACE.names), np.float32)
+    forward[list(ACTION_SPACE.names).index("forward")] = 1.0
+    world.reset(start.frames, start.actions)
+    world.counter.fill_(351_753)
+    assert int(world.advance(forward).max()) < world.dynamics.config.codebook_size == 4375

@@ -16,6 +16,7 @@ from wm_video.dynamics import (
     SamplingConfig,
     dynamics_config,
     masked_token_loss,
+    sampling,
 )
 from wm_video.dynamics.objective import corrupt_context, mask_targets
 from wm_video.dynamics.sampling import hashed_uniform, undecided_after
@@ -205,6 +206,46 @@ def test_sampler_top_k_1_is_greedy() -> None:
         top1 = FrameSampler(model, SamplingConfig(top_k=1, choice_noise=0.0))(state, embedding, seed, counter)
     assert torch.equal(greedy, top1)
     assert int(greedy.min()) >= 0 and int(greedy.max()) < model.config.codebook_size
+
+
+# Seed 0, frame counter 418,181 (pass 0): the hash's largest value (2^24 − 1) lands on position 71 of a
+# (1, 16, 3, 3) draw, the padding slot of token 7's 2-level channel 2, the most significant digit
+# (found by a search over the counters).
+LARGEST_AT_PADDING_FRAME = 418_181
+
+
+def test_the_largest_hash_value_draws_strictly_below_one() -> None:
+    seed, counter = torch.tensor(0), torch.tensor(2 * 8 * LARGEST_AT_PADDING_FRAME)
+    bits = sampling.hashed_bits(seed, counter, (1, 16, 3, 3), torch.device("cpu"))
+    assert int(bits.flatten()[71]) == (1 << 24) - 1
+    u = hashed_uniform(seed, counter, (1, 16, 3, 3), torch.device("cpu"))
+    assert float(u.max()) < 1.0 and float(u.min()) > 0.0
+    assert bool(torch.isfinite(sampling._gumbel(seed, counter, (1, 16, 3, 3), torch.device("cpu"))).all())
+
+
+def test_a_sampled_token_is_always_inside_the_codebook(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The draw above once picked a padding slot (−inf + inf = NaN, which argmax takes): token 7 came
+    out as 15 of a 12-code codebook. Also with every draw the largest, and over many seeds and counters."""
+    model = small_model()
+    c = model.config
+    assert c.levels == (3, 2, 2) and c.tokens_per_frame == 16
+    state = torch.randn(1, c.tokens_per_frame, c.dim)
+    embedding = model.embed_actions(torch.zeros(1, c.action_dim))
+    one_pass = FrameSampler(model, SamplingConfig(passes=1))
+    with torch.no_grad():
+        tokens = one_pass(state, embedding, torch.tensor(0), torch.tensor(LARGEST_AT_PADDING_FRAME))
+        assert 0 <= int(tokens.min()) and int(tokens.max()) < c.codebook_size
+        sampler = FrameSampler(model, SamplingConfig())
+        batch = torch.randn(8, c.tokens_per_frame, c.dim)
+        batch_embedding = model.embed_actions(torch.zeros(8, c.action_dim))
+        for seed in range(2):
+            for counter in range(0, 400, 40):
+                drawn = sampler(batch, batch_embedding, torch.tensor(seed), torch.tensor(counter))
+                assert int(drawn.max()) < c.codebook_size
+        largest = torch.full((1, c.tokens_per_frame, 3, 3), (1 << 24) - 1)
+        monkeypatch.setattr(sampling, "hashed_bits", lambda *args: largest)
+        tokens = one_pass(state, embedding, torch.tensor(0), torch.tensor(0))
+        assert int(tokens.max()) < c.codebook_size
 
 
 # -- the engine --------------------------------------------------------------------------------------------

@@ -58,12 +58,22 @@ def _mix32(x: Tensor) -> Tensor:
     return x ^ (x >> 16)
 
 
-def hashed_uniform(seed: Tensor, counter: Tensor, shape: tuple[int, ...], device: torch.device) -> Tensor:
-    """Uniform floats in (0, 1), a pure function of (seed, counter, position); 24 random bits each."""
+def hashed_bits(seed: Tensor, counter: Tensor, shape: tuple[int, ...], device: torch.device) -> Tensor:
+    """24 random bits per position (int64 in [0, 2^24)), a pure function of (seed, counter, position)."""
     key = _mix32((_mix32(seed & _MASK32) ^ (counter & _MASK32)) & _MASK32)
     index = torch.arange(math.prod(shape), device=device).reshape(shape)
-    bits = _mix32((_mix32(index & _MASK32) + key) & _MASK32) >> 8
-    return (bits.float() + 0.5) / float(1 << 24)
+    return _mix32((_mix32(index & _MASK32) + key) & _MASK32) >> 8
+
+
+# The largest float32 below 1: (2^24 − 1 + 0.5) / 2^24 would round up to 1.0 (then log(1) = 0 and
+# the Gumbel noise is +inf). Only that one value of the 2^24 is moved; every other draw is as before.
+_BELOW_ONE = 1.0 - 2.0**-24
+
+
+def hashed_uniform(seed: Tensor, counter: Tensor, shape: tuple[int, ...], device: torch.device) -> Tensor:
+    """Uniform float32 strictly inside (0, 1), a pure function of (seed, counter, position); 24 random bits each."""
+    bits = hashed_bits(seed, counter, shape, device)
+    return ((bits.float() + 0.5) / float(1 << 24)).clamp_(max=_BELOW_ONE)
 
 
 def _gumbel(seed: Tensor, counter: Tensor, shape: tuple[int, ...], device: torch.device) -> Tensor:
@@ -97,7 +107,9 @@ class FrameSampler:
             padded = padded.masked_fill(padded < kth, float("-inf"))
         if self.config.temperature > 0:
             padded = padded / self.config.temperature
-            digits = (padded + _gumbel(seed, counter, tuple(padded.shape), padded.device)).argmax(-1)
+            noisy = padded + _gumbel(seed, counter, tuple(padded.shape), padded.device)
+            # Padding stays out of reach whatever the noise (−inf + inf would be NaN, which argmax picks).
+            digits = noisy.masked_fill(self._padding, float("-inf")).argmax(-1)
         else:
             digits = padded.argmax(-1)
         log_prob = padded.log_softmax(-1).gather(-1, digits.unsqueeze(-1)).squeeze(-1).sum(-1)
