@@ -30,6 +30,7 @@ from wm_video.train.common import (
     set_rng_state,
     throughput,
     train_flops_per_frame,
+    use_tf32,
 )
 from wm_video.train.session import SessionOptions
 
@@ -200,3 +201,12 @@ def test_plot_draws_the_curves_of_a_log(tmp_path: Path, capsys: pytest.CaptureFi
     assert "no run logged ['accuracy']" in capsys.readouterr().err
     assert cli_main(["plot", str(tmp_path / "empty")]) == 2
     assert "no training log" in capsys.readouterr().err
+
+
+def test_tf32_is_switched_on_for_gpus_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    use_tf32(torch.device("cpu"))
+    assert not torch.backends.cuda.matmul.allow_tf32
+    use_tf32(torch.device("cuda"))
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32

@@ -1,7 +1,6 @@
 """What the training programs share: precision choice, EMA, the stop flag, RNG state, run logs.
 
-Each piece is small and testable alone; the programs (``tokenizer.py``, later ``dynamics.py``)
-are loops over them.
+Each piece is small and testable alone; :mod:`wm_video.train.session` runs the loop over them.
 """
 
 from __future__ import annotations
@@ -50,6 +49,14 @@ def choose_mixed_precision(requested: str, *, on_cpu: bool) -> str:
     return "bf16" if cpu_has_amx() else "no"
 
 
+def use_tf32(device: torch.device) -> None:
+    """On a GPU, let float32 matmuls and convolutions use TF32 tensor cores (float32 range, 10-bit
+    mantissa products): the float32 parts of a step, the loss and anything autocast leaves alone."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
 class EMA:
     """An exponential moving average of a model's weights, kept in float32 beside it.
 
@@ -64,11 +71,17 @@ class EMA:
         self.model = copy.deepcopy(model).float().eval().requires_grad_(False)
 
     @torch.no_grad()
-    def update(self, model: nn.Module, step: int) -> None:
+    def update(self, model: nn.Module, step: int, skip: torch.Tensor | None = None) -> None:
+        """Move the average towards ``model``'s weights; not at all where ``skip`` (a () bool device
+        tensor: the optimizer step was skipped) is true, decided on the device without a host read."""
         decay = min(self.decay, (1 + step) / (10 + step))
         ema_params: list[torch.Tensor] = list(self.model.parameters())
         params = [p.detach().float() for p in model.parameters()]
-        torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+        if skip is None:
+            torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+        else:  # the weight as a device tensor (one per parameter: a lone tensor would be read as a Python scalar)
+            weight = (~skip).float() * (1.0 - decay)
+            torch._foreach_lerp_(ema_params, params, [weight] * len(ema_params))
         for ema_buffer, buffer in zip(self.model.buffers(), model.buffers(), strict=True):
             ema_buffer.copy_(buffer)
 
@@ -142,9 +155,16 @@ def peak_flops(device: torch.device) -> float | None:
     return next((flops for key, flops in GPU_PEAK_BF16_FLOPS.items() if key in name), None)
 
 
+def matmul_parameters(model: nn.Module) -> int:
+    """Weights that multiply every token: those of linear and convolution layers. Embedding tables
+    (a lookup), positions, biases and norms do next to no arithmetic and are left out."""
+    layers = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, layers))
+
+
 def train_flops_per_frame(parameters: int, tokens_per_frame: int) -> float:
-    """Training FLOPs for one frame, the usual estimate: 6 × parameters × tokens (forward and
-    backward; attention and the patch (de)embedding's per-pixel work are left out)."""
+    """Training FLOPs for one frame, the usual estimate: 6 × matmul parameters
+    (:func:`matmul_parameters`) × tokens, forward and backward; attention is left out."""
     return 6.0 * parameters * tokens_per_frame
 
 
@@ -163,6 +183,31 @@ def throughput(
     if peak is not None:
         metrics["mfu"] = frames_per_s * flops_per_frame / (peak * world)
     return metrics
+
+
+class NonFiniteWatch:
+    """Skipped optimizer steps, counted on the device so that no step waits for the host:
+    how many in the current log window, and the longest run of them in a row. Read at log steps."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.skipped = torch.zeros((), dtype=torch.long, device=device)  # in this window
+        self.in_a_row = torch.zeros((), dtype=torch.long, device=device)  # ending at the last step
+        self.longest = torch.zeros((), dtype=torch.long, device=device)  # in this window
+
+    def record(self, nonfinite: torch.Tensor) -> None:
+        """One optimizer step; ``nonfinite`` a () bool tensor: it was skipped."""
+        bad = nonfinite.long()
+        self.skipped += bad
+        self.in_a_row.mul_(bad).add_(bad)  # +1 on a skip, back to 0 on a good step
+        torch.maximum(self.longest, self.in_a_row, out=self.longest)
+
+    def values(self) -> list[torch.Tensor]:
+        """(skipped, longest) for the window: read with the other logged scalars, in one transfer."""
+        return [self.skipped, self.longest]
+
+    def new_window(self) -> None:
+        self.skipped.zero_()
+        self.longest.copy_(self.in_a_row)
 
 
 def set_rng_state(state: dict[str, Any]) -> None:

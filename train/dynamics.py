@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -33,14 +32,13 @@ from wm_video.checkpoint import load_checkpoint, load_tokenizer, load_weights, r
 from wm_video.data.cache import load_cache
 from wm_video.data.lerobot import read_info
 from wm_video.data.reader import open_dataset
-from wm_video.data.sampler import ClipBatch, ClipSampler
+from wm_video.data.sampler import ClipSampler
 from wm_video.data.split import DEFAULT_HOLDOUT, split_episodes
 from wm_video.data.tokens import TokenCache, load_token_cache, tokenizer_fingerprint
 from wm_video.dynamics import (
     DYNAMICS_PRESETS,
     CorruptionConfig,
     DynamicsConfig,
-    DynamicsLosses,
     DynamicsModel,
     dynamics_config,
     masked_token_loss,
@@ -49,10 +47,12 @@ from wm_video.engine import World
 from wm_video.errors import InputError, WMVideoError
 from wm_video.eval.dynamics import controllability, frames_of_clips, teacher_forced
 from wm_video.tokenizer import VideoTokenizer
-from wm_video.train.common import peak_flops, save_comparison_grid, throughput, train_flops_per_frame
+from wm_video.train.common import save_comparison_grid
+from wm_video.train.prefetch import Batch
 from wm_video.train.remap import ActionMapping, remap_action_weights
 from wm_video.train.session import (
     SessionOptions,
+    StepResult,
     TrainingSession,
     add_session_flags,
     end_processes,
@@ -83,21 +83,6 @@ class DynamicsTrainResult:
     probe: dict[str, float]  # the last held-out evaluation ({} if none ran)
     seconds: float
     stopped_early: bool
-
-
-def train_step(
-    session: TrainingSession, model: torch.nn.Module, batch: ClipBatch, corruption: CorruptionConfig
-) -> DynamicsLosses:
-    """Forward under autocast, backward (gradients accumulate across calls)."""
-    tokens = torch.from_numpy(batch.frames.astype(np.int64)).to(session.device)
-    actions = torch.from_numpy(batch.actions).to(session.device)
-    with session.accelerator.accumulate(model):
-        with session.accelerator.autocast():
-            core = session.accelerator.unwrap_model(model)
-            assert isinstance(core, DynamicsModel)
-            losses = masked_token_loss(core, tokens, actions, corruption, forward=model)
-        session.accelerator.backward(losses.total)
-    return losses
 
 
 def action_scale(tokens: TokenCache, buttons: int, episodes: Sequence[int]) -> tuple[float, ...]:
@@ -222,9 +207,9 @@ def train_dynamics(options: DynamicsTrainOptions) -> DynamicsTrainResult:
             **({"init": str(resolve_checkpoint(options.init))} if options.init is not None else {}),
         },
     )
-    o, accelerator = options.session, session.accelerator
+    o = options.session
     tokenizer = tokenizer.to(session.device)
-    with accelerator.main_process_first():
+    with session.accelerator.main_process_first():
         frames = load_cache(
             options.data, size=tokenizer.config.image_size, progress=session.is_main and o.progress
         )
@@ -259,7 +244,9 @@ def train_dynamics(options: DynamicsTrainOptions) -> DynamicsTrainResult:
         initial, config, mapping = initial_model(options.init, config)
     else:
         initial = DynamicsModel(config)
-    model, _, ema, step = session.prepare(initial, config.to_dict(), sampler)
+    model, _, ema, _ = session.prepare(initial, config.to_dict(), sampler)
+    core = session.core  # the unwrapped model: the loss reads its digits and mask id
+    assert isinstance(core, DynamicsModel)
     meta: dict[str, Any] = {
         "data": str(options.data),
         # Relative to the step directory (RUN/checkpoints/step-N), so runs moved together still pair up.
@@ -286,70 +273,42 @@ def train_dynamics(options: DynamicsTrainOptions) -> DynamicsTrainResult:
             f"process(es) on {session.device}, precision {session.precision}",
             flush=True,
         )
-    frames_per_step = o.batch_size * (options.clip_len - 1) * session.world_size * o.grad_accum
-    flops_per_frame = train_flops_per_frame(parameters, config.tokens_per_frame)
-    peak = peak_flops(session.device)
-    last_probe: dict[str, float] = {}
-    last_saved, stopped = step, False
-    bar = tqdm(total=o.max_steps, initial=step, disable=not (session.is_main and o.progress), unit="step")
-    window_start, window_frames = time.perf_counter(), 0
-    with session.stop:
-        while step < o.max_steps:
-            for _ in range(o.grad_accum):
-                losses = train_step(session, model, sampler.sample_batch(o.batch_size), options.corruption)
-                stepped, grad_norm = session.optimizer_step(step)
-            step += 1
-            window_frames += frames_per_step
-            if stepped:
-                ema.update(accelerator.unwrap_model(model), step)
-            bar.update(1)
-            if step % o.log_every == 0 or step == o.max_steps:
-                metrics = {
-                    "loss": float(losses.total.detach()),
-                    "token_accuracy": float(losses.accuracy),
-                    "grad_norm": grad_norm,
-                    "lr": o.lr_at(step - 1),
-                    **throughput(
-                        window_frames,
-                        time.perf_counter() - window_start,
-                        tokens_per_frame=config.tokens_per_frame,
-                        flops_per_frame=flops_per_frame,
-                        peak=peak,
-                        world=session.world_size,
-                    ),
-                }
-                session.logger.log(step, metrics)
-                bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['token_accuracy']:.3f}")
-                window_start, window_frames = time.perf_counter(), 0
-            if (
-                probe is not None
-                and session.is_main
-                and o.eval_every
-                and (step % o.eval_every == 0 or step == o.max_steps)
-            ):
-                assert isinstance(ema.model, DynamicsModel)
-                last_probe, generated = probe(tokenizer, ema.model)
-                session.logger.log(step, last_probe)
-                grid = save_comparison_grid(
-                    probe.frames[:, 1:], generated, session.out / "samples" / f"step-{step:08d}.png"
-                )
-                session.logger.log_image(step, "samples", grid)
-                if session.logger.wants_media:
-                    session.logger.log_video(step, "rollout", probe.video(tokenizer, ema.model), fps=fps)
-                bar.write(
-                    f"step {step}: held-out next-frame PSNR {last_probe['heldout_next_psnr']:.2f} dB "
-                    f"(tokenizer {last_probe['heldout_tokenizer_psnr']:.2f}, repeat {last_probe['heldout_repeat_psnr']:.2f}), "
-                    f"ΔPSNR(t=4) {last_probe['heldout_delta_psnr_t4']:+.2f} dB"
-                )
-            if step % o.save_every == 0:
-                session.save(step, {**meta, "probe": last_probe})
-                last_saved = step
-            if session.should_stop():
-                stopped = step < o.max_steps
-                break
-    bar.close()
-    session.finish(step, last_saved, {**meta, "probe": last_probe}, stopped)
-    return DynamicsTrainResult(session.out, step, last_probe, time.monotonic() - session.started, stopped)
+
+    def draw() -> Batch:
+        batch = sampler.sample_batch(o.batch_size)
+        # tokens stay in the cache's narrow dtype (uint16) until they reach the device
+        return {"tokens": torch.from_numpy(batch.frames), "actions": torch.from_numpy(batch.actions)}
+
+    def step_loss(batch: Batch) -> StepResult:
+        tokens = batch["tokens"].long()  # (B, T, N)
+        losses = masked_token_loss(core, tokens, batch["actions"], options.corruption, forward=model)
+        return StepResult(losses.total, {"token_accuracy": losses.accuracy})
+
+    def evaluate(at: int) -> dict[str, float]:
+        assert probe is not None and isinstance(ema.model, DynamicsModel)
+        metrics, generated = probe(tokenizer, ema.model)
+        grid = save_comparison_grid(
+            probe.frames[:, 1:], generated, session.out / "samples" / f"step-{at:08d}.png"
+        )
+        session.logger.log_image(at, "samples", grid)
+        if session.logger.wants_media:
+            session.logger.log_video(at, "rollout", probe.video(tokenizer, ema.model), fps=fps)
+        tqdm.write(
+            f"step {at}: held-out next-frame PSNR {metrics['heldout_next_psnr']:.2f} dB "
+            f"(tokenizer {metrics['heldout_tokenizer_psnr']:.2f}, repeat {metrics['heldout_repeat_psnr']:.2f}), "
+            f"ΔPSNR(t=4) {metrics['heldout_delta_psnr_t4']:+.2f} dB"
+        )
+        return metrics
+
+    result = session.run(
+        draw=draw,
+        step=step_loss,
+        probe=evaluate if probe is not None else None,
+        meta=meta,
+        frames_per_batch=o.batch_size * (options.clip_len - 1),
+        tokens_per_frame=config.tokens_per_frame,
+    )
+    return DynamicsTrainResult(session.out, result.step, result.probe, result.seconds, result.stopped_early)
 
 
 def build_parser(prog: str = "wm-video train dynamics") -> argparse.ArgumentParser:

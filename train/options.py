@@ -33,6 +33,7 @@ class SessionOptions:
     seed: int = 0
     mixed_precision: str = "auto"
     cpu: bool = False
+    compile: bool = False  # torch.compile the training step (forward and loss; backward follows)
     log_every: int = 10
     eval_every: int = 250
     save_every: int = 1000
@@ -81,7 +82,10 @@ def add_session_flags(
     )
     run.add_argument("--keep", type=int, default=d.keep, help=f"checkpoints kept (default {d.keep})")
     run.add_argument(
-        "--log-every", type=int, default=d.log_every, help=f"steps between log lines (default {d.log_every})"
+        "--log-every",
+        type=int,
+        default=d.log_every,
+        help=f"steps between log lines; Ctrl-C, SIGTERM and --max-minutes are checked there too (default {d.log_every})",
     )
     run.add_argument(
         "--eval-every",
@@ -104,7 +108,7 @@ def add_session_flags(
         "--weight-decay",
         type=float,
         default=d.weight_decay,
-        help=f"AdamW weight decay (default {d.weight_decay})",
+        help=f"AdamW weight decay of matrix and embedding weights; biases, norms and positions have none (default {d.weight_decay})",
     )
     opt.add_argument(
         "--grad-accum",
@@ -129,6 +133,11 @@ def add_session_flags(
         help="auto: bf16 on GPUs and on CPUs with AMX, fp32 on other CPUs (default auto)",
     )
     hw.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
+    hw.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile the training step with torch.compile (minutes to compile; faster steps on a GPU)",
+    )
     log = parser.add_argument_group("logging")
     log.add_argument(
         "--report-to", choices=REPORT_TO, default=d.report_to, help="also log to wandb (WANDB_MODE honoured)"

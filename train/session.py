@@ -1,30 +1,41 @@
 """A training run's frame, shared by every training program: Accelerate, the run folder, the
-schedule, EMA, checkpoints and resume, logging, and stopping.
+schedule, the loop, EMA, checkpoints and resume, logging, and stopping.
 
-A program builds its model, optimizer and sampler, hands them to :class:`TrainingSession`, and
-keeps only its own step and evaluation. The run folder holds ``run.json`` (options),
-``log.jsonl`` and ``checkpoints/`` (:mod:`wm_video.checkpoint`); a session opened on a folder
-that has a checkpoint resumes from it: weights, EMA, optimizer, sampler position and RNG states.
+A program builds its model and sampler, hands them to :class:`TrainingSession`, and supplies three
+functions to :meth:`TrainingSession.run`: ``draw`` (the next batch on the host, run ahead on a
+thread, :mod:`wm_video.train.prefetch`), ``step`` (one batch's loss on the device) and ``probe``
+(the held-out check at eval steps). The session owns the rest: accumulation, clipping, the
+non-finite guard, EMA, the log, eval and save cadence, stopping, and the end of the run. The run
+folder holds ``run.json`` (options), ``log.jsonl`` and ``checkpoints/`` (:mod:`wm_video.checkpoint`);
+a session opened on a folder that has a checkpoint resumes from it: weights, EMA, optimizer,
+sampler position and RNG states.
+
+No step waits for the host: the gradient norm, the decision to skip a non-finite step (the fused
+AdamW kernel takes it as ``found_inf``, as it does from a GradScaler) and the count of skipped
+steps stay on the device until a log step, where they are read once, with the losses. The stop
+flag (Ctrl-C, SIGTERM, ``--max-minutes``) is polled at log steps too.
 
 Several processes (``torchrun`` / ``accelerate launch``): every rank builds the same model, then
 seeds its RNGs apart; a save gathers each rank's RNG states (as plain lists: tensors do not pass
-through ``all_gather_object``) and rank 0 writes; a failed save raises on every rank, so none
-waits forever at a barrier. A run resumed with the same number of ranks continues bit-identically.
+through ``all_gather_object``) and rank 0 writes; a failed save, whatever the error, raises on
+every rank, so none waits forever at a collective. A run resumed with the same number of ranks
+continues bit-identically.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import time
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, broadcast_object_list, gather_object
-from torch import nn
+from torch import Tensor, nn
+from tqdm import tqdm
 
 from wm_video.checkpoint import load_checkpoint, load_weights, resolve_checkpoint, save_checkpoint
 from wm_video.data.sampler import CLIP_TRACE_ENV, ClipSampler
@@ -33,13 +44,19 @@ from wm_video.fileio import atomic_write_json
 from wm_video.signals import StopFlag
 from wm_video.train.common import (
     EMA,
+    NonFiniteWatch,
     RunLogger,
     choose_mixed_precision,
+    matmul_parameters,
+    peak_flops,
     rng_state,
     rng_state_from_lists,
     rng_state_to_lists,
     seed_ranks,
     set_rng_state,
+    throughput,
+    train_flops_per_frame,
+    use_tf32,
 )
 from wm_video.train.options import (  # noqa: F401  (re-exported: the programs import them from here)
     SessionOptions,
@@ -47,19 +64,49 @@ from wm_video.train.options import (  # noqa: F401  (re-exported: the programs i
     check_session_options,
     session_options,
 )
+from wm_video.train.prefetch import Batch, Prefetcher
 
 MAX_SKIPPED_STEPS = 10  # non-finite gradients in a row before the run stops
 
 
+@dataclass(frozen=True)
+class StepResult:
+    """One batch's training step: the loss to minimise, and the scalars to log (detached () tensors,
+    read only at log steps)."""
+
+    loss: Tensor
+    metrics: dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    step: int  # the step the run ended at
+    probe: dict[str, float]  # the last held-out check ({} if none ran)
+    seconds: float
+    stopped_early: bool  # Ctrl-C, SIGTERM or the time budget, before --max-steps
+
+
+def decays(module: nn.Module, name: str) -> bool:
+    """Weight decay applies to the weights of matrix multiplications and embedding tables only: not
+    to biases, norms, learned position tables or attention time biases."""
+    matrices = (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    return name == "weight" and isinstance(module, matrices)
+
+
 def adamw(model: nn.Module, options: SessionOptions) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (not on norms, biases or other 1-D parameters)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    """AdamW with weight decay on the parameters :func:`decays` names."""
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    for module in model.modules():
+        for name, parameter in module.named_parameters(recurse=False):
+            if parameter.requires_grad:
+                (decay if decays(module, name) else no_decay).append(parameter)
     groups = [
         {"params": decay, "weight_decay": options.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    # fused: one kernel for all parameters; on a CPU the default per-tensor loop is ~7× slower.
+    # fused: one kernel for all parameters (on a CPU the default per-tensor loop is ~7× slower), and
+    # it skips a step on the device when given found_inf (see TrainingSession._optimizer_step).
     return torch.optim.AdamW(groups, lr=options.lr, betas=(0.9, 0.99), fused=True)
 
 
@@ -78,6 +125,7 @@ class TrainingSession:
         self.accelerator = Accelerator(
             cpu=on_cpu, mixed_precision=self.precision, gradient_accumulation_steps=options.grad_accum
         )
+        use_tf32(self.accelerator.device)
         if self.accelerator.distributed_type == DistributedType.FSDP:
             raise InputError(
                 "FSDP is not supported: the EMA and the checkpoints read whole weights. Every preset fits "
@@ -113,14 +161,14 @@ class TrainingSession:
             config=self.run_config,
         )
         self.stop = StopFlag()
-        self.skipped_in_a_row = 0
         self.started = time.monotonic()
 
     # -- model, optimizer, resume ------------------------------------------------------------------
     def prepare(
         self, model: nn.Module, config: dict[str, Any], sampler: ClipSampler
     ) -> tuple[nn.Module, torch.optim.Optimizer, EMA, int]:
-        """Resume weights and state if the run has a checkpoint; returns (model, optimizer, ema, step).
+        """Resume weights and state if the run has a checkpoint; returns (model, optimizer, ema, step):
+        the model as prepared for training (wrapped for several processes), and the step to start at.
 
         Every rank builds the same initial model (the program seeds torch first); then each rank's
         RNGs are seeded apart (the corruption noise differs across ranks), or restored on resume.
@@ -139,6 +187,10 @@ class TrainingSession:
         ema.model.to(self.device)
         prepared_model, prepared_optimizer = self.accelerator.prepare(model, optimizer)
         self.model, self.optimizer, self.ema = prepared_model, prepared_optimizer, ema
+        self.core = model  # unwrapped: what the EMA follows and the checkpoint holds
+        self.torch_optimizer = optimizer
+        self.sampler_state = sampler.state_dict()  # of the batches trained on (the prefetch runs ahead)
+        self.start_step = step
         return prepared_model, prepared_optimizer, ema, step
 
     def _resume(
@@ -181,13 +233,15 @@ class TrainingSession:
 
     def save(self, step: int, meta: dict[str, Any]) -> None:
         """Checkpoint at ``step``. Every rank calls it (each rank's RNG state is gathered); the main
-        process writes. A failed save (disk full, …) raises the same InputError on every rank."""
+        process writes. A failed save (disk full, a crash, …) raises on every rank: the main process's
+        own error there, the same InputError or a RuntimeError naming it on the others."""
         if self.world_size > 1:  # as plain lists: tensors do not survive all_gather_object's unpickler
             rngs = [rng_state_from_lists(r) for r in gather_object([rng_state_to_lists(rng_state())])]
         else:
             rngs = [rng_state()]
         self.accelerator.wait_for_everyone()
-        error: list[str | None] = [None]
+        failure: list[tuple[bool, str] | None] = [None]  # (an InputError?, message)
+        error: Exception | None = None
         if self.is_main:
             try:
                 save_checkpoint(
@@ -195,53 +249,174 @@ class TrainingSession:
                     kind=self.kind,
                     config=self.config,
                     step=step,
-                    weights=self.accelerator.unwrap_model(self.model).state_dict(),
+                    weights=self.core.state_dict(),
                     ema_weights=self.ema.state_dict(),
                     training_state={
                         "optimizer": self.optimizer.state_dict(),
-                        "sampler": self.sampler.state_dict(),
+                        "sampler": self.sampler_state,
                         "world_size": self.world_size,
                         "rng": rngs,  # one state per rank, in rank order
                     },
                     meta={"run": self.run_config, **meta},
                     keep=self.options.keep,
                 )
-            except InputError as err:
-                error = [str(err)]
+            except Exception as exc:  # every rank must hear of it, or the others wait at the next collective
+                error = exc
+                failure = [(isinstance(exc, InputError), f"{type(exc).__name__}: {exc}")]
         if self.world_size > 1:
-            broadcast_object_list(error, from_process=0)
-        if error[0] is not None:
-            raise InputError(error[0])
+            broadcast_object_list(failure, from_process=0)
+        if error is not None:
+            raise error
+        if failure[0] is not None:
+            is_input_error, message = failure[0]
+            if is_input_error:
+                raise InputError(message.removeprefix("InputError: "))
+            raise RuntimeError(f"the main process failed to save step {step}: {message}")
 
-    # -- the step --------------------------------------------------------------------------------------
-    def optimizer_step(self, step: int) -> tuple[bool, float]:
-        """After backward: at a sync step set the lr, clip, and step unless the gradient is not finite.
+    # -- the loop ----------------------------------------------------------------------------------------
+    def run(
+        self,
+        *,
+        draw: Callable[[], Batch],
+        step: Callable[[Batch], StepResult],
+        probe: Callable[[int], dict[str, float]] | None,
+        meta: dict[str, Any],
+        frames_per_batch: int,
+        tokens_per_frame: int,
+    ) -> RunResult:
+        """Train from the prepared step to ``--max-steps`` (or until stopped), then save and close.
 
-        Returns (stepped, grad_norm). The gradient norm is the same on every rank (gradients are
-        averaged first), so ranks agree on skipping. Too many non-finite steps in a row stop the run.
+        ``draw()`` returns the next batch as host tensors (called on the prefetch thread, in order);
+        ``step(batch)`` computes its loss on the device (under autocast; compiled with ``--compile``);
+        ``probe(step)`` scores the EMA model on the main process at eval steps and returns metrics to
+        log. Every checkpoint carries ``meta`` and the last probe's metrics (``meta["probe"]``).
+        """
+        o, accelerator = self.options, self.accelerator
+        at = self.start_step
+        forward = step
+        if o.compile:
+            import torch._inductor.config
+
+            # Random ops draw from torch's generator as in eager mode: a compiled run resumes exactly
+            # and matches an eager one.
+            torch._inductor.config.fallback_random = True
+            forward = torch.compile(step, dynamic=False)
+        frames_per_step = frames_per_batch * o.grad_accum * self.world_size
+        flops_per_frame = train_flops_per_frame(matmul_parameters(self.core), tokens_per_frame)
+        peak = peak_flops(self.device)
+        watch = NonFiniteWatch(self.device)
+        last_probe: dict[str, float] = {}
+        last_saved, stopped = at, False
+        bar = tqdm(total=o.max_steps, initial=at, disable=not (self.is_main and o.progress), unit="step")
+        batches = Prefetcher(
+            draw, self.sampler.state_dict, count=(o.max_steps - at) * o.grad_accum, device=self.device
+        )
+        window_start, window_frames = time.perf_counter(), 0
+        try:
+            with self.stop:
+                while at < o.max_steps:
+                    for _ in range(o.grad_accum):
+                        batch, sampler_state = batches.next()
+                        with accelerator.accumulate(self.model):
+                            with accelerator.autocast():
+                                result = forward(batch)
+                            accelerator.backward(result.loss)
+                            grad_norm = self._optimizer_step(at, watch)
+                        self.sampler_state = sampler_state
+                    at += 1
+                    window_frames += frames_per_step
+                    bar.update(1)
+                    logs = at % o.log_every == 0 or at == o.max_steps
+                    if logs:
+                        seconds = time.perf_counter() - window_start
+                        rates = throughput(
+                            window_frames,
+                            seconds,
+                            tokens_per_frame=tokens_per_frame,
+                            flops_per_frame=flops_per_frame,
+                            peak=peak,
+                            world=self.world_size,
+                        )
+                        self._log(at, result, grad_norm, watch, rates, bar)
+                        window_start, window_frames = time.perf_counter(), 0
+                    if (
+                        probe is not None
+                        and self.is_main
+                        and o.eval_every
+                        and (at % o.eval_every == 0 or at == o.max_steps)
+                    ):
+                        last_probe = probe(at)
+                        self.logger.log(at, last_probe)
+                    if at % o.save_every == 0:
+                        self.save(at, {**meta, "probe": last_probe})
+                        last_saved = at
+                    if logs and self.should_stop():
+                        stopped = at < o.max_steps
+                        break
+        finally:
+            batches.close()
+            bar.close()
+        self.finish(at, last_saved, {**meta, "probe": last_probe}, stopped)
+        return RunResult(at, last_probe, time.monotonic() - self.started, stopped)
+
+    def _optimizer_step(self, step: int, watch: NonFiniteWatch) -> Tensor | None:
+        """After backward, at a sync step: set the lr, clip, step, update the EMA; returns the gradient
+        norm (a device tensor), or None between sync steps.
+
+        A non-finite norm skips the step on the device: the fused AdamW kernel leaves weights and
+        moments alone when ``found_inf`` is set (with fp16, the GradScaler sets it itself from the
+        gradients, and updates its scale whether or not the step ran). The norm is the same on every
+        rank (gradients are averaged first), so ranks agree on skipping.
         """
         if not self.accelerator.sync_gradients:
-            return False, math.nan
+            return None
         for group in self.optimizer.param_groups:
             group["lr"] = self.options.lr_at(step)
-        grad_norm = float(self.accelerator.clip_grad_norm_(self.model.parameters(), self.options.grad_clip))
-        if not math.isfinite(grad_norm):
-            self.optimizer.zero_grad(set_to_none=True)
-            self.skipped_in_a_row += 1
-            self.logger.log(step + 1, {"skipped_nonfinite": 1.0})  # step + 1: as the loop counts it
-            if self.skipped_in_a_row >= MAX_SKIPPED_STEPS:
-                raise InputError(
-                    f"{self.skipped_in_a_row} optimizer steps in a row had non-finite gradients; "
-                    f"stopping at step {step + 1}. Lower --lr or check the data; {self.out} keeps the last good checkpoint"
-                )
-            return False, grad_norm
-        self.skipped_in_a_row = 0
-        self.optimizer.step()
+        grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.options.grad_clip)
+        nonfinite = ~torch.isfinite(grad_norm)
+        if self.accelerator.scaler is None:
+            self.torch_optimizer.found_inf = nonfinite.float()  # type: ignore[attr-defined]
+        try:
+            self.optimizer.step()
+        finally:
+            if hasattr(self.torch_optimizer, "found_inf"):
+                del self.torch_optimizer.found_inf
         self.optimizer.zero_grad(set_to_none=True)
-        return True, grad_norm
+        watch.record(nonfinite)
+        self.ema.update(self.core, step + 1, skip=nonfinite)
+        return grad_norm
+
+    def _log(
+        self,
+        step: int,
+        result: StepResult,
+        grad_norm: Tensor | None,
+        watch: NonFiniteWatch,
+        rates: dict[str, float],
+        bar: tqdm,
+    ) -> None:
+        """The log step: read the step's scalars and the skip counts from the device, in one transfer."""
+        names = ["loss", *result.metrics, "grad_norm"]
+        norm = grad_norm if grad_norm is not None else torch.full((), float("nan"), device=self.device)
+        scalars = [result.loss.detach(), *result.metrics.values(), norm, *watch.values()]
+        *values, skipped, longest = torch.stack([t.float().reshape(()) for t in scalars]).tolist()
+        watch.new_window()
+        metrics = {**dict(zip(names, values, strict=True)), "lr": self.options.lr_at(step - 1), **rates}
+        if skipped:
+            metrics["skipped_nonfinite"] = skipped
+        self.logger.log(step, metrics)
+        bar.set_postfix(
+            {name: f"{metrics[name]:.4g}" for name in names[:-1]} | {"fps": f"{rates['frames_per_s']:.0f}"}
+        )
+        if longest >= MAX_SKIPPED_STEPS:
+            raise InputError(
+                f"{int(longest)} optimizer steps in a row had non-finite gradients; stopping at step {step}. "
+                f"Lower --lr or check the data; {self.out} keeps the last good checkpoint"
+            )
 
     def should_stop(self) -> bool:
-        """Ctrl-C/SIGTERM or the time budget, agreed across ranks (any rank stopping stops all)."""
+        """Ctrl-C/SIGTERM or the time budget, agreed across ranks (any rank stopping stops all);
+        asked at log steps."""
         stop = self.stop.requested
         if self.options.max_minutes is not None:
             stop = stop or time.monotonic() - self.started > 60 * self.options.max_minutes

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,11 +30,13 @@ from wm_video.data.split import DEFAULT_HOLDOUT, split_episodes
 from wm_video.errors import InputError, WMVideoError
 from wm_video.metrics import psnr
 from wm_video.tokenizer import TOKENIZER_PRESETS, VideoTokenizer, tokenizer_preset
-from wm_video.tokenizer.loss import ReconstructionLossConfig, ReconstructionLosses, reconstruction_loss
+from wm_video.tokenizer.loss import ReconstructionLossConfig, reconstruction_loss
 from wm_video.tokenizer.pixels import to_model_pixels, to_uint8_frames
-from wm_video.train.common import peak_flops, save_comparison_grid, throughput, train_flops_per_frame
+from wm_video.train.common import save_comparison_grid
+from wm_video.train.prefetch import Batch
 from wm_video.train.session import (
     SessionOptions,
+    StepResult,
     TrainingSession,
     add_session_flags,
     end_processes,
@@ -63,21 +64,6 @@ class TokenizerTrainResult:
     heldout_psnr: float | None  # per-frame mean, EMA weights, last eval
     seconds: float
     stopped_early: bool
-
-
-def train_step(
-    session: TrainingSession,
-    model: torch.nn.Module,
-    frames: torch.Tensor,
-    loss_config: ReconstructionLossConfig,
-) -> ReconstructionLosses:
-    """Forward under autocast, loss in float32, backward (gradients accumulate across calls)."""
-    with session.accelerator.accumulate(model):
-        with session.accelerator.autocast():
-            reconstruction = model(frames).reconstruction
-        losses = reconstruction_loss(reconstruction, frames, loss_config)
-        session.accelerator.backward(losses.total)
-    return losses
 
 
 @torch.inference_mode()
@@ -112,8 +98,8 @@ def train_tokenizer(options: TokenizerTrainOptions) -> TokenizerTrainResult:
             **({"init": str(resolve_checkpoint(options.init))} if options.init is not None else {}),
         },
     )
-    o, accelerator = options.session, session.accelerator
-    with accelerator.main_process_first():
+    o = options.session
+    with session.accelerator.main_process_first():
         cache = load_cache(options.data, size=config.image_size, progress=session.is_main and o.progress)
     split = split_episodes(cache.episode_indices.tolist(), options.holdout)
     train_episodes = _episodes_with_clips(cache, split.train, options.clip_len)
@@ -137,7 +123,7 @@ def train_tokenizer(options: TokenizerTrainOptions) -> TokenizerTrainResult:
         session.device,
     )
     torch.manual_seed(o.seed)
-    model, _, ema, step = session.prepare(initial or VideoTokenizer(config), config.to_dict(), sampler)
+    model, _, ema, _ = session.prepare(initial or VideoTokenizer(config), config.to_dict(), sampler)
     loss_config = ReconstructionLossConfig(l1_weight=options.l1_weight)
     meta = {
         "data": str(options.data),
@@ -145,12 +131,7 @@ def train_tokenizer(options: TokenizerTrainOptions) -> TokenizerTrainResult:
         "heldout_episodes": list(split.heldout),
         "probe_is_heldout": bool(split.heldout and probe_episodes != train_episodes),
     }
-    frames_per_step = o.batch_size * options.clip_len * session.world_size * o.grad_accum
     parameters = sum(p.numel() for p in model.parameters())
-    flops_per_frame = train_flops_per_frame(parameters, config.tokens_per_frame)
-    peak = peak_flops(session.device)
-    heldout_psnr: float | None = None
-    last_saved, stopped = step, False
     if session.is_main:
         print(
             f"tokenizer {'from ' + str(options.init) if options.init else options.preset}: {parameters / 1e6:.1f} M parameters, "
@@ -159,62 +140,40 @@ def train_tokenizer(options: TokenizerTrainOptions) -> TokenizerTrainResult:
             f"on {session.device}, precision {session.precision}",
             flush=True,
         )
-    bar = tqdm(total=o.max_steps, initial=step, disable=not (session.is_main and o.progress), unit="step")
-    window_start, window_frames = time.perf_counter(), 0
-    with session.stop:
-        while step < o.max_steps:
-            for _ in range(o.grad_accum):
-                frames = to_model_pixels(sampler.sample_batch(o.batch_size).frames, session.device)
-                losses = train_step(session, model, frames, loss_config)
-                stepped, grad_norm = session.optimizer_step(step)
-            step += 1
-            window_frames += frames_per_step
-            if stepped:
-                ema.update(accelerator.unwrap_model(model), step)
-            bar.update(1)
-            if step % o.log_every == 0 or step == o.max_steps:
-                seconds = time.perf_counter() - window_start
-                metrics = {
-                    "loss": float(losses.total.detach()),
-                    "mse": float(losses.mse.detach()),
-                    "train_psnr": losses.psnr,
-                    "grad_norm": grad_norm,
-                    "lr": o.lr_at(step - 1),
-                    **throughput(
-                        window_frames,
-                        seconds,
-                        tokens_per_frame=config.tokens_per_frame,
-                        flops_per_frame=flops_per_frame,
-                        peak=peak,
-                        world=session.world_size,
-                    ),
-                }
-                session.logger.log(step, metrics)
-                bar.set_postfix(
-                    loss=f"{metrics['loss']:.4f}",
-                    psnr=f"{losses.psnr:.1f}",
-                    fps=f"{metrics['frames_per_s']:.0f}",
-                )
-                window_start, window_frames = time.perf_counter(), 0
-            if session.is_main and o.eval_every and (step % o.eval_every == 0 or step == o.max_steps):
-                heldout_psnr, reconstruction = probe(ema.model, probe_frames)
-                session.logger.log(step, {"heldout_psnr": heldout_psnr})
-                grid = save_comparison_grid(
-                    to_uint8_frames(probe_frames).cpu().numpy(),
-                    reconstruction.cpu().numpy(),
-                    session.out / "samples" / f"step-{step:08d}.png",
-                )
-                session.logger.log_image(step, "samples", grid)
-                bar.write(f"step {step}: held-out PSNR {heldout_psnr:.2f} dB (EMA, per-frame mean)")
-            if step % o.save_every == 0:
-                session.save(step, {**meta, "heldout_psnr": heldout_psnr})
-                last_saved = step
-            if session.should_stop():
-                stopped = step < o.max_steps
-                break
-    bar.close()
-    session.finish(step, last_saved, {**meta, "heldout_psnr": heldout_psnr}, stopped)
-    return TokenizerTrainResult(session.out, step, heldout_psnr, time.monotonic() - session.started, stopped)
+
+    def draw() -> Batch:
+        return {
+            "frames": torch.from_numpy(sampler.sample_batch(o.batch_size).frames)
+        }  # (B, T, H, W, 3) uint8
+
+    def step_loss(batch: Batch) -> StepResult:
+        frames = to_model_pixels(batch["frames"], session.device)  # (B, T, 3, H, W) in [-1, 1]
+        losses = reconstruction_loss(model(frames).reconstruction, frames, loss_config)
+        mse = losses.mse.detach()
+        return StepResult(losses.total, {"mse": mse, "train_psnr": 10 * torch.log10(4.0 / mse)})
+
+    def evaluate(at: int) -> dict[str, float]:
+        heldout_psnr, reconstruction = probe(ema.model, probe_frames)
+        grid = save_comparison_grid(
+            to_uint8_frames(probe_frames).cpu().numpy(),
+            reconstruction.cpu().numpy(),
+            session.out / "samples" / f"step-{at:08d}.png",
+        )
+        session.logger.log_image(at, "samples", grid)
+        tqdm.write(f"step {at}: held-out PSNR {heldout_psnr:.2f} dB (EMA, per-frame mean)")
+        return {"heldout_psnr": heldout_psnr}
+
+    result = session.run(
+        draw=draw,
+        step=step_loss,
+        probe=evaluate,
+        meta=meta,
+        frames_per_batch=o.batch_size * options.clip_len,
+        tokens_per_frame=config.tokens_per_frame,
+    )
+    return TokenizerTrainResult(
+        session.out, result.step, result.probe.get("heldout_psnr"), result.seconds, result.stopped_early
+    )
 
 
 def build_parser(prog: str = "wm-video train tokenizer") -> argparse.ArgumentParser:
