@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 from wm_video import __version__
 from wm_video.bench.cli import register as register_bench
-from wm_video.cli_args import Commands, positive_int
-from wm_video.errors import WMVideoError
+from wm_video.cli_args import Commands, positive_float, positive_int
+from wm_video.errors import EXIT_STOPPED, exit_status
 from wm_video.eval.cli import register as register_eval
 from wm_video.play.cli import register as register_play
 from wm_video.train.cli import register as register_train
@@ -46,7 +46,7 @@ def _add_video_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("video encoding")
     group.add_argument(
         "--codec",
-        choices=["h264", "lossless"],
+        choices=["h264", "h264-yuv420", "lossless"],
         default="h264",
         help="h264: yuv444p, full colour (default); h264-yuv420: plays everywhere, blurs colour at small sizes; lossless: exact RGB",
     )
@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source_flags(p)
     group = p.add_argument_group("window")
     group.add_argument("--scale", type=positive_int, default=8, help="integer zoom of the frames (default 8)")
-    group.add_argument("--fps", type=float, default=None, help="pace (default: the game's own fps)")
+    group.add_argument("--fps", type=positive_float, default=None, help="pace (default: the game's own fps)")
     group.add_argument(
         "--keymap", type=Path, default=None, help="JSON file {key name: button} overriding keys"
     )
@@ -231,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--buttons", default=None, help="mp4-jsonl: comma-separated button names (default: all seen)"
     )
-    p.add_argument("--fps", type=float, default=None, help="mp4-jsonl: override the videos' fps")
+    p.add_argument("--fps", type=positive_float, default=None, help="mp4-jsonl: override the videos' fps")
     _add_video_flags(p)
     p.set_defaults(handler=_import)
 
@@ -260,9 +260,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return handler(args)
-    except WMVideoError as exc:
-        print(f"wm-video {args.command}: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"wm-video {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_STOPPED
+    except Exception as exc:
+        status = exit_status(f"wm-video {args.command}", exc)
+        if status is None:
+            raise
+        return status
