@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import os
 import random
+import time
 
 import numpy as np
 import pytest
@@ -117,7 +119,9 @@ def test_shared_and_non_contiguous_tensors_are_saved(tmp_path):
 
 
 def failing_after(monkeypatch, calls, error):
-    real = ckpt.save_file
+    import safetensors.torch
+
+    real = safetensors.torch.save_file
     count = {"n": 0}
 
     def save_file(tensors, filename, *args, **kwargs):
@@ -126,7 +130,7 @@ def failing_after(monkeypatch, calls, error):
             raise error
         real(tensors, filename, *args, **kwargs)
 
-    monkeypatch.setattr(ckpt, "save_file", save_file)
+    monkeypatch.setattr(safetensors.torch, "save_file", save_file)
 
 
 def test_crash_mid_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
@@ -183,11 +187,33 @@ def test_incomplete_step_dir_is_never_loaded(tmp_path):
     assert resolve_checkpoint(tmp_path / "checkpoints").name == "step-00000001"
 
 
-def test_leftover_temp_dirs_are_cleaned_by_next_save(tmp_path):
+def test_only_provably_stale_temp_dirs_are_cleaned_by_the_next_save(tmp_path):
+    """Issue 19 item 1: a save removed every .tmp-* folder, the save in progress of another process too."""
+    import subprocess
+    import sys
+
     save(tmp_path, 1)
-    (tmp_path / "checkpoints" / ".tmp-step-00000002-dead").mkdir()
-    save(tmp_path, 2)
-    assert step_dirs(tmp_path) == ["step-00000001", "step-00000002"]
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    checkpoints = tmp_path / "checkpoints"
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (checkpoints / f".tmp-step-00000002-{ckpt._HOST}-{dead.pid}-0123abcd").mkdir()
+        (checkpoints / f".tmp-step-00000003-{ckpt._HOST}-{alive.pid}-0123abcd").mkdir()  # saving now
+        (checkpoints / ".tmp-step-00000004-otherhost-1-0123abcd").mkdir()  # another machine's, fresh
+        old = checkpoints / ".tmp-step-00000005-0123456789abcdef"  # an older name, a day old
+        old.mkdir()
+        os.utime(old, (time.time() - 2 * ckpt.STALE_AFTER_S,) * 2)
+        save(tmp_path, 2)
+    finally:
+        alive.kill()
+        alive.wait()
+    assert step_dirs(tmp_path) == [
+        f".tmp-step-00000003-{ckpt._HOST}-{alive.pid}-0123abcd",
+        ".tmp-step-00000004-otherhost-1-0123abcd",
+        "step-00000001",
+        "step-00000002",
+    ]
 
 
 def test_non_finite_weights_are_refused(tmp_path):

@@ -8,8 +8,13 @@ Design:
   is rebuilt from the JSON alone (:func:`build_model`), without the training code.
 - Atomic: a save is written into a hidden ``.tmp-*`` directory beside its final place, fsynced,
   marked ``COMPLETE`` last, renamed into place, and only then is the ``last`` pointer moved. A
-  directory without ``COMPLETE`` is never loaded; leftover ``.tmp-*`` directories are removed by
-  the next save. Old checkpoints are deleted only after the new one is complete.
+  directory without ``COMPLETE`` is never loaded. A temporary directory is named after the host
+  and process that write it, and the next save removes only those that are provably stale: their
+  process is gone (same host), or they are a day old. Old checkpoints are deleted only after the
+  new one is complete, and renamed away before they are deleted, so a kill during the deletion
+  never leaves a step directory marked ``COMPLETE`` with files missing.
+- Damage is survived: loading a run picks the newest complete checkpoint that reads back whole
+  (every file present and parseable, weights finite) and warns about each newer one it passes.
 - Safe: only safetensors are read, never pickles; a checkpoint that does not fit its model gets
   one error listing missing, unexpected and mis-shaped keys.
 - Old formats are upgraded in one place, :func:`_upgrade`.
@@ -26,11 +31,12 @@ Layout::
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
 import shutil
+import socket
+import time
 import uuid
 import warnings
 from collections.abc import Callable
@@ -40,11 +46,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
-from wm_video.errors import InputError
-from wm_video.fileio import atomic_write_json, atomic_write_text, signals_deferred
+from wm_video.errors import InputError, is_disk_full
+from wm_video.fileio import atomic_write_json, atomic_write_text, signals_deferred, write_safetensors
+from wm_video.memory import FLOAT_BYTES, check_fits, format_bytes, parameter_count
 
 if TYPE_CHECKING:
     from wm_video.dynamics import DynamicsModel
@@ -68,6 +75,10 @@ class Checkpoint:
     ema_weights: dict[str, Tensor] | None  # ema.safetensors if saved
     training_state: Any  # nested dicts/lists/tuples/scalars/tensors as saved; None if not saved/loaded
     meta: dict[str, Any]  # JSON metadata given at save time, {} if none
+
+
+class _Damaged(InputError):
+    """A checkpoint's files do not read back whole: loading a run falls back to an older one."""
 
 
 # -- models -----------------------------------------------------------------------------------------
@@ -96,12 +107,27 @@ _MODELS: dict[str, Callable[[dict[str, Any]], torch.nn.Module]] = {
 
 
 def build_model(kind: str, config: dict[str, Any]) -> torch.nn.Module:
-    """A fresh model of ``kind`` from its JSON config (raises InputError for an invalid config)."""
+    """A fresh model of ``kind`` from its JSON config (raises InputError for an invalid config, or
+    for one whose weights alone would not fit in memory)."""
     if kind not in _MODELS:
         raise InputError(f"unknown model kind {kind!r}; known kinds are {sorted(_MODELS)}")
     if not isinstance(config, dict):
         raise InputError(f"{kind} config must be a JSON object, got {type(config).__name__}")
+    parameters = parameter_count(lambda: _MODELS[kind](config))
+    check_fits(
+        parameters * FLOAT_BYTES,
+        f"a {kind} of this config ({parameters:,} parameters)",
+        "check the config's sizes (dim, layers, image_size)",
+    )
     return _MODELS[kind](config)
+
+
+def check_finite(weights: dict[str, Tensor], source: Path) -> None:
+    """Raise an InputError naming ``source`` and the first tensors that hold NaN or inf."""
+    bad = [k for k, t in weights.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise InputError(f"{source}: weights hold NaN or inf ({', '.join(bad[:3])}{more})")
 
 
 def load_weights(model: torch.nn.Module, weights: dict[str, Tensor], source: Path) -> None:
@@ -205,20 +231,20 @@ def _fsync(path: Path, *, directory: bool = False) -> None:
 
 
 def _write_tensors(path: Path, tensors: dict[str, Tensor]) -> None:
-    save_file(_storable(tensors), str(path))
+    write_safetensors(path, _storable(tensors))
     _fsync(path)
 
 
 def _read_tensors(path: Path) -> dict[str, Tensor]:
     if not path.is_file():
-        raise InputError(f"{path}: missing; the checkpoint is damaged (expected a safetensors file)")
+        raise _Damaged(f"{path}: missing; the checkpoint is damaged (expected a safetensors file)")
     try:
         return load_file(str(path), device="cpu")
     except Exception as err:  # safetensors raises its own SafetensorError
         with open(path, "rb") as handle:
             head = handle.read(2)
         guess = " (it looks like a torch.save pickle)" if head[:2] == b"PK" or head[:1] == b"\x80" else ""
-        raise InputError(
+        raise _Damaged(
             f"{path}: not a safetensors file{guess}: {err}; wm-video only loads safetensors, never pickles"
         ) from err
 
@@ -231,6 +257,58 @@ def _complete_steps(checkpoints: Path) -> list[Path]:
     """Complete step directories, oldest first."""
     found = [(int(m.group(1)), p) for p in checkpoints.iterdir() if (m := _STEP_DIR.fullmatch(p.name))]
     return [p for _, p in sorted(found) if _is_complete(p)]
+
+
+def _step_of(step_dir: Path) -> int:
+    match = _STEP_DIR.fullmatch(step_dir.name)
+    return int(match.group(1)) if match else -1
+
+
+# Temporary directories: .tmp-<what>-<host>-<pid>-<random>, so that a later save can tell whose they are.
+_HOST = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())[:40]
+_TMP_DIR = re.compile(r"\.tmp-.*-(?P<host>[A-Za-z0-9_.]+)-(?P<pid>\d+)-[0-9a-f]{8}")
+STALE_AFTER_S = 24 * 3600  # a temporary directory of another host (or an older format) this old is stale
+
+
+def _tmp_name(what: str) -> str:
+    return f".tmp-{what}-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def _is_stale(tmp: Path) -> bool:
+    """True when no running process can still be writing ``tmp`` (a ``.tmp-*`` directory)."""
+    match = _TMP_DIR.fullmatch(tmp.name)
+    if match is not None and match["host"] == _HOST:
+        return int(match["pid"]) != os.getpid() and not _process_alive(int(match["pid"]))
+    try:
+        return time.time() - tmp.stat().st_mtime > STALE_AFTER_S
+    except OSError:
+        return False
+
+
+def _remove_stale_tmps(folder: Path) -> None:
+    for leftover in folder.glob(".tmp-*"):
+        if _is_stale(leftover):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _remove_dir(step_dir: Path) -> None:
+    """Delete a step directory: rename it away first (one atomic step), then remove the files."""
+    doomed = step_dir.parent / _tmp_name(f"pruned-{step_dir.name}")
+    try:
+        os.replace(step_dir, doomed)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 # -- save -------------------------------------------------------------------------------------------
@@ -268,11 +346,10 @@ def save_checkpoint(
 
     checkpoints = Path(run_dir) / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
-    for stale in checkpoints.glob(".tmp-*"):  # left by a save that crashed
-        shutil.rmtree(stale, ignore_errors=True)
+    _remove_stale_tmps(checkpoints)  # left by saves that crashed
     name = f"step-{step:08d}"
     final = checkpoints / name
-    tmp = checkpoints / f".tmp-{name}-{uuid.uuid4().hex}"
+    tmp = checkpoints / _tmp_name(name)
     try:
         files = {"model": weights, "ema": ema_weights, "training": training_tensors}
         _fill_step_dir(tmp, name, document, files)
@@ -281,18 +358,19 @@ def save_checkpoint(
             atomic_write_text(checkpoints / LAST_POINTER, f"{name}\n")
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        if is_disk_full(err):
             free = shutil.disk_usage(checkpoints).free
             raise InputError(
                 f"{checkpoints}: disk full while saving {name}: the checkpoint needs about {needed:,} bytes "
-                f"({free:,} free); the partial save was removed and the last good checkpoint is kept"
+                f"({format_bytes(needed)}; {free:,} free); the partial save was removed and the last good "
+                "checkpoint is kept"
             ) from err
         raise
 
-    if keep is not None:
-        complete = [p for p in _complete_steps(checkpoints) if p.name != name]
-        for old_dir in complete[: max(0, len(complete) - (keep - 1))]:
-            shutil.rmtree(old_dir, ignore_errors=True)
+    if keep is not None:  # older ones only: a newer one is a damaged leftover of a run resumed before it
+        older = [p for p in _complete_steps(checkpoints) if _step_of(p) < step]
+        for old_dir in older[: max(0, len(older) - (keep - 1))]:
+            _remove_dir(old_dir)
     return final
 
 
@@ -312,7 +390,7 @@ def _fill_step_dir(
 def _move_into_place(tmp: Path, final: Path) -> None:
     """Rename the finished ``tmp`` to ``final``; an existing ``final`` is replaced only once tmp is there."""
     if final.exists():
-        old = final.parent / f".tmp-old-{final.name}-{uuid.uuid4().hex}"
+        old = final.parent / _tmp_name(f"old-{final.name}")
         os.replace(final, old)
         os.replace(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
@@ -338,7 +416,7 @@ def write_inference_checkpoint(
     json.dumps(document)  # fail before writing anything
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex}"
+    tmp = final.parent / _tmp_name(final.name)
     try:
         _fill_step_dir(tmp, final.name, document, {"model": weights})
         with signals_deferred():
@@ -350,22 +428,22 @@ def write_inference_checkpoint(
 
 
 # -- load -------------------------------------------------------------------------------------------
-def resolve_checkpoint(path: Path, kind: str | None = None) -> Path:
-    """The complete step directory meant by a run dir, its checkpoints/ dir, a step dir or a world.
+def _candidates(path: Path, kind: str | None) -> list[Path]:
+    """The complete step directories ``path`` may mean, the one to load first; older fallbacks after it.
 
-    A world folder (``wm-video export``: ``world.json`` beside ``dynamics/`` and ``tokenizer/``)
-    means its ``kind`` sub-folder, the dynamics model when no kind is asked for.
+    A run dir or checkpoints/ dir means its ``last`` checkpoint, then every other complete one,
+    newest first; a step directory or a world's part means itself alone.
     """
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: does not exist; expected a run directory or a checkpoint ({_EXPECTED})")
     if _is_complete(path):
-        return path
+        return [path]
     if (path / WORLD_FILE).is_file():
         part = kind or "dynamics"
         if not _is_complete(path / part):
             raise InputError(f"{path}: an exported world without a complete {part}/ checkpoint")
-        return path / part
+        return [path / part]
     if (path / "checkpoint.json").exists() or _STEP_DIR.fullmatch(path.name):
         raise InputError(
             f"{path}: incomplete checkpoint (no {COMPLETE_MARKER} marker: its save was interrupted)"
@@ -373,20 +451,29 @@ def resolve_checkpoint(path: Path, kind: str | None = None) -> Path:
     checkpoints = path / "checkpoints" if (path / "checkpoints").is_dir() else path
     if not checkpoints.is_dir():
         raise InputError(f"{path}: not a run directory or checkpoint ({_EXPECTED})")
-    pointer = checkpoints / LAST_POINTER
-    if pointer.is_file():
-        target = pointer.read_text().strip()
-        if _STEP_DIR.fullmatch(target) and _is_complete(checkpoints / target):
-            return checkpoints / target
-    complete = _complete_steps(checkpoints)
+    complete = _complete_steps(checkpoints)[::-1]
     if not complete:
         raise InputError(f"{path}: no complete checkpoint ({_EXPECTED})")
+    pointer = checkpoints / LAST_POINTER
+    target = pointer.read_text().strip() if pointer.is_file() else ""
+    if _STEP_DIR.fullmatch(target) and _is_complete(checkpoints / target):
+        return [checkpoints / target] + [p for p in complete if p.name != target]
     if pointer.is_file():
         warnings.warn(
-            f"{pointer} names no complete checkpoint; using the newest complete one, {complete[-1]}",
-            stacklevel=2,
+            f"{pointer} names no complete checkpoint; using the newest complete one, {complete[0]}",
+            stacklevel=3,
         )
-    return complete[-1]
+    return complete
+
+
+def resolve_checkpoint(path: Path, kind: str | None = None) -> Path:
+    """The complete step directory meant by a run dir, its checkpoints/ dir, a step dir or a world.
+
+    A world folder (``wm-video export``: ``world.json`` beside ``dynamics/`` and ``tokenizer/``)
+    means its ``kind`` sub-folder, the dynamics model when no kind is asked for. (It does not read
+    the files: :func:`load_checkpoint` passes over a damaged newest checkpoint, this does not.)
+    """
+    return _candidates(path, kind)[0]
 
 
 def _upgrade(data: dict[str, Any]) -> dict[str, Any]:
@@ -395,15 +482,40 @@ def _upgrade(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_checkpoint(path: Path, *, kind: str | None = None, with_training_state: bool = True) -> Checkpoint:
-    """Load a checkpoint (run dir, checkpoints/ dir, step dir or world) with all tensors on the CPU."""
-    step_dir = resolve_checkpoint(path, kind)
+    """Load a checkpoint (run dir, checkpoints/ dir, step dir or world) with all tensors on the CPU.
+
+    Given a run, a damaged newest checkpoint (a file missing, truncated or not finite) is passed
+    over with a warning for the newest one that reads back whole; no such one is an error.
+    """
+    candidates = _candidates(path, kind)
+    first_error: _Damaged | None = None
+    for step_dir in candidates:
+        try:
+            checkpoint = _load_step_dir(step_dir, kind, with_training_state)
+        except _Damaged as err:
+            first_error = first_error or err
+            continue
+        if first_error is not None:
+            warnings.warn(
+                f"{first_error}; passed over {step_dir.parent} checkpoints newer than {step_dir.name}, "
+                f"which is loaded instead",
+                stacklevel=2,
+            )
+        return checkpoint
+    assert first_error is not None
+    if len(candidates) > 1:
+        raise InputError(f"{first_error} (and no older checkpoint of {path} reads back whole)")
+    raise first_error
+
+
+def _load_step_dir(step_dir: Path, kind: str | None, with_training_state: bool) -> Checkpoint:
     info_file = step_dir / "checkpoint.json"
     try:
         data = json.loads(info_file.read_text())
     except (OSError, ValueError) as err:
-        raise InputError(f"{info_file}: unreadable checkpoint description ({err})") from err
+        raise _Damaged(f"{info_file}: unreadable checkpoint description ({err})") from err
     if not isinstance(data, dict) or not isinstance(data.get("format"), int):
-        raise InputError(f"{info_file}: expected a JSON object with an integer 'format'")
+        raise _Damaged(f"{info_file}: expected a JSON object with an integer 'format'")
     if data["format"] > CHECKPOINT_FORMAT:
         raise InputError(
             f"{info_file}: checkpoint format {data['format']} is newer than this wm-video reads "
@@ -412,7 +524,23 @@ def load_checkpoint(path: Path, *, kind: str | None = None, with_training_state:
     data = _upgrade(data)
     missing = [key for key in ("kind", "step", "config") if key not in data]
     if missing:
-        raise InputError(f"{info_file}: missing keys {missing}")
+        raise _Damaged(f"{info_file}: missing keys {missing}")
+    expected: dict[str, type | tuple[type, ...]] = {
+        "kind": str,
+        "step": int,
+        "config": dict,
+        "meta": (dict, type(None)),
+    }
+    wrong = [
+        f"{key} {data.get(key)!r:.40}"
+        for key, types in expected.items()
+        if not isinstance(data.get(key), types) or isinstance(data.get(key), bool)
+    ]
+    if wrong or data["step"] < 0:
+        raise _Damaged(
+            f"{info_file}: expected a string 'kind', an integer 'step' ≥ 0 and JSON objects 'config' and "
+            f"'meta'; found {', '.join(wrong) or 'step ' + str(data['step'])}"
+        )
     if kind is not None and data["kind"] != kind:
         raise InputError(f"{step_dir}: is a {data['kind']} checkpoint; expected a {kind} checkpoint")
     ema_file = step_dir / "ema.safetensors"
@@ -423,31 +551,44 @@ def load_checkpoint(path: Path, *, kind: str | None = None, with_training_state:
         try:
             training_state = _unpack(data["training_state"], tensors)
         except (KeyError, TypeError, ValueError) as err:
-            raise InputError(f"{info_file}: training state does not match {training_file} ({err!r})") from err
+            raise _Damaged(f"{info_file}: training state does not match {training_file} ({err!r})") from err
+    weights = _read_tensors(step_dir / "model.safetensors")
+    ema_weights = _read_tensors(ema_file) if ema_file.exists() else None
+    for file, tensors in (("model.safetensors", weights), ("ema.safetensors", ema_weights or {})):
+        try:
+            check_finite(tensors, step_dir / file)
+        except InputError as err:
+            raise _Damaged(f"{err}; the checkpoint is damaged") from err
     return Checkpoint(
         path=step_dir,
         kind=data["kind"],
         config=data["config"],
-        step=int(data["step"]),
-        weights=_read_tensors(step_dir / "model.safetensors"),
-        ema_weights=_read_tensors(ema_file) if ema_file.exists() else None,
+        step=data["step"],
+        weights=weights,
+        ema_weights=ema_weights,
         training_state=training_state,
         meta=data.get("meta") or {},
     )
+
+
+def checked_model(checkpoint: Checkpoint, *, ema: bool = True) -> torch.nn.Module:
+    """The model of ``checkpoint`` with its weights loaded (the EMA's when asked for and saved),
+    or one InputError naming the file when the weights do not fit the config."""
+    try:
+        model = build_model(checkpoint.kind, checkpoint.config)
+    except InputError as err:
+        raise InputError(f"{checkpoint.path / 'checkpoint.json'}: {err}") from err
+    use_ema = ema and checkpoint.ema_weights is not None
+    weights = checkpoint.ema_weights if use_ema and checkpoint.ema_weights is not None else checkpoint.weights
+    load_weights(model, weights, checkpoint.path / ("ema.safetensors" if use_ema else "model.safetensors"))
+    return model
 
 
 def _load_for_inference(
     path: Path, kind: str, ema: bool, device: str | torch.device
 ) -> tuple[torch.nn.Module, Checkpoint]:
     checkpoint = load_checkpoint(path, kind=kind, with_training_state=False)
-    try:
-        model = build_model(kind, checkpoint.config)
-    except InputError as err:
-        raise InputError(f"{checkpoint.path / 'checkpoint.json'}: {err}") from err
-    use_ema = ema and checkpoint.ema_weights is not None
-    weights = checkpoint.ema_weights if use_ema and checkpoint.ema_weights is not None else checkpoint.weights
-    load_weights(model, weights, checkpoint.path / ("ema.safetensors" if use_ema else "model.safetensors"))
-    return model.to(device).eval(), checkpoint
+    return checked_model(checkpoint, ema=ema).to(device).eval(), checkpoint
 
 
 def recorded_tokenizer(checkpoint: Checkpoint) -> Path:

@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 from wm_video.checkpoint import (
     WORLD_FILE,
+    check_finite,
+    checked_model,
     load_checkpoint,
     load_tokenizer,
     recorded_tokenizer,
@@ -38,7 +39,7 @@ from wm_video.checkpoint import (
 )
 from wm_video.data.tokens import tokenizer_fingerprint
 from wm_video.errors import InputError
-from wm_video.fileio import atomic_write_json
+from wm_video.fileio import atomic_write, atomic_write_json, check_output_folder, write_safetensors
 
 START_FILE = "start.safetensors"
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -83,10 +84,12 @@ def export_world(
     """Write the world of the dynamics checkpoint ``dynamics`` (and its tokenizer) into ``out``."""
     if dtype not in DTYPES:
         raise InputError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    out = check_output_folder(Path(out))
     source = load_checkpoint(dynamics, kind="dynamics", with_training_state=False)
     tokenizer_path = tokenizer or recorded_tokenizer(source)
     token_source = load_checkpoint(tokenizer_path, kind="tokenizer", with_training_state=False)
-    out = Path(out)
+    for saved in (source, token_source):  # weights that fit their config (load_checkpoint saw them finite)
+        checked_model(saved, ema=True)
     if out.exists() and any(out.iterdir()) and not (out / WORLD_FILE).is_file():
         raise InputError(f"{out}: exists and is not an exported world; choose an empty or new folder")
 
@@ -95,14 +98,11 @@ def export_world(
     facts, start = _dataset_facts(data, list(source.meta.get("heldout_episodes") or []), context)
     if start is not None:
         frames, actions = start
-        out.mkdir(parents=True, exist_ok=True)
-        save_file(
-            {
-                "frames": torch.from_numpy(frames).contiguous(),
-                "actions": torch.from_numpy(actions).contiguous(),
-            },
-            str(out / START_FILE),
-        )
+        start_tensors = {
+            "frames": torch.from_numpy(frames).contiguous(),
+            "actions": torch.from_numpy(actions).contiguous(),
+        }
+        atomic_write(out / START_FILE, lambda tmp: write_safetensors(tmp, start_tensors))
         facts["start"] = f"../{START_FILE}"  # relative to the dynamics step directory
     torch_dtype = DTYPES[dtype]
     written = []
@@ -115,14 +115,20 @@ def export_world(
                 "tokenizer_fingerprint": tokenizer_fingerprint(shipped_tokenizer),
                 "shipped": facts,
             }
-        weights = saved.ema_weights if saved.ema_weights is not None else saved.weights
+        weights = _inference_weights(
+            saved.ema_weights if saved.ema_weights is not None else saved.weights, torch_dtype
+        )
+        try:
+            check_finite(weights, saved.path)
+        except InputError as err:
+            raise InputError(f"{err} once stored as {dtype}; export with --dtype float32") from err
         written.append(
             write_inference_checkpoint(
                 out / kind,
                 kind=kind,
                 config=saved.config,
                 step=saved.step,
-                weights=_inference_weights(weights, torch_dtype),
+                weights=weights,
                 meta={**saved.meta, **extra},
             )
         )
