@@ -95,7 +95,8 @@ def test_reads_v21_layout(tiny_dataset: TinyDataset, tmp_path: Path) -> None:
             shutil.copy(source, target)
     ds = open_dataset(root)
     assert ds.version == "v2.1" and len(ds.episodes) == 3
-    assert ds.action_space.deltas == ("forward", "turn_left", "mouse_dx")  # no wm_video.json: all continuous
+    # no wm_video.json (as LeRobot writes it): the leading all-0-or-1 entries are read as buttons
+    assert (ds.action_space.buttons, ds.action_space.deltas) == (("forward", "turn_left"), ("mouse_dx",))
     np.testing.assert_array_equal(ds.frames(ds.episodes[1]), tiny_dataset.frames[1])
     np.testing.assert_array_equal(ds.actions(ds.episodes[2]), tiny_dataset.actions[2])
     assert validate_dataset(root).ok

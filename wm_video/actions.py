@@ -76,11 +76,19 @@ class ActionSpace:
         """Raise if an (N, size) array is not a valid sequence of actions in this space."""
         if actions.ndim != 2 or actions.shape[1] != self.size:
             raise InputError(f"actions must have shape (N, {self.size}); got {tuple(actions.shape)}")
-        if not np.isfinite(actions).all():
-            raise InputError("actions contain NaN or inf")
+        finite = np.isfinite(actions)
+        if not finite.all():
+            row, column = np.argwhere(~finite)[0]
+            raise InputError(
+                f"actions contain NaN or inf (frame {row}: {self.names[column]!r} = {actions[row, column]})"
+            )
         buttons = actions[:, : len(self.buttons)]
-        if not np.isin(buttons, (0.0, 1.0)).all():
-            raise InputError("button entries must be 0 or 1")
+        binary = np.isin(buttons, (0.0, 1.0))
+        if not binary.all():
+            row, column = np.argwhere(~binary)[0]
+            raise InputError(
+                f"button entries must be 0 or 1 (frame {row}: {self.names[column]!r} = {buttons[row, column]:g})"
+            )
 
 
 def load_keymap(path: Path, space: ActionSpace) -> dict[str, str]:

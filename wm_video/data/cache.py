@@ -1,7 +1,9 @@
 """The training cache: every frame decoded once into a uint8 memory map (clips: :mod:`.sampler`).
 
 Training must never wait on video decoding, so a dataset is decoded once, at the training
-resolution, into ``<root>/.cache/frames-<size>/`` (or any ``cache_dir``)::
+resolution, into ``<root>/.cache/frames-<size>/``, or, when the dataset's folder cannot be
+written (read-only storage) or should not be, under a cache root given as ``--cache-dir`` or the
+environment variable ``WM_VIDEO_CACHE_DIR`` (:func:`default_cache_dir`)::
 
     frames.u8          raw (N, size, size, 3) uint8, all episodes back to back in episode order
     actions.npy        (N, A) float32
@@ -16,6 +18,14 @@ Design choices:
 - The fingerprint hashes meta/info.json, the episode metadata files and (name, size, mtime_ns)
   of every data and video file, plus ``size`` and :data:`CACHE_VERSION`: appending an episode
   or re-encoding a video makes the cache stale, and :func:`load_cache` rebuilds it.
+- The dataset is validated as it is decoded, by the checks ``wm-video inspect`` runs
+  (:mod:`wm_video.data.validate`): a video of another resolution or fps, timestamps off the fps,
+  NaN or out-of-range actions, an episode outside its video stop the build naming the episode
+  and file, so nothing ``inspect`` rejects is ever trained or evaluated on. A cache is built once
+  per fingerprint, and so are the checks.
+- The free space is checked first and the frames file is allocated in full before decoding
+  (``posix_fallocate``): a full disk is an error naming the figures, never a SIGBUS from a memory
+  map written past the disk's end, and the partial build is removed.
 - Decoding streams one episode at a time straight into the preallocated memmap (frames are
   never all held in RAM); frames of another size are resized with ``cv2.INTER_AREA`` (a
   non-square source is stretched to square). One process: on 2 cores a second decoding
@@ -40,9 +50,11 @@ import numpy as np
 from tqdm import tqdm
 
 from wm_video.data import lerobot
-from wm_video.data.reader import open_dataset
+from wm_video.data.reader import EpisodeRef, open_dataset
+from wm_video.data.validate import check_episode_rows, check_video_file
 from wm_video.errors import DatasetError, InputError
-from wm_video.fileio import atomic_write_json
+from wm_video.fileio import atomic_write_json, check_output_folder
+from wm_video.memory import check_disk
 
 try:  # POSIX; elsewhere concurrent builders are not serialised
     import fcntl
@@ -54,9 +66,36 @@ FRAMES_FILE = "frames.u8"
 MANIFEST_FILE = "manifest.json"
 
 
-def default_cache_dir(root: Path, size: int) -> Path:
-    """``<root>/.cache/frames-<size>``: beside the data it was decoded from."""
-    return Path(root) / ".cache" / f"frames-{size}"
+CACHE_DIR_ENV = "WM_VIDEO_CACHE_DIR"  # a cache root for every dataset, e.g. when datasets are read-only
+
+
+def default_cache_dir(root: Path, size: int, cache_root: Path | None = None) -> Path:
+    """Where the cache of ``root`` at ``size`` goes: ``<root>/.cache/frames-<size>``, beside the data
+    it was decoded from; or, given a ``cache_root`` (``--cache-dir``, else ``$WM_VIDEO_CACHE_DIR``),
+    ``<cache_root>/<dataset name>-<hash of its absolute path>/frames-<size>``."""
+    cache_root = cache_root or (Path(os.environ[CACHE_DIR_ENV]) if os.environ.get(CACHE_DIR_ENV) else None)
+    if cache_root is None:
+        return Path(root) / ".cache" / f"frames-{size}"
+    absolute = Path(root).resolve()
+    tag = hashlib.sha256(str(absolute).encode()).hexdigest()[:12]
+    return Path(cache_root) / f"{absolute.name or 'dataset'}-{tag}" / f"frames-{size}"
+
+
+def new_memmap(path: Path, dtype: np.dtype | type, shape: tuple[int, ...], what: str) -> np.memmap:
+    """A memmap of ``shape`` written at ``path``, its bytes allocated on disk first.
+
+    A memory map written past the end of a full disk kills the process with SIGBUS (no message,
+    the disk left full); allocating the file in full first turns that into an error now.
+    """
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    check_disk(nbytes, path.parent, what, "free some space, or put the cache elsewhere with --cache-dir")
+    with open(path, "wb") as handle:
+        try:
+            if nbytes:
+                os.posix_fallocate(handle.fileno(), 0, nbytes)
+        except OSError as err:
+            raise OSError(err.errno, err.strerror, str(path)) from err
+    return np.memmap(path, dtype=dtype, mode="r+", shape=shape)
 
 
 def dataset_fingerprint(root: Path, size: int) -> str:
@@ -73,8 +112,10 @@ def dataset_fingerprint(root: Path, size: int) -> str:
     for path in media:
         try:
             stat = path.stat()
-        except FileNotFoundError:  # removed while we listed (a writer replacing it)
+        except FileNotFoundError:  # removed while we listed (a writer replacing it), or a dangling link
             continue
+        except OSError as err:  # a symbolic link loop, a permission
+            raise DatasetError(f"cannot read the file ({err.strerror})", path=path) from err
         digest.update(f"{path.relative_to(root)} {stat.st_size} {stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
@@ -200,13 +241,18 @@ def _decode_into(tmp: Path, root: Path, size: int, fingerprint: str, progress: b
         raise DatasetError("the dataset holds no frames; nothing to cache", path=root)
     starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     count = int(starts[-1])
-    frames = np.memmap(tmp / FRAMES_FILE, dtype=np.uint8, mode="w+", shape=(count, size, size, 3))
+    by_video: dict[Path, list[EpisodeRef]] = {}
+    for ep in episodes:
+        by_video.setdefault(ep.video_path, []).append(ep)
+    for path, sharing in by_video.items():  # resolution, fps, every episode inside its file
+        check_video_file(dataset, path, sharing, decode=False)
+    frames = new_memmap(tmp / FRAMES_FILE, np.uint8, (count, size, size, 3), "the training cache")
     actions = np.empty((count, len(dataset.action_names)), dtype=np.float32)
     with tqdm(
         total=count, desc="decoding into the training cache", unit="frame", disable=not progress
     ) as bar:
         for ep, start in zip(episodes, starts[:-1], strict=True):
-            actions[start : start + ep.length] = dataset.actions(ep)
+            actions[start : start + ep.length] = check_episode_rows(dataset, ep, int(start))
             row = int(start)
             for frame in dataset.iter_frames(ep):  # raises if the count differs from ep.length
                 if frame.shape[:2] != (size, size):
@@ -248,6 +294,13 @@ def build_cache(
     root = Path(root)
     lerobot.read_info(root)  # a clear error for a missing or foreign folder, before creating .cache
     target = Path(cache_dir) if cache_dir is not None else default_cache_dir(root, size)
+    try:
+        check_output_folder(target, "the training cache folder")
+    except InputError as err:
+        raise InputError(
+            f"{err}. The cache goes beside the dataset unless told otherwise: pass --cache-dir DIR "
+            f"or set {CACHE_DIR_ENV}=DIR to put it under DIR"
+        ) from err
     with build_lock(target):
         fingerprint = dataset_fingerprint(root, size)
         if not force and (cache := _open_cache(target, fingerprint)) is not None:

@@ -110,12 +110,29 @@ def read_json(path: Path, what: str) -> Any:
         raise DatasetError(f"{what} is missing", path=path)
     try:
         return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # ValueError: JSONDecodeError, huge integers
         raise DatasetError(f"{what} is not valid JSON: {exc}", path=path) from exc
 
 
+#: The frame rates a dataset may declare (and ``import --fps`` accept): a slide show to a high-speed camera.
+FPS_RANGE = (0.1, 1000.0)
+
+
+def fps_problem(fps: Any) -> str | None:
+    """Why ``fps`` cannot be a dataset's frame rate, or None when it can."""
+    low, high = FPS_RANGE
+    if isinstance(fps, bool) or not isinstance(fps, int | float) or not low <= fps <= high:
+        return f"fps must be a number from {low:g} to {high:g}; found {fps!r}"
+    return None
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def read_info(root: Path) -> dict[str, Any]:
-    """Read and check the parts of meta/info.json that everything else relies on."""
+    """Read meta/info.json and check every part that anything else relies on: the types of fps,
+    features, path templates and totals, the action and video features' shapes and names."""
     root = Path(root)
     if not root.exists():
         raise DatasetError("dataset folder does not exist", path=root)
@@ -128,20 +145,52 @@ def read_info(root: Path) -> dict[str, Any]:
     version = info.get("codebase_version")
     if version not in READABLE_VERSIONS:
         raise DatasetError(f"codebase_version {version!r} is not one of {READABLE_VERSIONS}", path=path)
-    for key in ("fps", "features", "data_path"):
+    for key in ("fps", "features", "data_path", "video_path"):
         if key not in info:
             raise DatasetError(f"meta/info.json lacks {key!r}", path=path)
-    fps = info["fps"]
-    if not isinstance(fps, int | float) or fps <= 0:
-        raise DatasetError(f"fps must be a positive number; found {fps!r}", path=path)
+    problem = fps_problem(info["fps"])
+    if problem is not None:
+        raise DatasetError(problem, path=path)
+    for key in ("total_episodes", "total_frames", "chunks_size"):
+        if key in info and not _is_count(info[key]):
+            raise DatasetError(f"{key} must be a whole number ≥ 0; found {info[key]!r:.40}", path=path)
     features = info["features"]
+    if not isinstance(features, dict):
+        raise DatasetError(f"'features' must be a JSON object; found {type(features).__name__}", path=path)
     action = features.get("action")
     if not isinstance(action, dict):
         raise DatasetError(f"no 'action' feature; features are {sorted(features)}", path=path)
     if action.get("dtype") not in ("float32", "float64"):
         raise DatasetError(f"'action' must be float32; found {action.get('dtype')!r}", path=path)
-    if not video_keys(info):
+    shape = action.get("shape")
+    if not (isinstance(shape, list) and len(shape) == 1 and _is_count(shape[0]) and shape[0] > 0):
+        raise DatasetError(f"'action' needs a shape [N] with N ≥ 1; found {shape!r:.40}", path=path)
+    keys = video_keys(info)
+    if not keys:
         raise DatasetError(f"no video feature (dtype 'video'); features are {sorted(features)}", path=path)
+    for key in keys:
+        shape = features[key].get("shape")
+        if not (isinstance(shape, list) and len(shape) == 3 and all(_is_count(d) and d > 0 for d in shape)):
+            raise DatasetError(
+                f"video feature {key!r} needs a shape of 3 sizes; found {shape!r:.40}", path=path
+            )
+    fields = (
+        {"chunk_index": 0, "file_index": 0, "video_key": keys[0]}
+        if version == "v3.0"
+        else {"episode_chunk": 0, "episode_index": 0, "video_key": keys[0]}
+    )
+    for key in ("data_path", "video_path"):
+        template = info[key]
+        try:
+            if not isinstance(template, str):
+                raise TypeError(f"a {type(template).__name__}, not a string")
+            template.format(**fields)
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise DatasetError(
+                f"{key} must be a path template with the fields {sorted(fields)}; {info[key]!r:.60} fails ({exc})",
+                path=path,
+            ) from exc
+    action_names(info, path)
     return info
 
 
@@ -153,15 +202,41 @@ def video_keys(info: dict[str, Any]) -> list[str]:
     ]
 
 
-def action_names(info: dict[str, Any]) -> list[str]:
+def action_names(info: dict[str, Any], path: Path | str = "meta/info.json") -> list[str]:
     """Flat list of action entry names (LeRobot allows a list, or a dict of lists)."""
     action = info["features"]["action"]
     names = action.get("names")
     size = int(action["shape"][0])
     if isinstance(names, dict):
-        names = [name for group in names.values() for name in group]
+        names = [name for group in names.values() for name in (group if isinstance(group, list) else [group])]
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise DatasetError(f"action names must be a list of strings; found {names!r:.60}", path=path)
     if not names:
         names = [f"action_{i}" for i in range(size)]
     if len(names) != size:
-        raise DatasetError(f"action has shape [{size}] but {len(names)} names", path="meta/info.json")
-    return [str(name) for name in names]
+        raise DatasetError(f"action has shape [{size}] but {len(names)} names", path=path)
+    if len(set(names)) != len(names):
+        raise DatasetError(f"action names repeat: {names}", path=path)
+    return list(names)
+
+
+def read_ours(root: Path) -> dict[str, Any]:
+    """meta/wm_video.json, checked (buttons and deltas: lists of names; keymap: key → button), or {}."""
+    path = ours_path(root)
+    if not path.exists():
+        return {}
+    ours = read_json(path, "meta/wm_video.json")
+    if not isinstance(ours, dict):
+        raise DatasetError(
+            f"meta/wm_video.json must hold a JSON object; found {type(ours).__name__}", path=path
+        )
+    for key in ("buttons", "deltas"):
+        value = ours.get(key, [])
+        if not (isinstance(value, list) and all(isinstance(n, str) for n in value)):
+            raise DatasetError(f"{key!r} must be a list of action names; found {value!r:.60}", path=path)
+    keymap = ours.get("keymap", {})
+    if not (isinstance(keymap, dict) and all(isinstance(v, str) for v in keymap.values())):
+        raise DatasetError(f"'keymap' must map key names to button names; found {keymap!r:.60}", path=path)
+    if not isinstance(ours.get("source", {}), dict):
+        raise DatasetError(f"'source' must be a JSON object; found {ours['source']!r:.60}", path=path)
+    return ours

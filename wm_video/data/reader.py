@@ -7,6 +7,7 @@ once). Every inconsistency raises :class:`DatasetError` naming the episode and t
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -33,6 +34,7 @@ class EpisodeRef:
     video_path: Path
     from_timestamp: float  # where the episode starts inside its video file (v3.0 packs several)
     first_row: int  # global `index` of its first frame (dataset_from_index)
+    end_row: int  # global `index` one past its last frame (dataset_to_index)
 
 
 @lru_cache(maxsize=4)
@@ -67,13 +69,10 @@ class EpisodeDataset:
             lerobot.DEFAULT_VIDEO_KEY if lerobot.DEFAULT_VIDEO_KEY in keys else keys[0]
         )
         self.action_names = lerobot.action_names(self.info)
-        self.ours: dict[str, Any] = (
-            lerobot.read_json(lerobot.ours_path(self.root), "meta/wm_video.json")
-            if lerobot.ours_path(self.root).exists()
-            else {}
-        )
-        self.action_space = self._action_space()
+        self.ours: dict[str, Any] = lerobot.read_ours(self.root)
         self.episodes = self._read_v3_episodes() if self.version == "v3.0" else self._read_v2_episodes()
+        self.inferred_buttons = not self.ours  # True: which actions are buttons was read off the data
+        self.action_space = self._action_space() if self.ours else self._inferred_action_space()
 
     # -- metadata -------------------------------------------------------------------------------
     @property
@@ -91,10 +90,10 @@ class EpisodeDataset:
         return sum(ep.length for ep in self.episodes)
 
     def _action_space(self) -> ActionSpace:
-        """Buttons and deltas from meta/wm_video.json; a foreign dataset's entries are all deltas."""
+        """Buttons and deltas as meta/wm_video.json declares them."""
         path = lerobot.ours_path(self.root)
         buttons = [str(b) for b in self.ours.get("buttons", [])]
-        deltas = [str(d) for d in self.ours.get("deltas", [])] if self.ours else list(self.action_names)
+        deltas = [str(d) for d in self.ours.get("deltas", [])]
         if buttons + deltas != self.action_names:
             raise DatasetError(
                 f"meta/wm_video.json buttons {buttons} + deltas {deltas} do not match the action names "
@@ -108,6 +107,26 @@ class EpisodeDataset:
                 f"keymap names unknown action names {unknown}; buttons are {buttons}", path=path
             )
         return ActionSpace(tuple(buttons), tuple(deltas), keymap)
+
+    def _inferred_action_space(self) -> ActionSpace:
+        """A dataset without meta/wm_video.json (written by LeRobot itself): its leading action
+        entries whose every value is 0 or 1, and whose names do not say continuous (``mouse_dx``,
+        ``camera_x``, ``joint_3``...), are buttons; the rest are continuous deltas."""
+        binary = np.ones(len(self.action_names), dtype=bool)
+        for path in dict.fromkeys(ep.data_path for ep in self.episodes):
+            table = read_parquet(path)
+            if "action" not in table.column_names or len(table) == 0:
+                continue
+            values = table.column("action").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+            if values.size % len(self.action_names) == 0:
+                rows = values.reshape(-1, len(self.action_names))
+                binary &= ((rows == 0) | (rows == 1)).all(axis=0)
+        buttons = 0
+        while (
+            buttons < len(binary) and binary[buttons] and not _sounds_continuous(self.action_names[buttons])
+        ):
+            buttons += 1
+        return ActionSpace(tuple(self.action_names[:buttons]), tuple(self.action_names[buttons:]))
 
     def _read_v3_episodes(self) -> list[EpisodeRef]:
         meta_dir = self.root / "meta" / "episodes"
@@ -127,25 +146,35 @@ class EpisodeDataset:
                 raise DatasetError(
                     f"episode metadata lacks {missing}", path=files[0], episode=row.get("episode_index")
                 )
-            episodes.append(
-                EpisodeRef(
-                    index=int(row["episode_index"]),
-                    length=int(row["length"]),
-                    data_path=self.root
-                    / self.info["data_path"].format(
-                        chunk_index=int(row["data/chunk_index"]), file_index=int(row["data/file_index"])
-                    ),
-                    video_path=self.root
-                    / self.info["video_path"].format(
-                        video_key=key,
-                        chunk_index=int(row[f"videos/{key}/chunk_index"]),
-                        file_index=int(row[f"videos/{key}/file_index"]),
-                    ),
-                    from_timestamp=float(row[f"videos/{key}/from_timestamp"]),
-                    first_row=int(row["dataset_from_index"]),
-                )
-            )
+            try:
+                episodes.append(self._v3_episode(row))
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise DatasetError(
+                    f"episode metadata holds a value of the wrong type ({exc})",
+                    path=files[0],
+                    episode=row.get("episode_index"),
+                ) from exc
         return episodes
+
+    def _v3_episode(self, row: dict[str, Any]) -> EpisodeRef:
+        key, first = self.video_key, int(row["dataset_from_index"])
+        return EpisodeRef(
+            index=int(row["episode_index"]),
+            length=int(row["length"]),
+            data_path=self.root
+            / self.info["data_path"].format(
+                chunk_index=int(row["data/chunk_index"]), file_index=int(row["data/file_index"])
+            ),
+            video_path=self.root
+            / self.info["video_path"].format(
+                video_key=key,
+                chunk_index=int(row[f"videos/{key}/chunk_index"]),
+                file_index=int(row[f"videos/{key}/file_index"]),
+            ),
+            from_timestamp=float(row[f"videos/{key}/from_timestamp"]),
+            first_row=first,
+            end_row=int(row.get("dataset_to_index", first + int(row["length"]))),
+        )
 
     def _read_v2_episodes(self) -> list[EpisodeRef]:
         path = self.root / "meta" / "episodes.jsonl"
@@ -171,6 +200,7 @@ class EpisodeDataset:
                     video_path=self.root / self.info["video_path"].format(**fields),
                     from_timestamp=0.0,
                     first_row=first_row,
+                    end_row=first_row + length,
                 )
             )
             first_row += length
@@ -246,6 +276,16 @@ class EpisodeDataset:
     def frames(self, ep: EpisodeRef) -> np.ndarray:
         """(T, H, W, 3) uint8 frames of an episode."""
         return np.stack(list(self.iter_frames(ep)))
+
+
+#: Words in an action's name that make it continuous even when its values happen to be 0 or 1.
+_CONTINUOUS_WORDS = frozenset(
+    "dx dy dz mouse camera delta axis joint pos position vel velocity x y z yaw pitch roll angle".split()
+)
+
+
+def _sounds_continuous(name: str) -> bool:
+    return bool(_CONTINUOUS_WORDS & set(re.split(r"[^a-z0-9]+", name.lower())))
 
 
 def open_dataset(root: Path, *, video_key: str | None = None) -> EpisodeDataset:

@@ -43,7 +43,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from wm_video.data.cache import MANIFEST_FILE, EpisodeRows, TrainingCache, build_folder, build_lock
+from wm_video.data.cache import (
+    MANIFEST_FILE,
+    EpisodeRows,
+    TrainingCache,
+    build_folder,
+    build_lock,
+    new_memmap,
+)
 from wm_video.errors import DatasetError, InputError
 from wm_video.fileio import atomic_write_json
 from wm_video.tokenizer import TokenizerConfig, VideoTokenizer
@@ -163,7 +170,7 @@ def _tokenize_into(
     """Encode every frame of ``frames`` into a token cache folder ``tmp``."""
     config = tokenizer.config
     count, dtype = frames.num_frames, token_dtype(config.codebook_size)
-    tokens = np.memmap(tmp / TOKENS_FILE, dtype=dtype, mode="w+", shape=(count, config.tokens_per_frame))
+    tokens = new_memmap(tmp / TOKENS_FILE, dtype, (count, config.tokens_per_frame), "the token cache")
     with (
         tqdm(total=count, desc="tokenizing into the token cache", unit="frame", disable=not progress) as bar,
         torch.inference_mode(),

@@ -4,11 +4,18 @@ Every check that training relies on, with every problem collected rather than st
 first: metadata, per-episode rows, frame indices and timestamps against the declared fps,
 action values against the declared space, and the videos themselves — present, non-empty,
 decodable, of the declared resolution and fps, and holding exactly as many frames as the
-episodes that point into them have action rows. Each problem names the episode and the file.
+episodes that point into them have action rows (each episode's start inside its file included).
+Each problem names the episode and the file.
+
+The same checks guard every other reader: :func:`check_episode_rows` and :func:`check_video_file`
+run when the training cache is built (:mod:`wm_video.data.cache`), which training, eval and play
+read, so what ``inspect`` rejects never reaches a model. A cache is built once per dataset
+fingerprint, so the checks run once per fingerprint too.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -44,6 +51,7 @@ class InspectReport:
     actions: list[ActionSummary] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     decoded: bool = False
+    notes: list[str] = field(default_factory=list)  # facts worth knowing that are not problems
 
     @property
     def ok(self) -> bool:
@@ -69,6 +77,7 @@ class InspectReport:
                 lines.append(f"  {a.name:<{width}}  {bar} {100 * a.mean:5.1f} % of frames")
             for a in deltas:
                 lines.append(f"  {a.name:<{width}}  mean {a.mean:+.3f}  std {a.std:.3f}")
+        lines += [f"note        {note}" for note in self.notes]
         if not self.decoded:
             lines.append("videos      headers checked only (--no-decode)")
         if self.problems:
@@ -83,15 +92,37 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
-def _check_rows(ds: EpisodeDataset, ep: EpisodeRef, tolerance: float) -> np.ndarray | None:
-    """Check one episode's parquet rows; returns its actions when readable."""
+def check_episode_rows(ds: EpisodeDataset, ep: EpisodeRef, position: int) -> np.ndarray:
+    """Check one episode's parquet rows and its place in the dataset; return its actions.
+
+    ``position``: the global ``index`` its first frame must have (the frames of the episodes before it).
+    """
+    if ep.length < 1:
+        raise DatasetError(
+            f"episode length {ep.length}; an episode holds at least one frame",
+            path=ep.data_path,
+            episode=ep.index,
+        )
+    if (ep.first_row, ep.end_row) != (position, position + ep.length):
+        raise DatasetError(
+            f"dataset_from/to_index are {ep.first_row}..{ep.end_row} but the episode's {ep.length} frames "
+            f"follow the {position} before it, so {position}..{position + ep.length} was expected",
+            path=lerobot.info_path(ds.root).parent / "episodes",
+            episode=ep.index,
+        )
+    if not (math.isfinite(ep.from_timestamp) and ep.from_timestamp >= 0):
+        raise DatasetError(
+            f"from_timestamp {ep.from_timestamp} is not a time ≥ 0 in its video",
+            path=ep.video_path,
+            episode=ep.index,
+        )
     actions = ds.actions(ep)
     timestamps = ds.timestamps(ep)
     expected = np.arange(ep.length) / ds.fps
-    slack = max(tolerance, 4 * float(np.spacing(np.float32(expected[-1] if len(expected) else 0))))
-    error = np.abs((timestamps - timestamps[0]) - expected) if len(timestamps) else np.zeros(0)
-    if len(error) and error.max() > slack:
-        bad = int(np.argmax(error > slack))
+    slack = max(lerobot.TIMESTAMP_TOLERANCE_S, 4 * float(np.spacing(np.float32(expected[-1]))))
+    error = np.abs((timestamps - timestamps[0]) - expected)
+    if not (error <= slack).all():
+        bad = int(np.argmax(~(error <= slack)))
         raise DatasetError(
             f"timestamps are off the declared {ds.fps:g} fps: frame {bad} is at {timestamps[bad]:.4f} s, "
             f"expected {timestamps[0] + expected[bad]:.4f} s",
@@ -109,7 +140,10 @@ def _check_rows(ds: EpisodeDataset, ep: EpisodeRef, tolerance: float) -> np.ndar
     return actions
 
 
-def _check_video(ds: EpisodeDataset, path: Path, episodes: list[EpisodeRef], decode: bool) -> None:
+def check_video_file(ds: EpisodeDataset, path: Path, episodes: list[EpisodeRef], *, decode: bool) -> None:
+    """Check a video file against the dataset's declared resolution and fps, and that it holds the
+    frames of every episode pointing into it (counted by decoding it when ``decode``, else from
+    its header when the header says)."""
     first = episodes[0].index
     probe = probe_video(path, episode=first)
     height, width, _ = ds.frame_shape
@@ -119,22 +153,42 @@ def _check_video(ds: EpisodeDataset, path: Path, episodes: list[EpisodeRef], dec
             path=path,
             episode=first,
         )
-    if abs(probe.fps - ds.fps) > 0.01:
+    if not abs(probe.fps - ds.fps) <= 0.01:
         raise DatasetError(
             f"video runs at {probe.fps:g} fps but the dataset declares {ds.fps:g}", path=path, episode=first
         )
-    if not decode:
+    held = sum(1 for _ in iter_video_frames(path, episode=first)) if decode else probe.frames
+    if held is None:
         return
     expected = sum(ep.length for ep in episodes)
-    decoded = sum(1 for _ in iter_video_frames(path, episode=first))
-    if decoded != expected:
+    if decode and held != expected:
         names = ", ".join(str(ep.index) for ep in episodes)
         raise DatasetError(
-            f"video holds {decoded} frames but episode(s) {names} have {expected} action rows "
+            f"video holds {held} frames but episode(s) {names} have {expected} action rows "
             "(truncated video, or frames and actions of different lengths)",
             path=path,
             episode=first if len(episodes) == 1 else None,
         )
+    for ep in episodes:
+        start = round(ep.from_timestamp * ds.fps)
+        if start + ep.length > held:
+            raise DatasetError(
+                f"the episode's frames {start}..{start + ep.length - 1} (from_timestamp {ep.from_timestamp:g} s) "
+                f"lie past the end of its video, which holds {held} frames",
+                path=path,
+                episode=ep.index,
+            )
+
+
+def describe_inference(ds: EpisodeDataset) -> str | None:
+    """What was read off the data of a dataset without meta/wm_video.json, or None."""
+    if not ds.inferred_buttons:
+        return None
+    buttons, deltas = list(ds.action_space.buttons), list(ds.action_space.deltas)
+    return (
+        f"no meta/wm_video.json: buttons inferred from the data (leading actions whose values are all 0 or 1): "
+        f"{buttons or 'none'}; continuous: {deltas or 'none'}; `wm-video inspect DIR --buttons a,b` declares them"
+    )
 
 
 def validate_dataset(root: Path, *, decode: bool = True, progress: bool = False) -> InspectReport:
@@ -159,22 +213,27 @@ def validate_dataset(root: Path, *, decode: bool = True, progress: bool = False)
             "(a write was cut short; appending to the dataset, e.g. re-running collect, repairs it)"
         )
 
+    inferred = describe_inference(ds)
+    if inferred is not None:
+        report.notes.append(inferred)
     sums = np.zeros(len(ds.action_names))
     squares = np.zeros(len(ds.action_names))
     by_video: dict[Path, list[EpisodeRef]] = defaultdict(list)
+    position = 0
     for ep in tqdm(ds.episodes, desc="checking episodes", unit="ep", disable=not progress):
         by_video[ep.video_path].append(ep)
         try:
-            actions = _check_rows(ds, ep, lerobot.TIMESTAMP_TOLERANCE_S)
+            actions = check_episode_rows(ds, ep, position)
         except WMVideoError as exc:
             report.problems.append(str(exc))
             continue
-        if actions is not None:
-            sums += actions.sum(0)
-            squares += (actions.astype(np.float64) ** 2).sum(0)
+        finally:
+            position += ep.length
+        sums += actions.sum(0)
+        squares += (actions.astype(np.float64) ** 2).sum(0)
     for path, episodes in tqdm(by_video.items(), desc="checking videos", unit="file", disable=not progress):
         try:
-            _check_video(ds, path, episodes, decode)
+            check_video_file(ds, path, episodes, decode=decode)
         except WMVideoError as exc:
             report.problems.append(str(exc))
 
