@@ -11,23 +11,17 @@ import logging
 import sys
 from pathlib import Path
 
-from wm_video.cli_args import Commands, positive_int
+from wm_video.cli_args import Commands, non_negative_float, positive_float, positive_int
 
 #: `--preset` choices: the keys of wm_video.dynamics.DYNAMICS_PRESETS, written out so that
 #: `--help` does not import torch (tests/test_play_cli.py checks they agree).
 PRESETS = ("tiny", "base")
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
 def _play(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from wm_video.device import resolve_device
     from wm_video.errors import InputError
     from wm_video.play.keymap import COMMAND_KEYS, derive_keymap
     from wm_video.play.session import PlaySession, Shadow
@@ -48,7 +42,7 @@ def _play(args: argparse.Namespace) -> int:
         args.checkpoint,
         preset=args.preset,
         tokenizer=args.tokenizer,
-        device=args.device,
+        device=resolve_device(args.device),
         seed=args.seed,
         temperature=args.temperature,
     )
@@ -160,7 +154,7 @@ def register(commands: Commands) -> None:
         default=None,
         help="tokenizer checkpoint (default: the one the checkpoint names)",
     )
-    group.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    group.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ... (default cpu)")
     group.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     group.add_argument(
         "--threads",
@@ -169,7 +163,10 @@ def register(commands: Commands) -> None:
         help="torch CPU threads (default: torch's; 1 on a busy CPU)",
     )
     group.add_argument(
-        "--temperature", type=float, default=None, help="sampling temperature (default 1; 0: most likely)"
+        "--temperature",
+        type=non_negative_float,
+        default=None,
+        help="sampling temperature (default 1; 0: most likely)",
     )
     group.add_argument(
         "--start-from",
@@ -179,10 +176,13 @@ def register(commands: Commands) -> None:
         "else the real game)",
     )
     group.add_argument(
-        "--fps", type=_positive_float, default=None, help="pace (default: the world's own fps, 17.5 for Doom)"
+        "--fps", type=positive_float, default=None, help="pace (default: the world's own fps, 17.5 for Doom)"
     )
     group.add_argument(
-        "--rewind-seconds", type=float, default=3.0, help="how far Backspace rewinds (default 3; 0: off)"
+        "--rewind-seconds",
+        type=non_negative_float,
+        default=3.0,
+        help="how far Backspace rewinds (default 3; 0: off)",
     )
     group = p.add_argument_group("window")
     group.add_argument("--scale", type=positive_int, default=8, help="integer zoom of the frames (default 8)")

@@ -255,7 +255,10 @@ def test_vpt_length_tolerance_is_explicit_and_reported(tmp_path: Path) -> None:
     [
         ({"size": 1}, "size must be ≥ 2 pixels"),
         ({"size": 15, "video": VideoSettings(codec="h264-yuv420")}, "even for yuv420p"),
-        ({"fps": 0.0}, "fps must be a positive"),
+        ({"fps": 0.0}, "fps must be a number from 0.1 to 1000"),
+        ({"fps": 1e-9}, "fps must be a number from 0.1 to 1000"),  # issue 19: a ZeroDivisionError
+        ({"fps": 1e12}, "fps must be a number from 0.1 to 1000"),
+        ({"fps": float("nan")}, "fps must be a number from 0.1 to 1000"),
     ],
 )
 def test_bad_options_are_refused_before_reading(tmp_path: Path, kwargs: dict, message: str) -> None:

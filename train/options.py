@@ -11,7 +11,9 @@ import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from wm_video.cli_args import finite_float, non_negative_float, positive_float
 from wm_video.errors import InputError
+from wm_video.fileio import check_output_folder
 
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 REPORT_TO = ("none", "wandb")
@@ -71,7 +73,7 @@ def add_session_flags(
             help=f"optimizer steps in all (default {d.max_steps})",
         )
     run.add_argument(
-        "--max-minutes", type=float, default=None, help="stop (and save) after this much wall time"
+        "--max-minutes", type=positive_float, default=None, help="stop (and save) after this much wall time"
     )
     run.add_argument("--seed", type=int, default=d.seed, help=f"model init and clip order (default {d.seed})")
     run.add_argument(
@@ -100,13 +102,15 @@ def add_session_flags(
         default=d.batch_size,
         help=f"clips per process per step (default {d.batch_size})",
     )
-    opt.add_argument("--lr", type=float, default=d.lr, help=f"peak AdamW learning rate (default {d.lr})")
+    opt.add_argument(
+        "--lr", type=positive_float, default=d.lr, help=f"peak AdamW learning rate (default {d.lr})"
+    )
     opt.add_argument(
         "--warmup-steps", type=int, default=d.warmup_steps, help=f"linear warm-up (default {d.warmup_steps})"
     )
     opt.add_argument(
         "--weight-decay",
-        type=float,
+        type=non_negative_float,
         default=d.weight_decay,
         help=f"AdamW weight decay of matrix and embedding weights; biases, norms and positions have none (default {d.weight_decay})",
     )
@@ -117,11 +121,14 @@ def add_session_flags(
         help="batches accumulated per optimizer step (default 1)",
     )
     opt.add_argument(
-        "--grad-clip", type=float, default=d.grad_clip, help=f"gradient norm clip (default {d.grad_clip})"
+        "--grad-clip",
+        type=positive_float,
+        default=d.grad_clip,
+        help=f"gradient norm clip (default {d.grad_clip})",
     )
     opt.add_argument(
         "--ema-decay",
-        type=float,
+        type=finite_float,
         default=d.ema_decay,
         help=f"EMA of weights for evaluation (default {d.ema_decay})",
     )
@@ -157,15 +164,34 @@ def session_options(args: argparse.Namespace) -> SessionOptions:
 
 
 def check_session_options(o: SessionOptions) -> None:
+    """Every option in its range (NaN and inf are in none: ``nan <= 0`` is False, so each range is
+    checked as ``low <= value <= high``, which NaN fails), and ``out`` usable as a run folder."""
     for name in ("max_steps", "batch_size", "grad_accum", "log_every", "save_every", "keep"):
         if getattr(o, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(o, name)}")
     if o.eval_every < 0:
         raise InputError(f"--eval-every must be ≥ 0 (0: no held-out checks), got {o.eval_every}")
-    if o.lr <= 0 or o.warmup_steps < 0 or o.grad_clip <= 0:
-        raise InputError("--lr and --grad-clip must be > 0 and --warmup-steps ≥ 0")
-    if o.max_minutes is not None and o.max_minutes <= 0:
-        raise InputError(f"--max-minutes must be > 0, got {o.max_minutes}")
+    if o.warmup_steps < 0:
+        raise InputError(f"--warmup-steps must be ≥ 0, got {o.warmup_steps}")
+    inf = math.inf
+    ranges: dict[str, tuple[float, float, bool]] = {  # (low, high, low excluded)
+        "lr": (0.0, inf, True),
+        "grad_clip": (0.0, inf, True),
+        "weight_decay": (0.0, inf, False),
+        "min_lr_ratio": (0.0, 1.0, False),
+        "ema_decay": (0.0, 1.0, True),
+    }
+    if o.max_minutes is not None:
+        ranges["max_minutes"] = (0.0, inf, True)
+    for name, (low, high, open_low) in ranges.items():
+        value = getattr(o, name)
+        if not (math.isfinite(value) and low <= value <= high and not (open_low and value == low)):
+            bound = f"> {low:g}" if open_low else f"≥ {low:g}"
+            limit = f" and ≤ {high:g}" if high < inf else ""
+            raise InputError(
+                f"--{name.replace('_', '-')} must be a finite number {bound}{limit}, got {value}"
+            )
+    check_output_folder(o.out, "--out (the run folder)")
 
 
 FINETUNE_DEFAULTS = SessionOptions(out=Path("run"), lr=1e-4, warmup_steps=50, eval_every=250, save_every=250)

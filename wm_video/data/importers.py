@@ -44,6 +44,7 @@ import numpy as np
 from tqdm import tqdm
 
 from wm_video.actions import ActionSpace
+from wm_video.data.lerobot import fps_problem
 from wm_video.data.video import VideoProbe, VideoSettings, iter_video_frames, probe_video
 from wm_video.data.writer import DatasetWriter
 from wm_video.errors import InputError
@@ -86,8 +87,9 @@ class ImportOptions:
     def __post_init__(self) -> None:
         if self.size is not None and (self.size < 2 or (self.video.codec == "h264-yuv420" and self.size % 2)):
             raise InputError(f"size must be ≥ 2 pixels, and even for yuv420p video; got {self.size}")
-        if self.fps is not None and not (self.fps > 0 and math.isfinite(self.fps)):
-            raise InputError(f"fps must be a positive number; got {self.fps}")
+        problem = fps_problem(self.fps) if self.fps is not None else None
+        if problem is not None:
+            raise InputError(f"--fps: {problem}")
         if self.length_tolerance < 0:
             raise InputError(f"length_tolerance must be ≥ 0; got {self.length_tolerance}")
 
@@ -142,26 +144,40 @@ def read_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
                     continue
                 try:
                     record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise InputError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
+                except ValueError as exc:  # JSONDecodeError, or an integer of more than 4,300 digits
+                    raise InputError(f"{path}:{number}: not valid JSON ({getattr(exc, 'msg', exc)})") from exc
                 yield f"{path}:{number}", record
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: cannot read as UTF-8 text ({exc})") from exc
 
 
+#: Actions are stored as float32: a number beyond this would become inf.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def json_number(record: dict[str, Any], key: str, where: str, *, required: bool) -> float | None:
+    """``record[key]`` as a float that float32 holds (actions are float32), or an error naming ``where``."""
     value = record.get(key)
     if value is None and not required:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise InputError(f"{where}: {key!r} must be a finite number; got {value!r:.60}")
-    return float(value)
+    number = float("nan")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:  # an integer too large for a float
+            pass
+    if not (math.isfinite(number) and abs(number) <= FLOAT32_MAX):
+        raise InputError(
+            f"{where}: {key!r} must be a finite number within ±{FLOAT32_MAX:.3g} (actions are float32); "
+            f"got {value!r:.60}"
+        )
+    return number
 
 
 def _common_fps(probes: list[VideoProbe]) -> float:
     first = probes[0]
-    if not math.isfinite(first.fps) or first.fps <= 0:
-        raise InputError(f"{first.path}: the video does not state its fps; pass fps= (--fps)")
+    if fps_problem(first.fps) is not None:
+        raise InputError(f"{first.path}: the video states no usable fps ({first.fps:g}); pass fps= (--fps)")
     for probe in probes[1:]:
         if not abs(probe.fps - first.fps) <= FPS_TOLERANCE:
             raise InputError(
