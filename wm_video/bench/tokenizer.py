@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from wm_video.device import resolve_device
 from wm_video.errors import InputError
 from wm_video.tokenizer import TokenizerConfig, VideoTokenizer, tokenizer_preset
 
@@ -155,12 +156,7 @@ def check_timing_options(steps: int, warmup: int, threads: int | None) -> None:
 def check_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
     if dtype not in DTYPES:
         raise InputError(f"unknown dtype {dtype!r}; choose one of {list(DTYPES)}")
-    try:
-        where = torch.device(device)
-    except RuntimeError as exc:
-        raise InputError(f"unknown device {device!r} ({exc}); use e.g. cpu or cuda") from None
-    if where.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} requested, but no CUDA device is available; use --device cpu")
+    where = torch.device(resolve_device(device))
     if dtype == "float16" and where.type != "cuda":
         raise InputError(
             "float16 is only benchmarked on CUDA (CPU float16 kernels are slow or missing); use bfloat16"

@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wm_video.cli_args import Commands, positive_int
+from wm_video.device import resolve_device
 from wm_video.errors import InputError, WMVideoError
+from wm_video.fileio import check_output_folder
 from wm_video.signals import StopFlag
 
 if TYPE_CHECKING:
@@ -32,16 +34,15 @@ def _print_summary(
 
 
 def _eval_dynamics(args: argparse.Namespace) -> int:
-    import torch
 
     from wm_video.checkpoint import load_dynamics, load_tokenizer, recorded_tokenizer
     from wm_video.data.cache import load_cache
-    from wm_video.data.split import split_episodes
+    from wm_video.data.split import choose_episodes
     from wm_video.data.tokens import load_token_cache
     from wm_video.engine import check_pair
     from wm_video.eval.dynamics import evaluate_dynamics
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     dynamics, checkpoint = load_dynamics(args.checkpoint, device=device, ema=not args.raw_weights)
     tokenizer, _ = load_tokenizer(args.tokenizer or recorded_tokenizer(checkpoint), device=device)
     check_pair(tokenizer, dynamics)
@@ -55,9 +56,12 @@ def _eval_dynamics(args: argparse.Namespace) -> int:
         raise WMVideoError(
             f"{data}: its actions {list(tokens.action_names)} are not the model's {list(dynamics.config.action_names)}"
         )
-    split = split_episodes(tokens.episode_indices.tolist(), checkpoint.meta.get("holdout", 0.1))
-    which = "held-out episodes" if split.heldout and not args.all_episodes else "all episodes"
-    episodes = list(split.heldout) if which == "held-out episodes" else tokens.episode_indices.tolist()
+    episodes, which = choose_episodes(
+        tokens.episode_indices.tolist(),
+        args.episodes,
+        all_episodes=args.all_episodes,
+        holdout=checkpoint.meta.get("holdout"),
+    )
     report = evaluate_dynamics(
         tokenizer,
         dynamics,
@@ -73,22 +77,14 @@ def _eval_dynamics(args: argparse.Namespace) -> int:
     return 0
 
 
-def _episode_list(text: str | None) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise InputError(
-            f"--episodes must be comma-separated episode indices like 18,19; got {text!r}"
-        ) from None
-
-
 def _eval_consistency(args: argparse.Namespace) -> int:
+
+    import dataclasses
 
     import torch
 
     from wm_video.data.cache import load_cache
+    from wm_video.data.split import choose_episodes
     from wm_video.eval.clips import EvalInterrupted
     from wm_video.eval.consistency import ConsistencyConfig, load_models, run_consistency
     from wm_video.eval.idm import IDMConfig
@@ -99,13 +95,13 @@ def _eval_consistency(args: argparse.Namespace) -> int:
             "wm-video eval: the consistency run writes a report folder; pass --out REPORT "
             "(or name a quick check: `eval tokenizer` / `eval dynamics`)"
         )
+    check_output_folder(args.out, "--out (the report folder)")  # before the work, not after
     config = ConsistencyConfig(
         clips=args.clips,
         context=args.context,
         horizon=args.horizon,
         soak=args.soak,
         seed=args.seed,
-        episodes=_episode_list(args.episodes),
         live=args.live,
         actions=args.actions,
         skip=frozenset(part for part in (args.skip or "").split(",") if part),
@@ -114,7 +110,7 @@ def _eval_consistency(args: argparse.Namespace) -> int:
     )
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     models = load_models(
         args.checkpoint, args.baseline, tokenizer=args.tokenizer, device=device, raw_weights=args.raw_weights
     )
@@ -123,6 +119,9 @@ def _eval_consistency(args: argparse.Namespace) -> int:
         raise InputError(f"{models[0].path}: the checkpoint does not name its dataset; pass --data DIR")
     progress = sys.stderr.isatty()
     cache = load_cache(Path(data), size=models[0].tokenizer.config.image_size, progress=progress)
+    if args.episodes is not None:
+        chosen, _ = choose_episodes(cache.episode_indices.tolist(), args.episodes)
+        config = dataclasses.replace(config, episodes=tuple(chosen))
     try:
         with StopFlag() as stop:
             result = run_consistency(
@@ -157,21 +156,22 @@ def _eval(args: argparse.Namespace) -> int:
     if args.what is None:
         return _eval_consistency(args)
 
-    import torch
-
     from wm_video.checkpoint import load_tokenizer
     from wm_video.data.cache import load_cache
+    from wm_video.data.split import choose_episodes
     from wm_video.eval import evaluate_tokenizer
-    from wm_video.eval.tokenizer import choose_episodes
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     model, checkpoint = load_tokenizer(args.checkpoint, device=device, ema=not args.raw_weights)
     data = args.data or checkpoint.meta.get("data")
     if data is None:
         raise WMVideoError(f"{checkpoint.path}: the checkpoint does not name its dataset; pass --data DIR")
     cache = load_cache(Path(data), size=model.config.image_size, progress=sys.stderr.isatty())
     episodes, which = choose_episodes(
-        cache, args.episodes, all_episodes=args.all_episodes, holdout=checkpoint.meta.get("holdout")
+        cache.episode_indices.tolist(),
+        args.episodes,
+        all_episodes=args.all_episodes,
+        holdout=checkpoint.meta.get("holdout"),
     )
     with StopFlag() as stop:
         report = evaluate_tokenizer(
@@ -219,7 +219,9 @@ def register(commands: Commands) -> None:
         "--max-frames", type=positive_int, default=None, help="at most this many frames per episode"
     )
     group = p.add_argument_group("run")
-    group.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when present")
+    group.add_argument(
+        "--device", default=None, help="torch device: cpu, cuda, cuda:1, ... (default: cuda when present)"
+    )
     group.add_argument(
         "--chunk-frames", type=positive_int, default=64, help="frames decoded per forward pass (default 64)"
     )

@@ -33,7 +33,6 @@ from torch import Tensor
 from tqdm import tqdm
 
 from wm_video.data.cache import TrainingCache
-from wm_video.data.split import DEFAULT_HOLDOUT, split_episodes
 from wm_video.errors import InputError
 from wm_video.metrics import codebook_usage_from_counts, psnr, ssim
 from wm_video.tokenizer import TokenizerConfig, VideoTokenizer
@@ -308,23 +307,3 @@ def _finite_or_none(value: Any) -> Any:
     if isinstance(value, list):
         return [_finite_or_none(item) for item in value]
     return value
-
-
-def choose_episodes(
-    cache: TrainingCache, spec: str | None, *, all_episodes: bool = False, holdout: float | None = None
-) -> tuple[list[int], str]:
-    """The episodes to evaluate and how they were chosen: ``spec`` ("3,7,9"), every episode, or by
-    default the held-out ones of :func:`~wm_video.data.split.split_episodes` (all, if none is held out)."""
-    if spec:
-        try:
-            return [int(e) for e in spec.split(",") if e.strip()], "the episodes asked for"
-        except ValueError:
-            raise InputError(
-                f"--episodes takes comma-separated episode indices like 3,7,9; got {spec!r}"
-            ) from None
-    everything = cache.episode_indices.tolist()
-    if all_episodes:
-        return everything, "all episodes"
-    fraction = DEFAULT_HOLDOUT if holdout is None else float(holdout)
-    heldout = list(split_episodes(everything, fraction).heldout)
-    return heldout or everything, f"held-out episodes (last {fraction:.0%})"
