@@ -14,6 +14,9 @@ Design choices:
 - A hand-rolled pool rather than ``multiprocessing.Pool``: when an engine segfaults, Pool
   silently replaces the worker and waits forever for its result; here the run stops with an
   error naming the exit code.
+- Nothing outlives a killed collection: each worker asks the kernel for SIGTERM when the main
+  process dies (even by SIGKILL), which closes its engine, and each ViZDoom engine is killed
+  when its own parent dies (:mod:`wm_video.sources.vizdoom`).
 - One worker runs in-process (no start-up cost), through the same episode code.
 - Recording: for t < steps, frame_t is recorded, the policy picks action_t from it (recorded),
   the engine steps. The episode stops early when the engine says done or a scripted policy
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
+import os
 import pickle
 import queue
 import signal
@@ -43,6 +47,7 @@ from tqdm import tqdm
 from wm_video.data.video import VideoSettings, encode_video
 from wm_video.data.writer import DatasetWriter
 from wm_video.errors import InputError
+from wm_video.signals import die_with_parent
 from wm_video.sources import DEFAULT_SOURCE, make_source
 from wm_video.sources.base import Source
 from wm_video.sources.policies import Policy, load_policy
@@ -129,10 +134,11 @@ class _EpisodeRunner:
         self.source.close()
 
 
-def _worker_main(spec: _SourceSpec, jobs: Any, results: Any) -> None:
+def _worker_main(spec: _SourceSpec, jobs: Any, results: Any, parent: int) -> None:
     """Worker process: run jobs until the None sentinel; report a failure instead of dying."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides what Ctrl-C does
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # so `finally` closes the engine
+    die_with_parent(signal.SIGTERM, parent=parent)  # a SIGKILLed collect leaves no worker behind
     import cv2
 
     cv2.setNumThreads(1)
@@ -166,7 +172,9 @@ class _WorkerPool:
         self._jobs = context.Queue()
         self._results = context.Queue()
         self._processes = [
-            context.Process(target=_worker_main, args=(spec, self._jobs, self._results), daemon=True)
+            context.Process(
+                target=_worker_main, args=(spec, self._jobs, self._results, os.getpid()), daemon=True
+            )
             for _ in range(workers)
         ]
         for process in self._processes:

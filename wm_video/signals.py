@@ -8,10 +8,16 @@ can be caught only in the main thread; elsewhere the flag is never set by a sign
 
 from __future__ import annotations
 
+import ctypes
+import os
 import signal
+import sys
 import threading
+from pathlib import Path
 from types import FrameType
 from typing import Any
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class StopFlag:
@@ -46,3 +52,33 @@ class StopFlag:
         for sig, handler in self._previous.items():
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)
         self._previous.clear()
+
+
+def die_with_parent(signum: int = signal.SIGTERM, *, parent: int | None = None) -> None:
+    """Have the kernel send ``signum`` to this process when its parent dies, even by SIGKILL (Linux;
+    elsewhere nothing happens). ``parent``: the pid expected as parent; if it is already gone, exit now.
+
+    A worker process or engine otherwise outlives a killed parent, adopted by init, and runs on.
+    """
+    if sys.platform != "linux":
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signum))
+    if parent is not None and os.getppid() != parent:  # it died before the call above
+        os._exit(1)
+
+
+def exec_dying_with_parent(real: str, folder: Path) -> Path:
+    """Write ``folder/<name of real>``: an executable that execs ``real`` (with its arguments) after
+    asking for SIGKILL when its parent, the process calling this, dies. For engines started by
+    libraries that spawn them as child processes (ViZDoom), so they never outlive their caller."""
+    wrapper = Path(folder) / Path(real).name
+    wrapper.write_text(
+        f"#!{sys.executable} -SE\n"
+        "import ctypes, os, signal, sys\n"
+        f"ctypes.CDLL(None).prctl({_PR_SET_PDEATHSIG}, signal.SIGKILL)\n"
+        f"if os.getppid() != {os.getpid()}:\n"
+        "    sys.exit(1)\n"
+        f"os.execv({real!r}, [{real!r}] + sys.argv[1:])\n"
+    )
+    wrapper.chmod(0o755)
+    return wrapper

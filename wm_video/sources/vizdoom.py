@@ -14,6 +14,9 @@ Design choices:
   tests/test_sources.py).
 - The engine writes ``_vizdoom.ini`` and a ``_vizdoom/`` folder into its working directory;
   both go into a private temporary directory removed on ``close``.
+- The engine is a child process of whoever creates the source; on Linux it is started through a
+  small wrapper that has the kernel kill it when that process dies, even by SIGKILL, so no
+  engine outlives a killed ``collect`` or one of its workers.
 - When the episode ends (timeout, exit or death) ViZDoom has no state to show, so ``step``
   returns the last frame it had with ``done=True``.
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sys
 import tempfile
 import threading
 import weakref
@@ -36,6 +40,7 @@ import numpy as np
 
 from wm_video.actions import ActionSpace
 from wm_video.errors import InputError
+from wm_video.signals import exec_dying_with_parent
 from wm_video.sources.base import Source, StepResult
 
 #: Doom's simulation rate (tics per second); footage fps = TICRATE / frame_skip.
@@ -178,6 +183,8 @@ class VizDoomSource(Source):
         else:
             game.load_config(str(package / "scenarios" / f"{config.scenario}.cfg"))
         game.set_doom_config_path(os.path.join(self._home, "vizdoom.ini"))
+        if sys.platform == "linux":  # the engine dies with this process
+            game.set_vizdoom_path(str(exec_dying_with_parent(str(package / "vizdoom"), Path(self._home))))
         game.set_mode(vzd.Mode.PLAYER)
         game.set_window_visible(False)
         game.set_sound_enabled(False)
