@@ -9,11 +9,15 @@ Design choices:
 - The mp4 shows what the window shows (generated, or real | generated in shadow mode), scaled
   up by an integer factor with nearest neighbour so it plays well, in H.264 yuv420p.
 - Either part is optional: headless ``--record OUT.mp4`` writes only the video.
+- The mp4 is written beside its name and renamed into place when finished, so a recording that
+  fails (a full disk) leaves nothing half-written; a scale whose frames cannot fit in memory is
+  refused before the first frame.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +28,7 @@ from wm_video.actions import ActionSpace
 from wm_video.data.video import VideoEncoder, VideoSettings
 from wm_video.data.writer import DatasetWriter, EpisodeRecorder
 from wm_video.errors import InputError
+from wm_video.memory import check_fits
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +68,17 @@ class SessionRecorder:
             raise InputError(f"{video}: recordings are written as .mp4 files")
         if video_scale < 1:
             raise InputError(f"video scale must be an integer ≥ 1, got {video_scale}")
+        if video is not None:  # the encoder holds a few dozen frames; 8 of them is a lower bound
+            height, width = frame_shape[0] * video_scale, frame_shape[1] * video_scale
+            check_fits(
+                8 * height * width * 3,
+                f"a --video-scale {video_scale} recording ({width}×{height} pixels a frame)",
+                "lower --video-scale",
+            )
         self.fps, self.video_scale = fps, video_scale
         self.video_path = video
+        # written beside the target and renamed when finished: a failed recording leaves nothing
+        self._partial = video.with_name(f".{video.name}.partial.mp4") if video is not None else None
         self.frames = 0
         self._writer: DatasetWriter | None = None
         self._episode: EpisodeRecorder | None = None
@@ -89,9 +103,10 @@ class SessionRecorder:
         if self.video_path is not None:
             picture = upscale(frame if shown is None else shown, self.video_scale)
             if self._encoder is None:
+                assert self._partial is not None
                 height, width = picture.shape[:2]
                 self._encoder = VideoEncoder(
-                    self.video_path,
+                    self._partial,
                     fps=self.fps,
                     width=width + width % 2,
                     height=height + height % 2,
@@ -108,6 +123,8 @@ class SessionRecorder:
         if self._encoder is not None:
             self._encoder.close()
             self._encoder = None
+            assert self._partial is not None and self.video_path is not None
+            os.replace(self._partial, self.video_path)
         video = self.video_path if self.video_path is not None and self.frames else None
         if self._writer is not None and self._episode is not None:
             try:
@@ -131,5 +148,10 @@ class SessionRecorder:
         if self._writer is not None:
             self._writer.close()
         if self._encoder is not None:
-            self._encoder.close()
+            try:
+                self._encoder.close()
+            except Exception:  # e.g. the disk filled up: nothing of it is kept anyway
+                pass
             self._encoder = None
+        if self._partial is not None:
+            self._partial.unlink(missing_ok=True)
