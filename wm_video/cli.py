@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 from wm_video import __version__
 from wm_video.bench.cli import register as register_bench
-from wm_video.cli_args import Commands, positive_float, positive_int
-from wm_video.errors import EXIT_STOPPED, exit_status
+from wm_video.cli_args import Commands, add_cache_dir_flag, positive_float, positive_int
+from wm_video.errors import run_program
 from wm_video.eval.cli import register as register_eval
 from wm_video.play.cli import register as register_play
 from wm_video.train.cli import register as register_train
@@ -148,8 +148,12 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
+    from wm_video.data.lerobot import declare_buttons
     from wm_video.data.validate import validate_dataset
 
+    if args.buttons is not None:
+        written = declare_buttons(args.dir, [b for b in args.buttons.split(",") if b])
+        print(f"buttons declared in {written}")
     report = validate_dataset(args.dir, decode=not args.no_decode, progress=sys.stderr.isatty())
     print(report.format())
     if args.sheet is not None and report.ok:
@@ -164,9 +168,9 @@ def _cache(args: argparse.Namespace) -> int:
     from wm_video.data.cache import build_cache, load_cache
 
     cache = (
-        build_cache(args.dir, size=args.size, force=True)
+        build_cache(args.dir, size=args.size, cache_root=args.cache_dir, force=True)
         if args.force
-        else load_cache(args.dir, size=args.size)
+        else load_cache(args.dir, size=args.size, cache_root=args.cache_dir)
     )
     print(
         f"training cache: {cache.num_episodes} episodes, {cache.num_frames:,} frames at {cache.size}×{cache.size}"
@@ -239,6 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", type=Path, help="dataset folder (LeRobot v3.0 or v2.1)")
     p.add_argument("--no-decode", action="store_true", help="check video headers only (fast)")
     p.add_argument(
+        "--buttons",
+        default=None,
+        help="comma-separated names of the leading actions that are buttons (0/1), written to "
+        "meta/wm_video.json; without that file they are inferred from the data",
+    )
+    p.add_argument(
         "--sheet", type=Path, default=None, help="also write a PNG grid of frames (episodes × time)"
     )
     p.set_defaults(handler=_inspect)
@@ -247,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", type=Path, help="dataset folder")
     p.add_argument("--size", type=positive_int, default=64, help="training resolution (default 64)")
     p.add_argument("--force", action="store_true", help="rebuild even if the cache is current")
+    add_cache_dir_flag(p)
     p.set_defaults(handler=_cache)
 
     for register in _REGISTERS:
@@ -258,13 +269,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Handler = args.handler
-    try:
-        return handler(args)
-    except KeyboardInterrupt:
-        print(f"wm-video {args.command}: interrupted", file=sys.stderr)
-        return EXIT_STOPPED
-    except Exception as exc:
-        status = exit_status(f"wm-video {args.command}", exc)
-        if status is None:
-            raise
-        return status
+    return run_program(f"wm-video {args.command}", lambda: handler(args))

@@ -12,6 +12,7 @@ import errno
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 #: Exit statuses of every wm-video program.
@@ -101,3 +102,23 @@ def exit_status(prog: str, exc: BaseException) -> int | None:
         return None
     print(f"{prog}: error: {line}", file=sys.stderr)
     return EXIT_ERROR
+
+
+def run_program(
+    prog: str,
+    body: Callable[[], int],
+    *,
+    translate: Callable[[BaseException], BaseException] = lambda exc: exc,
+) -> int:
+    """Run a program's ``body`` and return its exit status: a user-facing error (after ``translate``)
+    is one line and :data:`EXIT_ERROR`, Ctrl-C :data:`EXIT_STOPPED`; a bug keeps its traceback."""
+    try:
+        return body()
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_STOPPED
+    except Exception as exc:
+        status = exit_status(prog, translate(exc))
+        if status is None:
+            raise
+        return status
