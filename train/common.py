@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from wm_video.errors import InputError
-from wm_video.fileio import atomic_write, atomic_write_png
+from wm_video.fileio import atomic_write, atomic_write_png, atomic_write_text
 from wm_video.train.options import PRECISIONS, REPORT_TO
 
 
@@ -260,6 +260,14 @@ class RunLogger:
             handle.write(json.dumps(record) + "\n")
         if self._wandb is not None:
             self._wandb.log(metrics, step=step)
+
+    def truncate_after(self, step: int) -> None:
+        """Drop the records of steps after ``step``: a run resumed from a checkpoint at ``step``
+        redoes them, and would otherwise log them twice (a torn last line goes too)."""
+        if not self.enabled or not self.path.exists():
+            return
+        kept = [record for record in read_log(self.path.parent) if int(record.get("step", 0)) <= step]
+        atomic_write_text(self.path, "".join(json.dumps(record) + "\n" for record in kept))
 
     def log_image(self, step: int, key: str, path: Path) -> None:
         if self.enabled and self._wandb is not None:

@@ -44,11 +44,12 @@ from wm_video.dynamics import (
     masked_token_loss,
 )
 from wm_video.engine import World
-from wm_video.errors import InputError, WMVideoError
+from wm_video.errors import EXIT_STOPPED, InputError, run_program
 from wm_video.eval.dynamics import controllability, frames_of_clips, teacher_forced
 from wm_video.tokenizer import VideoTokenizer
 from wm_video.train.common import save_comparison_grid
 from wm_video.train.prefetch import Batch
+from wm_video.train.ranks import rank_failure
 from wm_video.train.remap import ActionMapping, remap_action_weights
 from wm_video.train.session import (
     SessionOptions,
@@ -83,6 +84,7 @@ class DynamicsTrainResult:
     probe: dict[str, float]  # the last held-out evaluation ({} if none ran)
     seconds: float
     stopped_early: bool
+    stopped_by_signal: bool = False  # Ctrl-C or SIGTERM: the program exits 130
 
 
 def action_scale(tokens: TokenCache, buttons: int, episodes: Sequence[int]) -> tuple[float, ...]:
@@ -308,7 +310,9 @@ def train_dynamics(options: DynamicsTrainOptions) -> DynamicsTrainResult:
         frames_per_batch=o.batch_size * (options.clip_len - 1),
         tokens_per_frame=config.tokens_per_frame,
     )
-    return DynamicsTrainResult(session.out, result.step, result.probe, result.seconds, result.stopped_early)
+    return DynamicsTrainResult(
+        session.out, result.step, result.probe, result.seconds, result.stopped_early, result.stopped_by_signal
+    )
 
 
 def build_parser(prog: str = "wm-video train dynamics") -> argparse.ArgumentParser:
@@ -348,7 +352,8 @@ def build_parser(prog: str = "wm-video train dynamics") -> argparse.ArgumentPars
 
 def main(argv: Sequence[str] | None = None, prog: str = "wm-video train dynamics") -> int:
     args = build_parser(prog).parse_args(argv)
-    try:
+
+    def run() -> int:
         options = DynamicsTrainOptions(
             data=args.data,
             tokenizer=args.tokenizer,
@@ -359,17 +364,17 @@ def main(argv: Sequence[str] | None = None, prog: str = "wm-video train dynamics
             corruption=CorruptionConfig(token_noise=args.token_noise, repeat_frames=args.repeat_frames),
         )
         result = train_dynamics(options)
-    except WMVideoError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
+        if result.probe:
+            print(
+                f"{result.run}: step {result.step}, held-out next-frame PSNR {result.probe['heldout_next_psnr']:.2f} dB, "
+                f"ΔPSNR(t=4) {result.probe['heldout_delta_psnr_t4']:+.2f} dB ({result.seconds:.0f} s)"
+            )
+        return EXIT_STOPPED if result.stopped_by_signal else 0
+
+    try:
+        return run_program(prog, run, translate=rank_failure)
     finally:
         end_processes()
-    if result.probe:
-        print(
-            f"{result.run}: step {result.step}, held-out next-frame PSNR {result.probe['heldout_next_psnr']:.2f} dB, "
-            f"ΔPSNR(t=4) {result.probe['heldout_delta_psnr_t4']:+.2f} dB ({result.seconds:.0f} s)"
-        )
-    return 0
 
 
 if __name__ == "__main__":

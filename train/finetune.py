@@ -25,10 +25,11 @@ from typing import Any
 
 from wm_video.checkpoint import Checkpoint, load_checkpoint, recorded_tokenizer, resolve_checkpoint
 from wm_video.dynamics import CorruptionConfig
-from wm_video.errors import InputError, WMVideoError
+from wm_video.errors import EXIT_STOPPED, InputError, run_program
 from wm_video.train.cli import DESCRIPTION
 from wm_video.train.dynamics import DynamicsTrainOptions, train_dynamics
 from wm_video.train.options import SessionOptions, add_finetune_flags, session_options
+from wm_video.train.ranks import rank_failure
 from wm_video.train.session import end_processes
 from wm_video.train.tokenizer import TokenizerTrainOptions, train_tokenizer
 
@@ -50,6 +51,7 @@ class FinetuneResult:
     tokenizer_step: int | None  # None when the tokenizer was kept as it is
     dynamics_step: int | None  # None when the tokenizer phase was stopped early
     stopped_early: bool
+    stopped_by_signal: bool = False  # Ctrl-C or SIGTERM: the program exits 130
 
 
 def _program_option(checkpoint: Checkpoint, key: str, default: Any) -> Any:
@@ -80,7 +82,9 @@ def finetune(options: FinetuneOptions) -> FinetuneResult:
             )
         )
         if phase1.stopped_early:
-            return FinetuneResult(out / "tokenizer", out / "dynamics", phase1.step, None, True)
+            return FinetuneResult(
+                out / "tokenizer", out / "dynamics", phase1.step, None, True, phase1.stopped_by_signal
+            )
         tokenizer, tokenizer_step = out / "tokenizer", phase1.step
     corruption = _program_option(source, "corruption", {})
     print(f"phase 2/2: fine-tuning the dynamics model {source.path} on {options.data}", flush=True)
@@ -95,7 +99,14 @@ def finetune(options: FinetuneOptions) -> FinetuneResult:
             init=source.path,
         )
     )
-    return FinetuneResult(tokenizer, out / "dynamics", tokenizer_step, phase2.step, phase2.stopped_early)
+    return FinetuneResult(
+        tokenizer,
+        out / "dynamics",
+        tokenizer_step,
+        phase2.step,
+        phase2.stopped_early,
+        phase2.stopped_by_signal,
+    )
 
 
 def build_parser(prog: str = "wm-video finetune") -> argparse.ArgumentParser:
@@ -106,7 +117,8 @@ def build_parser(prog: str = "wm-video finetune") -> argparse.ArgumentParser:
 
 def run_finetune(args: argparse.Namespace, prog: str = "wm-video finetune") -> int:
     """Fine-tune from parsed :func:`~wm_video.train.options.add_finetune_flags` flags; the exit status."""
-    try:
+
+    def run() -> int:
         result = finetune(
             FinetuneOptions(
                 data=args.data,
@@ -117,17 +129,17 @@ def run_finetune(args: argparse.Namespace, prog: str = "wm-video finetune") -> i
                 clip_len=args.clip_len,
             )
         )
-    except WMVideoError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
+        if not result.stopped_early:
+            print(
+                f"fine-tuned world: {result.dynamics} (tokenizer {result.tokenizer}); play it with "
+                f"`wm-video play --checkpoint {result.dynamics}`"
+            )
+        return EXIT_STOPPED if result.stopped_by_signal else 0
+
+    try:
+        return run_program(prog, run, translate=rank_failure)
     finally:
         end_processes()
-    if not result.stopped_early:
-        print(
-            f"fine-tuned world: {result.dynamics} (tokenizer {result.tokenizer}); play it with "
-            f"`wm-video play --checkpoint {result.dynamics}`"
-        )
-    return 0
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "wm-video finetune") -> int:

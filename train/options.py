@@ -43,6 +43,7 @@ class SessionOptions:
     report_to: str = "none"
     wandb_project: str = "wm-video"
     progress: bool = True
+    rank_timeout: float = 300.0  # seconds another process may stay silent before the run stops
 
     def lr_at(self, step: int) -> float:
         """Linear warm-up, then cosine decay to ``min_lr_ratio`` × lr at ``max_steps``."""
@@ -145,6 +146,13 @@ def add_session_flags(
         action="store_true",
         help="compile the training step with torch.compile (minutes to compile; faster steps on a GPU)",
     )
+    hw.add_argument(
+        "--rank-timeout",
+        type=positive_float,
+        default=d.rank_timeout,
+        help="several processes: stop the run when one has not answered for this many seconds "
+        f"(frozen or dead), naming it (default {d.rank_timeout:g})",
+    )
     log = parser.add_argument_group("logging")
     log.add_argument(
         "--report-to", choices=REPORT_TO, default=d.report_to, help="also log to wandb (WANDB_MODE honoured)"
@@ -180,6 +188,7 @@ def check_session_options(o: SessionOptions) -> None:
         "weight_decay": (0.0, inf, False),
         "min_lr_ratio": (0.0, 1.0, False),
         "ema_decay": (0.0, 1.0, True),
+        "rank_timeout": (0.0, inf, True),
     }
     if o.max_minutes is not None:
         ranges["max_minutes"] = (0.0, inf, True)

@@ -19,13 +19,20 @@ Several processes (``torchrun`` / ``accelerate launch``): every rank builds the 
 seeds its RNGs apart; a save gathers each rank's RNG states (as plain lists: tensors do not pass
 through ``all_gather_object``) and rank 0 writes; a failed save, whatever the error, raises on
 every rank, so none waits forever at a collective. A run resumed with the same number of ranks
-continues bit-identically.
+continues bit-identically. Every rank agrees on why a run stopped (a signal on any rank outranks
+the time budget), and a frozen or dead rank is named (:mod:`wm_video.train.ranks`).
+
+One process at a time trains in a run folder (:mod:`wm_video.train.runlock`); a damaged newest
+checkpoint is passed over on resume, and the log's records past the checkpoint resumed from are
+dropped (those steps are done again).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,9 +44,9 @@ from accelerate.utils import DistributedType, broadcast_object_list, gather_obje
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from wm_video.checkpoint import load_checkpoint, load_weights, resolve_checkpoint, save_checkpoint
+from wm_video.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from wm_video.data.sampler import CLIP_TRACE_ENV, ClipSampler
-from wm_video.errors import InputError
+from wm_video.errors import InputError, os_error_line
 from wm_video.fileio import atomic_write_json
 from wm_video.signals import StopFlag
 from wm_video.train.common import (
@@ -65,8 +72,11 @@ from wm_video.train.options import (  # noqa: F401  (re-exported: the programs i
     session_options,
 )
 from wm_video.train.prefetch import Batch, Prefetcher
+from wm_video.train.ranks import RankWatch
+from wm_video.train.runlock import LOCK_FILE, RunLock
 
 MAX_SKIPPED_STEPS = 10  # non-finite gradients in a row before the run stops
+_STOP_REASONS = ("", "time budget", "SIGTERM", "SIGINT")  # agreed across ranks by their maximum
 
 
 @dataclass(frozen=True)
@@ -84,6 +94,7 @@ class RunResult:
     probe: dict[str, float]  # the last held-out check ({} if none ran)
     seconds: float
     stopped_early: bool  # Ctrl-C, SIGTERM or the time budget, before --max-steps
+    stopped_by_signal: bool = False  # Ctrl-C or SIGTERM (on any rank): the program exits 130
 
 
 def decays(module: nn.Module, name: str) -> bool:
@@ -135,11 +146,15 @@ class TrainingSession:
         self.rank = self.accelerator.process_index
         self.world_size = self.accelerator.num_processes
         self.device = self.accelerator.device
-        if self.out.exists() and any(self.out.iterdir()) and not (self.out / "run.json").exists():
-            raise InputError(
-                f"{self.out} exists and is not a wm-video run folder (no run.json); choose a new --out"
-            )
-        self.accelerator.wait_for_everyone()  # every rank has checked before the main one writes
+        if self.out.exists() and not (self.out / "run.json").exists():
+            if any(p.name != LOCK_FILE for p in self.out.iterdir()):
+                raise InputError(
+                    f"{self.out} exists and is not a wm-video run folder (no run.json); choose a new --out"
+                )
+        self.lock = RunLock(self.out)
+        # one run per folder; the other ranks wait until the main process holds it (or failed to)
+        self._on_every_rank(self.lock.acquire if self.is_main else None, "to lock the run folder")
+        self.watch = RankWatch.start_for_process_group(stale_after_s=options.rank_timeout, out=self.out)
         self.run_config = {
             "kind": kind,
             "program": program_options,
@@ -193,11 +208,47 @@ class TrainingSession:
         self.start_step = step
         return prepared_model, prepared_optimizer, ema, step
 
+    def _on_every_rank(self, action: Callable[[], object] | None, what: str) -> None:
+        """Run ``action`` on the main process (the others pass None) and let every rank hear how it
+        went, so that none waits forever at the next collective. Whatever it raises is raised on every
+        rank: the main process's own error there; on the others the same InputError (a user-facing
+        OSError, such as a full disk, as its one line), or a RuntimeError saying the main process
+        failed ``what`` and naming the error."""
+        failure: list[tuple[bool, str] | None] = [None]  # (a user-facing error?, message)
+        error: Exception | None = None
+        try:
+            if action is not None:
+                action()
+        except Exception as exc:
+            error = exc
+            line = os_error_line(exc) if isinstance(exc, OSError) else None
+            if isinstance(exc, InputError):
+                failure = [(True, str(exc))]
+            elif line is not None:
+                failure = [(True, line)]
+            else:
+                failure = [(False, f"{type(exc).__name__}: {exc}")]
+        if self.world_size > 1:
+            broadcast_object_list(failure, from_process=0)
+        if error is not None:
+            raise error
+        if failure[0] is not None:
+            user_facing, message = failure[0]
+            if user_facing:
+                raise InputError(message)
+            raise RuntimeError(f"the main process failed {what}: {message}")
+
     def _resume(
         self, model: nn.Module, optimizer: torch.optim.Optimizer, ema: EMA, sampler: ClipSampler
     ) -> int:
-        path = resolve_checkpoint(self.out)
-        checkpoint = load_checkpoint(path, kind=self.kind)
+        with warnings.catch_warnings(record=True) as passed_over:  # a damaged newest checkpoint
+            warnings.simplefilter("always")
+            checkpoint = load_checkpoint(self.out, kind=self.kind)
+        path = checkpoint.path
+        if self.is_main:
+            for warning in passed_over:
+                print(f"warning: {warning.message}", file=sys.stderr, flush=True)
+            self.logger.truncate_after(checkpoint.step)  # the steps after it are done again
         if checkpoint.config != self.config:
             changed = sorted(
                 k
@@ -240,38 +291,26 @@ class TrainingSession:
         else:
             rngs = [rng_state()]
         self.accelerator.wait_for_everyone()
-        failure: list[tuple[bool, str] | None] = [None]  # (an InputError?, message)
-        error: Exception | None = None
-        if self.is_main:
-            try:
-                save_checkpoint(
-                    self.out,
-                    kind=self.kind,
-                    config=self.config,
-                    step=step,
-                    weights=self.core.state_dict(),
-                    ema_weights=self.ema.state_dict(),
-                    training_state={
-                        "optimizer": self.optimizer.state_dict(),
-                        "sampler": self.sampler_state,
-                        "world_size": self.world_size,
-                        "rng": rngs,  # one state per rank, in rank order
-                    },
-                    meta={"run": self.run_config, **meta},
-                    keep=self.options.keep,
-                )
-            except Exception as exc:  # every rank must hear of it, or the others wait at the next collective
-                error = exc
-                failure = [(isinstance(exc, InputError), f"{type(exc).__name__}: {exc}")]
-        if self.world_size > 1:
-            broadcast_object_list(failure, from_process=0)
-        if error is not None:
-            raise error
-        if failure[0] is not None:
-            is_input_error, message = failure[0]
-            if is_input_error:
-                raise InputError(message.removeprefix("InputError: "))
-            raise RuntimeError(f"the main process failed to save step {step}: {message}")
+
+        def write() -> None:
+            save_checkpoint(
+                self.out,
+                kind=self.kind,
+                config=self.config,
+                step=step,
+                weights=self.core.state_dict(),
+                ema_weights=self.ema.state_dict(),
+                training_state={
+                    "optimizer": self.optimizer.state_dict(),
+                    "sampler": self.sampler_state,
+                    "world_size": self.world_size,
+                    "rng": rngs,  # one state per rank, in rank order
+                },
+                meta={"run": self.run_config, **meta},
+                keep=self.options.keep,
+            )
+
+        self._on_every_rank(write if self.is_main else None, f"to save step {step}")
 
     # -- the loop ----------------------------------------------------------------------------------------
     def run(
@@ -357,7 +396,7 @@ class TrainingSession:
             batches.close()
             bar.close()
         self.finish(at, last_saved, {**meta, "probe": last_probe}, stopped)
-        return RunResult(at, last_probe, time.monotonic() - self.started, stopped)
+        return RunResult(at, last_probe, time.monotonic() - self.started, stopped, self.stopped_by_signal)
 
     def _optimizer_step(self, step: int, watch: NonFiniteWatch) -> Tensor | None:
         """After backward, at a sync step: set the lr, clip, step, update the EMA; returns the gradient
@@ -415,15 +454,24 @@ class TrainingSession:
             )
 
     def should_stop(self) -> bool:
-        """Ctrl-C/SIGTERM or the time budget, agreed across ranks (any rank stopping stops all);
-        asked at log steps."""
-        stop = self.stop.requested
-        if self.options.max_minutes is not None:
-            stop = stop or time.monotonic() - self.started > 60 * self.options.max_minutes
+        """Ctrl-C/SIGTERM or the time budget, agreed across ranks (any rank stopping stops all,
+        and every rank learns why: a signal on any rank outranks the budget); asked at log steps."""
+        reason = 0  # index into _STOP_REASONS
+        if self.stop.signal_name:
+            reason = (
+                _STOP_REASONS.index(self.stop.signal_name) if self.stop.signal_name in _STOP_REASONS else 2
+            )
+        elif (
+            self.options.max_minutes is not None
+            and time.monotonic() - self.started > 60 * self.options.max_minutes
+        ):
+            reason = 1
         if self.world_size > 1:
-            flag = torch.tensor([float(stop)], device=self.device)
-            stop = bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
-        return stop
+            flag = torch.tensor([float(reason)], device=self.device)
+            reason = int(self.accelerator.reduce(flag, reduction="max").item())
+        if reason >= 2 and not self.stop.signal_name:  # the signal reached another rank
+            self.stop.signal_name = f"{_STOP_REASONS[reason]} on another process"
+        return reason > 0
 
     def finish(self, step: int, last_saved: int, meta: dict[str, Any], stopped: bool) -> None:
         """End the run: save ``step`` unless it is saved already, say how to resume when it stopped early, close."""
@@ -437,10 +485,18 @@ class TrainingSession:
             )
         self.close()
 
+    @property
+    def stopped_by_signal(self) -> bool:
+        """True when Ctrl-C or SIGTERM (on any rank) stopped the run: its exit status is 130."""
+        return bool(self.stop.signal_name)
+
     def close(self) -> None:
-        """Close the logs. The process group stays up (``finetune`` runs two sessions in one
-        process); a program's ``main`` ends it with :func:`end_processes`."""
+        """Close the logs and release the run folder. The process group stays up (``finetune`` runs
+        two sessions in one process); a program's ``main`` ends it with :func:`end_processes`."""
         self.logger.close()
+        if self.watch is not None:
+            self.watch.stop()
+        self.lock.release()
 
 
 def end_processes() -> None:

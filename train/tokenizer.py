@@ -27,13 +27,14 @@ from wm_video.data.cache import TrainingCache, load_cache
 from wm_video.data.lerobot import read_info
 from wm_video.data.sampler import ClipSampler
 from wm_video.data.split import DEFAULT_HOLDOUT, split_episodes
-from wm_video.errors import InputError, WMVideoError
+from wm_video.errors import EXIT_STOPPED, InputError, run_program
 from wm_video.metrics import psnr
 from wm_video.tokenizer import TOKENIZER_PRESETS, VideoTokenizer, tokenizer_preset
 from wm_video.tokenizer.loss import ReconstructionLossConfig, reconstruction_loss
 from wm_video.tokenizer.pixels import to_model_pixels, to_uint8_frames
 from wm_video.train.common import save_comparison_grid
 from wm_video.train.prefetch import Batch
+from wm_video.train.ranks import rank_failure
 from wm_video.train.session import (
     SessionOptions,
     StepResult,
@@ -64,6 +65,7 @@ class TokenizerTrainResult:
     heldout_psnr: float | None  # per-frame mean, EMA weights, last eval
     seconds: float
     stopped_early: bool
+    stopped_by_signal: bool = False  # Ctrl-C or SIGTERM: the program exits 130
 
 
 @torch.inference_mode()
@@ -172,7 +174,12 @@ def train_tokenizer(options: TokenizerTrainOptions) -> TokenizerTrainResult:
         tokens_per_frame=config.tokens_per_frame,
     )
     return TokenizerTrainResult(
-        session.out, result.step, result.probe.get("heldout_psnr"), result.seconds, result.stopped_early
+        session.out,
+        result.step,
+        result.probe.get("heldout_psnr"),
+        result.seconds,
+        result.stopped_early,
+        result.stopped_by_signal,
     )
 
 
@@ -199,7 +206,8 @@ def build_parser(prog: str = "wm-video train tokenizer") -> argparse.ArgumentPar
 
 def main(argv: Sequence[str] | None = None, prog: str = "wm-video train tokenizer") -> int:
     args = build_parser(prog).parse_args(argv)
-    try:
+
+    def run() -> int:
         options = TokenizerTrainOptions(
             data=args.data,
             session=session_options(args),
@@ -209,16 +217,16 @@ def main(argv: Sequence[str] | None = None, prog: str = "wm-video train tokenize
             holdout=args.holdout,
         )
         result = train_tokenizer(options)
-    except WMVideoError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
+        if result.heldout_psnr is not None:
+            print(
+                f"{result.run}: step {result.step}, held-out PSNR {result.heldout_psnr:.2f} dB ({result.seconds:.0f} s)"
+            )
+        return EXIT_STOPPED if result.stopped_by_signal else 0
+
+    try:
+        return run_program(prog, run, translate=rank_failure)
     finally:
         end_processes()
-    if result.heldout_psnr is not None:
-        print(
-            f"{result.run}: step {result.step}, held-out PSNR {result.heldout_psnr:.2f} dB ({result.seconds:.0f} s)"
-        )
-    return 0
 
 
 if __name__ == "__main__":
