@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -49,3 +50,14 @@ def non_negative_float(text: str) -> float:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be ≥ 0, got {text}")
     return value
+
+
+def add_cache_dir_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--cache-dir DIR``: where decoded datasets are cached, for a dataset on read-only storage."""
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="put the training cache under DIR instead of beside the dataset (DATASET/.cache), e.g. "
+        "when the dataset is read-only (default: $WM_VIDEO_CACHE_DIR if set)",
+    )

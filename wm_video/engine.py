@@ -32,6 +32,7 @@ from torch import Tensor
 from wm_video.actions import ActionSpace
 from wm_video.dynamics import DynamicsModel, FrameSampler, SamplingConfig
 from wm_video.errors import InputError
+from wm_video.memory import FLOAT_BYTES, check_fits
 from wm_video.tokenizer import VideoTokenizer
 from wm_video.tokenizer.pixels import to_model_pixels, to_uint8_frames
 
@@ -78,6 +79,20 @@ class WorldSnapshot:
         return sum(t.numel() * t.element_size() for t in tensors)
 
 
+def check_batch_fits(
+    tokenizer: VideoTokenizer, dynamics: DynamicsModel, batch: int, frames: int, fix: str
+) -> None:
+    """Refuse ``batch`` clips of ``frames`` frames that cannot fit: a lower bound of what scoring
+    them needs (their pixels as float32, one layer's token states over them, the worlds' KV cache)."""
+    config, size = dynamics.config, tokenizer.config.image_size
+    pixels = batch * frames * size * size * 3 * FLOAT_BYTES
+    states = batch * frames * config.tokens_per_frame * config.dim * FLOAT_BYTES
+    kv_cache = 2 * config.trunk_layers * batch * (config.context_frames + config.sink_frames)
+    kv_cache *= config.tokens_per_frame * config.dim * FLOAT_BYTES
+    device = str(dynamics.trunk_pos.device)
+    check_fits(max(pixels + states, kv_cache), f"{batch:,} clips of {frames} frames", fix, device=device)
+
+
 class World:
     """``batch_size`` generated worlds stepped together (play uses one)."""
 
@@ -94,6 +109,7 @@ class World:
         check_pair(tokenizer, dynamics)
         if batch_size < 1:
             raise InputError(f"batch size must be ≥ 1, got {batch_size}")
+        check_batch_fits(tokenizer, dynamics, batch_size, 1, "ask for fewer parallel worlds (--clips)")
         self.tokenizer, self.dynamics = tokenizer.eval(), dynamics.eval()
         self.batch_size = batch_size
         self.device = dynamics.trunk_pos.device

@@ -283,17 +283,18 @@ def build_cache(
     *,
     size: int,
     cache_dir: Path | None = None,
+    cache_root: Path | None = None,
     progress: bool = True,
     force: bool = False,
 ) -> TrainingCache:
     """Decode the dataset at ``root`` into a cache of size×size frames; reuse a fresh one unless ``force``.
 
-    ``cache_dir`` defaults to :func:`default_cache_dir` (``<root>/.cache/frames-<size>``).
+    ``cache_dir`` (the folder itself) defaults to :func:`default_cache_dir` of ``cache_root``.
     """
     _check_size(size)
     root = Path(root)
     lerobot.read_info(root)  # a clear error for a missing or foreign folder, before creating .cache
-    target = Path(cache_dir) if cache_dir is not None else default_cache_dir(root, size)
+    target = Path(cache_dir) if cache_dir is not None else default_cache_dir(root, size, cache_root)
     try:
         check_output_folder(target, "the training cache folder")
     except InputError as err:
@@ -315,11 +316,19 @@ def build_cache(
 
 
 def load_cache(
-    root: Path, *, size: int, cache_dir: Path | None = None, progress: bool = True
+    root: Path,
+    *,
+    size: int,
+    cache_dir: Path | None = None,
+    cache_root: Path | None = None,
+    progress: bool = True,
 ) -> TrainingCache:
-    """Open the cache of ``root`` at ``size``; build it first when missing or stale."""
+    """Open the cache of ``root`` at ``size``; build it first when missing or stale.
+
+    ``cache_dir`` (the folder itself) defaults to :func:`default_cache_dir` of ``cache_root``.
+    """
     _check_size(size)
-    target = Path(cache_dir) if cache_dir is not None else default_cache_dir(root, size)
+    target = Path(cache_dir) if cache_dir is not None else default_cache_dir(root, size, cache_root)
     if (cache := _open_cache(target, dataset_fingerprint(root, size))) is not None:
         return cache
-    return build_cache(root, size=size, cache_dir=cache_dir, progress=progress)
+    return build_cache(root, size=size, cache_dir=target, progress=progress)

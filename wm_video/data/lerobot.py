@@ -240,3 +240,23 @@ def read_ours(root: Path) -> dict[str, Any]:
     if not isinstance(ours.get("source", {}), dict):
         raise DatasetError(f"'source' must be a JSON object; found {ours['source']!r:.60}", path=path)
     return ours
+
+
+def declare_buttons(root: Path, buttons: list[str]) -> Path:
+    """Write which actions are buttons into meta/wm_video.json (created if absent; its other keys
+    kept). Buttons are the leading entries of the action vector; the rest are continuous."""
+    from wm_video.fileio import atomic_write_json
+
+    info = read_info(root)
+    names = action_names(info, info_path(root))
+    if buttons != names[: len(buttons)]:
+        raise DatasetError(
+            f"--buttons {','.join(buttons)}: buttons must be the first entries of the action vector, "
+            f"in order; its entries are {names}",
+            path=info_path(root),
+        )
+    ours = read_ours(root)
+    keymap = {key: button for key, button in ours.get("keymap", {}).items() if button in buttons}
+    ours.update(buttons=buttons, deltas=names[len(buttons) :], keymap=keymap)
+    atomic_write_json(ours_path(root), ours)
+    return ours_path(root)

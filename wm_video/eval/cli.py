@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from wm_video.cli_args import Commands, positive_int
+from wm_video.cli_args import Commands, add_cache_dir_flag, positive_int
 from wm_video.device import resolve_device
 from wm_video.errors import InputError, WMVideoError
 from wm_video.fileio import check_output_folder
@@ -50,7 +50,9 @@ def _eval_dynamics(args: argparse.Namespace) -> int:
     if data is None:
         raise WMVideoError(f"{checkpoint.path}: the checkpoint does not name its dataset; pass --data DIR")
     progress = sys.stderr.isatty()
-    frames = load_cache(Path(data), size=tokenizer.config.image_size, progress=progress)
+    frames = load_cache(
+        Path(data), size=tokenizer.config.image_size, cache_root=args.cache_dir, progress=progress
+    )
     tokens = load_token_cache(frames, tokenizer, progress=progress)
     if tuple(tokens.action_names) != dynamics.config.action_names:
         raise WMVideoError(
@@ -118,7 +120,9 @@ def _eval_consistency(args: argparse.Namespace) -> int:
     if data is None:
         raise InputError(f"{models[0].path}: the checkpoint does not name its dataset; pass --data DIR")
     progress = sys.stderr.isatty()
-    cache = load_cache(Path(data), size=models[0].tokenizer.config.image_size, progress=progress)
+    cache = load_cache(
+        Path(data), size=models[0].tokenizer.config.image_size, cache_root=args.cache_dir, progress=progress
+    )
     if args.episodes is not None:
         chosen, _ = choose_episodes(cache.episode_indices.tolist(), args.episodes)
         config = dataclasses.replace(config, episodes=tuple(chosen))
@@ -166,7 +170,9 @@ def _eval(args: argparse.Namespace) -> int:
     data = args.data or checkpoint.meta.get("data")
     if data is None:
         raise WMVideoError(f"{checkpoint.path}: the checkpoint does not name its dataset; pass --data DIR")
-    cache = load_cache(Path(data), size=model.config.image_size, progress=sys.stderr.isatty())
+    cache = load_cache(
+        Path(data), size=model.config.image_size, cache_root=args.cache_dir, progress=sys.stderr.isatty()
+    )
     episodes, which = choose_episodes(
         cache.episode_indices.tolist(),
         args.episodes,
@@ -210,6 +216,7 @@ def register(commands: Commands) -> None:
     p.add_argument(
         "--data", type=Path, default=None, help="dataset folder (default: the one it was trained on)"
     )
+    add_cache_dir_flag(p)
     group = p.add_argument_group("which frames")
     group.add_argument(
         "--episodes", default=None, help="comma-separated episode indices (default: held-out ones)"

@@ -25,7 +25,7 @@ import numpy as np
 from wm_video.data.cache import TrainingCache
 from wm_video.data.split import split_episodes
 from wm_video.dynamics import DynamicsModel
-from wm_video.engine import check_pair
+from wm_video.engine import check_batch_fits, check_pair
 from wm_video.errors import InputError
 from wm_video.eval.clips import EvalClips, clips_from_cache, collect_live, engine_of_dataset, parse_engine
 from wm_video.eval.idm import (
@@ -185,6 +185,8 @@ def run_consistency(
     fps, notes = float(cache.fps), []
     horizon = config.horizon or max(1, round(3 * fps))
     length = config.context + horizon
+    for m in models:
+        check_batch_fits(m.tokenizer, m.dynamics, config.clips, length, "ask for fewer --clips")
     split = split_episodes(cache.episode_indices.tolist(), holdout)
     train_episodes = list(split.train)
     if config.episodes is not None:

@@ -32,7 +32,7 @@ from torch import Tensor
 from wm_video.data.sampler import ClipBatch, ClipSampler
 from wm_video.data.tokens import TokenCache
 from wm_video.dynamics import DynamicsModel, FrameSampler, SamplingConfig
-from wm_video.engine import World
+from wm_video.engine import World, check_batch_fits
 from wm_video.errors import InputError
 from wm_video.metrics import psnr
 from wm_video.tokenizer import VideoTokenizer
@@ -209,6 +209,7 @@ def evaluate_dynamics(
     """
     started = time.perf_counter()
     length = context + horizon
+    check_batch_fits(tokenizer, dynamics, clips, length, "ask for fewer --clips")
     picked = ClipSampler(tokens, length, seed=seed, episodes=episodes).sample_batch(clips)
     clip_frames = frames_of_clips(tokens, frames, picked, length)
     device = dynamics.trunk_pos.device
