@@ -118,10 +118,16 @@ class SessionRecorder:
         self.frames += 1
 
     def finish(self) -> RecordingResult:
-        """Commit the episode and close the video; a recording without frames writes nothing."""
+        """Commit the episode and close the video; a recording without frames writes nothing.
+        If closing the video fails (a full disk), nothing of the recording is kept."""
         episode = None
         if self._encoder is not None:
-            self._encoder.close()
+            try:
+                self._encoder.close()
+            except BaseException:
+                self._encoder = None
+                self.discard()
+                raise
             self._encoder = None
             assert self._partial is not None and self.video_path is not None
             os.replace(self._partial, self.video_path)

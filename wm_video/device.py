@@ -18,7 +18,7 @@ def resolve_device(requested: str | None) -> str:
     try:
         device = torch.device(requested)
     except (RuntimeError, ValueError) as err:
-        raise InputError(f"--device {requested!r} is not a device torch knows; use cpu or cuda") from err
+        raise InputError(f"--device {requested}: not a device torch knows; use cpu or cuda") from err
     if device.type == "cuda":
         if not torch.cuda.is_available():
             why = "this torch build has none" if torch.version.cuda is None else "none is visible"

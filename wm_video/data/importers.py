@@ -236,19 +236,20 @@ def import_pairs(
         )
     building = out.parent / f".{out.name}.importing"
     shutil.rmtree(building, ignore_errors=True)
-    writer = DatasetWriter(
-        building,
-        fps=options.fps if options.fps is not None else _common_fps(probes),
-        action_space=space,
-        frame_shape=shape,
-        task=task,
-        video=options.video,
-        source_info={"src": str(src.resolve()), "episodes": [p.name for p in pairs]},
-    )
+    fps = options.fps if options.fps is not None else _common_fps(probes)
     ignored: Counter[str] = Counter()
     trimmed: dict[str, int] = {}
     frames_added = 0
     try:
+        writer = DatasetWriter(
+            building,
+            fps=fps,
+            action_space=space,
+            frame_shape=shape,
+            task=task,
+            video=options.video,
+            source_info={"src": str(src.resolve()), "episodes": [p.name for p in pairs]},
+        )
         with (
             writer,
             tqdm(total=sum(counts), unit="frame", desc="importing", disable=not options.progress) as bar,
