@@ -48,6 +48,7 @@ from wm_video.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from wm_video.data.sampler import CLIP_TRACE_ENV, ClipSampler
 from wm_video.errors import InputError, os_error_line
 from wm_video.fileio import atomic_write_json
+from wm_video.memory import check_fits, training_step_bytes
 from wm_video.signals import StopFlag
 from wm_video.train.common import (
     EMA,
@@ -190,6 +191,12 @@ class TrainingSession:
         """
         self.config = config
         self.sampler = sampler
+        check_fits(
+            training_step_bytes(config, batch=self.options.batch_size, frames=sampler.clip_len),
+            f"a training step of --batch-size {self.options.batch_size} clips of {sampler.clip_len} frames",
+            "lower --batch-size (and raise --grad-accum to keep the global batch)",
+            device=str(self.device),
+        )
         optimizer = adamw(model, self.options)
         ema = EMA(model, self.options.ema_decay)
         seed_ranks(self.options.seed, self.rank)

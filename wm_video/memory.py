@@ -13,7 +13,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from wm_video.errors import InputError
 
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 #: output. A lower bound: norms, softmax weights and optimizer buffers are not counted.
 SAVED_FLOATS_PER_TOKEN_LAYER = 8
 FLOAT_BYTES = 4
+ACTIVATION_BYTES = 2  # each saved value in bf16/fp16 under mixed precision: the lower bound
 
 
 def format_bytes(count: float) -> str:
@@ -73,7 +74,7 @@ def check_disk(needed: float, folder: Path, what: str, fix: str) -> None:
 def transformer_activation_bytes(*, tokens: int, dim: int, layers: int, mlp_ratio: float) -> float:
     """Lower bound of the activations a training step keeps for backward over ``tokens`` tokens."""
     per_token_layer = SAVED_FLOATS_PER_TOKEN_LAYER + mlp_ratio
-    return float(tokens) * dim * layers * per_token_layer * FLOAT_BYTES
+    return float(tokens) * dim * layers * per_token_layer * ACTIVATION_BYTES
 
 
 def parameter_count(build: Callable[[], nn.Module]) -> int:
@@ -83,3 +84,23 @@ def parameter_count(build: Callable[[], nn.Module]) -> int:
     with torch.device("meta"):
         module = build()
     return sum(p.numel() for p in module.parameters())
+
+
+def training_step_bytes(config: dict[str, Any], *, batch: int, frames: int) -> float:
+    """Lower bound of what one training step over ``batch`` clips of ``frames`` frames keeps for
+    backward, from a model's JSON config: a tokenizer's pixels in and out, and every transformer
+    layer's saved activations over the clip's tokens."""
+    dim = int(config.get("dim", 0))
+    layers = sum(
+        int(config.get(key, 0)) for key in ("encoder_layers", "decoder_layers", "trunk_layers", "head_layers")
+    )
+    if "image_size" in config:  # a tokenizer: pixels in, pixels out
+        side = int(config["image_size"])
+        tokens = (side // max(1, int(config.get("patch_size", 1)))) ** 2
+        pixels = 2 * side * side * 3 * ACTIVATION_BYTES
+    else:
+        tokens, pixels = int(config.get("grid_size", 0)) ** 2, 0
+    per_frame = pixels + transformer_activation_bytes(
+        tokens=tokens, dim=dim, layers=layers, mlp_ratio=float(config.get("mlp_ratio", 0.0))
+    )
+    return float(batch) * frames * per_frame
