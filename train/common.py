@@ -256,8 +256,11 @@ class RunLogger:
         if not self.enabled:
             return
         record = {"step": step, "time": round(time.time(), 3), **metrics}
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        try:
+            with self.path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+        except OSError as err:  # a full disk: name the log (a failed write() names no file)
+            raise OSError(err.errno, err.strerror, str(self.path)) from err
         if self._wandb is not None:
             self._wandb.log(metrics, step=step)
 

@@ -213,7 +213,10 @@ def train_dynamics(options: DynamicsTrainOptions) -> DynamicsTrainResult:
     tokenizer = tokenizer.to(session.device)
     with session.accelerator.main_process_first():
         frames = load_cache(
-            options.data, size=tokenizer.config.image_size, progress=session.is_main and o.progress
+            options.data,
+            size=tokenizer.config.image_size,
+            cache_root=o.cache_dir,
+            progress=session.is_main and o.progress,
         )
         tokens = load_token_cache(
             frames, tokenizer, device=session.device, progress=session.is_main and o.progress

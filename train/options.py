@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from wm_video.cli_args import finite_float, non_negative_float, positive_float
+from wm_video.cli_args import add_cache_dir_flag, finite_float, non_negative_float, positive_float
 from wm_video.errors import InputError
 from wm_video.fileio import check_output_folder
 
@@ -44,6 +44,7 @@ class SessionOptions:
     wandb_project: str = "wm-video"
     progress: bool = True
     rank_timeout: float = 300.0  # seconds another process may stay silent before the run stops
+    cache_dir: Path | None = None  # training caches under it (None: beside the data, or $WM_VIDEO_CACHE_DIR)
 
     def lr_at(self, step: int) -> float:
         """Linear warm-up, then cosine decay to ``min_lr_ratio`` × lr at ``max_steps``."""
@@ -84,6 +85,7 @@ def add_session_flags(
         help=f"steps between checkpoints (default {d.save_every})",
     )
     run.add_argument("--keep", type=int, default=d.keep, help=f"checkpoints kept (default {d.keep})")
+    add_cache_dir_flag(run)
     run.add_argument(
         "--log-every",
         type=int,

@@ -102,7 +102,12 @@ def train_tokenizer(options: TokenizerTrainOptions) -> TokenizerTrainResult:
     )
     o = options.session
     with session.accelerator.main_process_first():
-        cache = load_cache(options.data, size=config.image_size, progress=session.is_main and o.progress)
+        cache = load_cache(
+            options.data,
+            size=config.image_size,
+            cache_root=o.cache_dir,
+            progress=session.is_main and o.progress,
+        )
     split = split_episodes(cache.episode_indices.tolist(), options.holdout)
     train_episodes = _episodes_with_clips(cache, split.train, options.clip_len)
     if not train_episodes:
