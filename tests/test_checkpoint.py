@@ -6,6 +6,7 @@ import errno
 import os
 import random
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -278,3 +279,37 @@ def test_missing_or_empty_paths_give_clear_errors(tmp_path):
     ):
         (tmp_path / "run" / "checkpoints").mkdir(parents=True)
         resolve_checkpoint(tmp_path / "run")
+
+
+def test_a_kill_while_pruning_never_leaves_a_complete_folder_with_files_missing(tmp_path, monkeypatch):
+    """Issue 19 item 6: pruning deleted files inside a step folder still marked COMPLETE."""
+    for step in (1, 2):
+        save(tmp_path, step, keep=2)
+    real_rmtree = ckpt.shutil.rmtree
+
+    def killed_midway(path, *args, **kwargs):
+        (Path(path) / "model.safetensors").unlink()  # the first file goes, then the process dies
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt.shutil, "rmtree", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        save(tmp_path, 3, keep=2)
+    monkeypatch.setattr(ckpt.shutil, "rmtree", real_rmtree)
+    for step_dir in (tmp_path / "checkpoints").glob("step-*"):
+        if (step_dir / COMPLETE_MARKER).exists():
+            assert (step_dir / "model.safetensors").exists(), step_dir
+    assert [p.name for p in ckpt._complete_steps(tmp_path / "checkpoints")] == ["step-00000002", "step-00000003"]
+    save(tmp_path, 4, keep=2)
+    assert load_checkpoint(tmp_path).step == 4
+
+
+def test_loading_a_run_passes_over_a_damaged_newest_checkpoint(tmp_path):
+    """Issue 19 item 6: a truncated newest file stopped resume; now the previous complete one loads, with a warning."""
+    for step in (1, 2):
+        save(tmp_path, step)
+    newest = tmp_path / "checkpoints" / "step-00000002" / "model.safetensors"
+    newest.write_bytes(newest.read_bytes()[:64])
+    with pytest.warns(UserWarning, match="step-00000001"):
+        assert load_checkpoint(tmp_path).step == 1
+    with pytest.raises(InputError, match="not a safetensors file"):  # asked for by name: no fallback
+        load_checkpoint(newest.parent)

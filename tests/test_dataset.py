@@ -344,3 +344,22 @@ def test_signals_wait_for_the_end_of_a_commit() -> None:
             steps.append("finished the commit")
     assert steps == ["finished the commit"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_dataset_without_wm_video_json_gets_buttons_inferred_said_and_overridable(
+    tiny_dataset: TinyDataset, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 19: a dataset written by LeRobot itself (no meta/wm_video.json) read every action as continuous."""
+    from wm_video.cli import main
+
+    root = tiny_dataset.root
+    lerobot.ours_path(root).unlink()
+    assert main(["inspect", str(root), "--no-decode"]) == 0
+    out = capsys.readouterr().out
+    assert "buttons inferred from the data" in out and "['forward', 'turn_left']" in out and "2 buttons" in out
+    assert main(["inspect", str(root), "--no-decode", "--buttons", "forward"]) == 0
+    assert "1 buttons, 2 continuous" in capsys.readouterr().out
+    ds = open_dataset(root)
+    assert (ds.action_space.buttons, ds.action_space.deltas) == (("forward",), ("turn_left", "mouse_dx"))
+    assert main(["inspect", str(root), "--buttons", "mouse_dx"]) == 2  # buttons lead the vector
+    assert "first entries of the action vector" in capsys.readouterr().err
