@@ -44,19 +44,18 @@ from wm_video.dynamics import (
     masked_token_loss,
 )
 from wm_video.engine import World
-from wm_video.errors import EXIT_STOPPED, InputError, run_program
+from wm_video.errors import EXIT_STOPPED, InputError
 from wm_video.eval.dynamics import controllability, frames_of_clips, teacher_forced
 from wm_video.tokenizer import VideoTokenizer
 from wm_video.train.common import save_comparison_grid
 from wm_video.train.prefetch import Batch
-from wm_video.train.ranks import rank_failure
 from wm_video.train.remap import ActionMapping, remap_action_weights
 from wm_video.train.session import (
     SessionOptions,
     StepResult,
     TrainingSession,
     add_session_flags,
-    end_processes,
+    run_training_program,
     session_options,
 )
 
@@ -374,10 +373,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "wm-video train dynamics
             )
         return EXIT_STOPPED if result.stopped_by_signal else 0
 
-    try:
-        return run_program(prog, run, translate=rank_failure)
-    finally:
-        end_processes()
+    return run_training_program(prog, run)
 
 
 if __name__ == "__main__":

@@ -25,12 +25,11 @@ from typing import Any
 
 from wm_video.checkpoint import Checkpoint, load_checkpoint, recorded_tokenizer, resolve_checkpoint
 from wm_video.dynamics import CorruptionConfig
-from wm_video.errors import EXIT_STOPPED, InputError, run_program
+from wm_video.errors import EXIT_STOPPED, InputError
 from wm_video.train.cli import DESCRIPTION
 from wm_video.train.dynamics import DynamicsTrainOptions, train_dynamics
 from wm_video.train.options import SessionOptions, add_finetune_flags, session_options
-from wm_video.train.ranks import rank_failure
-from wm_video.train.session import end_processes
+from wm_video.train.session import run_training_program
 from wm_video.train.tokenizer import TokenizerTrainOptions, train_tokenizer
 
 
@@ -136,10 +135,7 @@ def run_finetune(args: argparse.Namespace, prog: str = "wm-video finetune") -> i
             )
         return EXIT_STOPPED if result.stopped_by_signal else 0
 
-    try:
-        return run_program(prog, run, translate=rank_failure)
-    finally:
-        end_processes()
+    return run_training_program(prog, run)
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "wm-video finetune") -> int:

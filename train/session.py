@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 from wm_video.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from wm_video.data.sampler import CLIP_TRACE_ENV, ClipSampler
-from wm_video.errors import InputError, os_error_line
+from wm_video.errors import InputError, os_error_line, run_program
 from wm_video.fileio import atomic_write_json
 from wm_video.memory import check_fits, training_step_bytes
 from wm_video.signals import StopFlag
@@ -73,7 +73,7 @@ from wm_video.train.options import (  # noqa: F401  (re-exported: the programs i
     session_options,
 )
 from wm_video.train.prefetch import Batch, Prefetcher
-from wm_video.train.ranks import RankWatch
+from wm_video.train.ranks import RankWatch, rank_failure
 from wm_video.train.runlock import LOCK_FILE, RunLock
 
 MAX_SKIPPED_STEPS = 10  # non-finite gradients in a row before the run stops
@@ -504,6 +504,15 @@ class TrainingSession:
         if self.watch is not None:
             self.watch.stop()
         self.lock.release()
+
+
+def run_training_program(prog: str, body: Callable[[], int]) -> int:
+    """A training program's exit status (:func:`~wm_video.errors.run_program`, a frozen or dead
+    rank named in one line); the process group is left at the end, however it ends."""
+    try:
+        return run_program(prog, body, translate=rank_failure)
+    finally:
+        end_processes()
 
 
 def end_processes() -> None:

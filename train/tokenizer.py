@@ -27,20 +27,19 @@ from wm_video.data.cache import TrainingCache, load_cache
 from wm_video.data.lerobot import read_info
 from wm_video.data.sampler import ClipSampler
 from wm_video.data.split import DEFAULT_HOLDOUT, split_episodes
-from wm_video.errors import EXIT_STOPPED, InputError, run_program
+from wm_video.errors import EXIT_STOPPED, InputError
 from wm_video.metrics import psnr
 from wm_video.tokenizer import TOKENIZER_PRESETS, VideoTokenizer, tokenizer_preset
 from wm_video.tokenizer.loss import ReconstructionLossConfig, reconstruction_loss
 from wm_video.tokenizer.pixels import to_model_pixels, to_uint8_frames
 from wm_video.train.common import save_comparison_grid
 from wm_video.train.prefetch import Batch
-from wm_video.train.ranks import rank_failure
 from wm_video.train.session import (
     SessionOptions,
     StepResult,
     TrainingSession,
     add_session_flags,
-    end_processes,
+    run_training_program,
     session_options,
 )
 
@@ -228,10 +227,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "wm-video train tokenize
             )
         return EXIT_STOPPED if result.stopped_by_signal else 0
 
-    try:
-        return run_program(prog, run, translate=rank_failure)
-    finally:
-        end_processes()
+    return run_training_program(prog, run)
 
 
 if __name__ == "__main__":
