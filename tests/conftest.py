@@ -21,6 +21,7 @@ from wm_video.actions import ActionSpace
 from wm_video.checkpoint import save_checkpoint
 from wm_video.data.video import VideoSettings
 from wm_video.data.writer import DatasetWriter
+from wm_video.dynamics import DynamicsConfig
 from wm_video.tokenizer import TokenizerConfig, VideoTokenizer
 
 SPACE = ActionSpace(("forward", "turn_left"), ("mouse_dx",), {"w": "forward", "left": "turn_left"})
@@ -101,6 +102,20 @@ def save_random_tokenizer(path: Path, config: TokenizerConfig, seed: int = 0) ->
 #: The smallest tokenizer the training programs accept: 32 px frames, 4×4 tokens, one layer each way.
 MICRO_TOKENIZER = TokenizerConfig(
     image_size=32, patch_size=8, dim=32, heads=2, encoder_layers=1, decoder_layers=1, temporal_window=3
+)
+
+
+#: The smallest dynamics model that reads MICRO_TOKENIZER's tokens and SPACE's actions.
+MICRO_DYNAMICS = DynamicsConfig(
+    grid_size=MICRO_TOKENIZER.grid_size,
+    levels=MICRO_TOKENIZER.levels,
+    action_names=SPACE.names,
+    action_buttons=len(SPACE.buttons),
+    dim=32,
+    heads=2,
+    trunk_layers=1,
+    head_layers=1,
+    context_frames=3,
 )
 
 

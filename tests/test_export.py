@@ -9,29 +9,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import MICRO_TOKENIZER, SPACE, make_dataset, save_random_tokenizer
+from conftest import MICRO_DYNAMICS, MICRO_TOKENIZER, SPACE, make_dataset, save_random_tokenizer
 from safetensors import safe_open
 
 from wm_video.checkpoint import load_checkpoint, load_tokenizer, save_checkpoint
 from wm_video.cli import main as cli_main
 from wm_video.data.tokens import tokenizer_fingerprint
-from wm_video.dynamics import DynamicsConfig, DynamicsModel
+from wm_video.dynamics import DynamicsModel
 from wm_video.engine import load_world
 from wm_video.errors import InputError
 from wm_video.export import export_world
 from wm_video.play.start import dataset_info, default_start
 
-DYNAMICS = DynamicsConfig(
-    grid_size=MICRO_TOKENIZER.grid_size,
-    levels=MICRO_TOKENIZER.levels,
-    action_names=SPACE.names,
-    action_buttons=len(SPACE.buttons),
-    dim=32,
-    heads=2,
-    trunk_layers=1,
-    head_layers=1,
-    context_frames=3,
-)
+DYNAMICS = MICRO_DYNAMICS
 
 
 @pytest.fixture

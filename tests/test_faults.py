@@ -26,25 +26,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import MICRO_TOKENIZER, SPACE, make_dataset, save_random_tokenizer
+from conftest import MICRO_DYNAMICS, MICRO_TOKENIZER, make_dataset, save_random_tokenizer
 from safetensors.torch import load_file, save_file
 
 from wm_video.checkpoint import save_checkpoint
 from wm_video.cli import main
 from wm_video.data.validate import validate_dataset
-from wm_video.dynamics import DynamicsConfig, DynamicsModel
+from wm_video.dynamics import DynamicsModel
 
-DYNAMICS = DynamicsConfig(
-    grid_size=MICRO_TOKENIZER.grid_size,
-    levels=MICRO_TOKENIZER.levels,
-    action_names=SPACE.names,
-    action_buttons=len(SPACE.buttons),
-    dim=32,
-    heads=2,
-    trunk_layers=1,
-    head_layers=1,
-    context_frames=3,
-)
+DYNAMICS = MICRO_DYNAMICS
 VIDEO = "videos/observation.image/chunk-000/file-{:03d}.mp4"
 DATA = "data/chunk-000/file-{:03d}.parquet"
 EPISODES = "meta/episodes/chunk-000/file-000.parquet"
@@ -857,11 +847,7 @@ def test_a_frozen_rank_stops_the_run_naming_it(tmp_path: Path) -> None:
 
 
 def test_a_full_disk_under_the_training_log_is_one_line_naming_it(
-    small_presets: None,
-    pristine: Path,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    small_presets: None, pristine: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with tmpfs(tmp_path / "disk", "1m") as disk:
         out = disk / "run"

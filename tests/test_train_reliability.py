@@ -242,7 +242,7 @@ def test_sigterm_saves_the_dynamics_run_at_the_step_boundary(
     sender = threading.Thread(target=send_when_training)
     sender.start()
     try:
-        assert train("dynamics", training_data, run, 100_000, "--save-every", "100000") == 0
+        assert train("dynamics", training_data, run, 100_000, "--save-every", "100000") == 130  # EXIT_STOPPED
     finally:
         sender.join()
     out = capsys.readouterr().out
