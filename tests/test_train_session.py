@@ -1,9 +1,10 @@
 """The training loop itself (:meth:`TrainingSession.run`) on a tiny MLP: the fp16 GradScaler path,
 no host reads between log steps, compiled == eager, the prefetch thread, weight decay groups, MFU's
-FLOP count, and a failed save on one of 2 ranks raising on both."""
+FLOP count, and a failed save on one of 2 ranks raising on both (a user-facing one in one line)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from torch import nn
 
 from wm_video.data.sampler import ClipSampler
 from wm_video.dynamics import DynamicsModel, dynamics_config
+from wm_video.errors import InputError
 from wm_video.tokenizer import VideoTokenizer
 from wm_video.train.common import matmul_parameters, read_log
 from wm_video.train.prefetch import Prefetcher
@@ -259,3 +261,43 @@ def test_a_failed_save_on_rank_0_raises_on_every_rank(training_data: TrainingDat
     assert (tmp_path / "rank1.txt").read_text() == (
         "RuntimeError: the main process failed to save step 1: RuntimeError: disk on fire"
     )
+
+
+def test_the_other_ranks_hear_a_user_facing_failure_of_the_main_process_as_its_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One mechanism for the run-folder lock and the save (issues 17 and 19): the main process raises
+    its own error; the others a full disk's one line (an InputError, not a RuntimeError and a
+    traceback), and a RuntimeError naming any other error."""
+    import wm_video.train.session as session_module
+
+    sent: list[list[Any]] = []
+
+    def broadcast(objects: list[Any], from_process: int) -> None:  # rank 0 sends, then rank 1 receives
+        if sent:
+            objects[:] = sent.pop()
+        else:
+            sent.append(list(objects))
+
+    monkeypatch.setattr(session_module, "broadcast_object_list", broadcast)
+    main, other = TrainingSession.__new__(TrainingSession), TrainingSession.__new__(TrainingSession)
+    main.world_size = other.world_size = 2
+
+    def disk_full() -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", "/runs/a/log.jsonl")
+
+    def bug() -> None:
+        raise ValueError("a bug")
+
+    with pytest.raises(OSError):
+        main._on_every_rank(disk_full, "to save step 3")
+    with pytest.raises(InputError, match="^/runs/a/log.jsonl: disk full"):
+        other._on_every_rank(None, "to save step 3")
+    with pytest.raises(ValueError, match="a bug"):
+        main._on_every_rank(bug, "to lock the run folder")
+    with pytest.raises(
+        RuntimeError, match="^the main process failed to lock the run folder: ValueError: a bug$"
+    ):
+        other._on_every_rank(None, "to lock the run folder")
+    main._on_every_rank(lambda: None, "to save step 4")
+    other._on_every_rank(None, "to save step 4")  # nothing failed: nothing raised
