@@ -8,6 +8,10 @@ os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+# One torch thread everywhere (subprocesses too), set before torch starts: tiny models step ~10× faster
+# on one thread when other processes share the cores, and the programs do not spend test time choosing
+# a thread count by timing (wm_video/threads.py; tests/test_threads.py tests that choice).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -74,6 +78,17 @@ def make_dataset(root: Path, lengths: list[int], *, size: int = 32, codec: str =
             data.frames.append(frames)
             data.actions.append(actions)
     return data
+
+
+@pytest.fixture(autouse=True)
+def no_thread_tuner_left_behind() -> Iterator[None]:
+    """A program run in-process (``main([...])``) sets up the process's thread tuner; drop it after the test."""
+    from wm_video import threads
+
+    before = torch.get_num_threads()
+    yield
+    threads.reset()
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

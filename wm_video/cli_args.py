@@ -19,6 +19,11 @@ else:
     Commands = argparse._SubParsersAction
 
 
+def counted(count: int, noun: str) -> str:
+    """``1 episode``, ``2 episodes``, ``1,000 frames``: a count with its noun, singular or plural."""
+    return f"{count:,} {noun}" + ("" if count == 1 else "s")
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer ≥ 1."""
     value = int(text)
@@ -61,3 +66,47 @@ def add_cache_dir_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup
         help="put the training cache under DIR instead of beside the dataset (DATASET/.cache), e.g. "
         "when the dataset is read-only (default: $WM_VIDEO_CACHE_DIR if set)",
     )
+
+
+def add_device_flag(group: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
+    """``--device``, the same in every program that runs a model."""
+    group.add_argument(
+        "--device",
+        default="auto",
+        help="where the model runs: auto (default: cuda when present, else cpu), cpu, cuda or cuda:N",
+    )
+
+
+def add_threads_flag(group: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
+    """``--threads``, the same in every program that runs torch (see :mod:`wm_video.threads`)."""
+    group.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch CPU threads (default: chosen by timing 1, 2 … threads on the work itself while it "
+        "runs, and re-checked when its speed changes; the choice is printed)",
+    )
+
+
+def add_progress_flag(group: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
+    """``--no-progress``, the same in every program that shows progress bars."""
+    group.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` → ``cuda`` when a CUDA device is present, else ``cpu``; other names are checked."""
+    import torch
+
+    from wm_video.errors import InputError
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        where = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"--device {name}: not a device; use auto, cpu, cuda or cuda:N") from None
+    if where.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {name}: no CUDA device is available here; use --device cpu (or auto)")
+    if where.type not in ("cpu", "cuda"):
+        raise InputError(f"--device {name}: only cpu and cuda are supported")
+    return name

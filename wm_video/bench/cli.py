@@ -3,14 +3,29 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from wm_video.cli_args import Commands, positive_int
+from wm_video.cli_args import (
+    Commands,
+    add_device_flag,
+    add_progress_flag,
+    add_threads_flag,
+    positive_int,
+    resolve_device,
+)
 
 #: `wm-video bench --preset` choices: the keys of wm_video.dynamics.DYNAMICS_PRESETS, written out so
 #: `--help` does not import torch (tests/test_bench_world.py checks they agree).
 WORLD_PRESETS = ("tiny", "base")
+
+
+def _setup(args: argparse.Namespace) -> str:
+    """The device, and the thread count for it (chosen during the warm-up unless --threads); returns the device."""
+    from wm_video import threads
+
+    device = resolve_device(args.device)
+    threads.configure(args.threads, device=device)
+    return device
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -24,7 +39,7 @@ def _bench(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         clip_len=args.clip_len,
         batch_size=args.batch_size,
-        progress=sys.stderr.isatty(),
+        progress=not args.no_progress,
     )
     print(result.format())
     return 0
@@ -33,15 +48,15 @@ def _bench(args: argparse.Namespace) -> int:
 def _bench_tokenizer(args: argparse.Namespace) -> int:
     from wm_video.bench.tokenizer import bench_tokenizer
 
+    device = _setup(args)
     result = bench_tokenizer(
         preset=None if args.checkpoint else args.preset,
         checkpoint=args.checkpoint,
-        device=args.device,
+        device=device,
         dtype=args.dtype,
         steps=args.steps,
         warmup=args.warmup,
-        threads=args.threads,
-        progress=sys.stderr.isatty(),
+        progress=not args.no_progress,
     )
     print(result.format())
     return 0
@@ -51,17 +66,17 @@ def _bench_world(args: argparse.Namespace) -> int:
     from wm_video.bench.world import bench_world
     from wm_video.fileio import atomic_write_json
 
+    device = _setup(args)
     result = bench_world(
         preset=args.preset,
         checkpoint=args.checkpoint,
         tokenizer=args.tokenizer,
-        device=args.device,
+        device=device,
         dtype=args.dtype,
         steps=args.steps,
         warmup=args.warmup,
-        threads=args.threads,
         compile=args.compile,
-        progress=sys.stderr.isatty(),
+        progress=not args.no_progress,
     )
     print(result.format())
     if args.json is not None:
@@ -94,7 +109,7 @@ def register(commands: Commands) -> None:
         help="tokenizer run (default: the checkpoint's or the preset's)",
     )
     group = bench.add_argument_group("run")
-    group.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="default cpu")
+    add_device_flag(group)
     group.add_argument(
         "--dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="default float32"
     )
@@ -102,10 +117,11 @@ def register(commands: Commands) -> None:
     group.add_argument(
         "--warmup", type=int, default=30, help="untimed steps first, at least the context window (default 30)"
     )
-    group.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: all)")
+    add_threads_flag(group)
     group.add_argument("--compile", action="store_true", help="torch.compile the dynamics step, as play can")
     group.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
-    bench.set_defaults(handler=_bench_world)
+    add_progress_flag(group)
+    bench.set_defaults(handler=_bench_world, command_name="bench")
     benches = bench.add_subparsers(
         dest="what", required=False, metavar="[WHAT]", title="other benchmarks (WHAT)"
     )
@@ -121,13 +137,14 @@ def register(commands: Commands) -> None:
     )
     p.add_argument("--clip-len", type=positive_int, default=16, help="frames per sampled clip (default 16)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="clips per sampled batch (default 32)")
-    p.set_defaults(handler=_bench)
+    add_progress_flag(p)
+    p.set_defaults(handler=_bench, command_name="bench data")
     p = benches.add_parser("tokenizer", help="streaming encode and decode, ms per frame at batch 1")
     group = p.add_argument_group("model")
     group.add_argument("--preset", default="tiny", help="a preset with random weights (default tiny)")
     group.add_argument("--checkpoint", type=Path, default=None, help="a trained run or checkpoint instead")
     group = p.add_argument_group("run")
-    group.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="default cpu")
+    add_device_flag(group)
     group.add_argument(
         "--dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="default float32"
     )
@@ -135,5 +152,6 @@ def register(commands: Commands) -> None:
         "--steps", type=positive_int, default=300, help="timed frames per operation (default 300)"
     )
     group.add_argument("--warmup", type=int, default=30, help="untimed frames first (default 30)")
-    group.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: all)")
-    p.set_defaults(handler=_bench_tokenizer)
+    add_threads_flag(group)
+    add_progress_flag(group)
+    p.set_defaults(handler=_bench_tokenizer, command_name="bench tokenizer")

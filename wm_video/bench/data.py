@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -130,6 +131,13 @@ def bench_data(
             sampler = ClipSampler(cache, clip_len, seed=repeat)
             result.sampler_fps.append(_sampler_fps(sampler, batch_size, sampler_seconds))
             del cache, sampler
+            if progress:
+                print(
+                    f"repeat {repeat + 1}/{repeats}: collection {result.collect_fps[-1]:,.0f}, cache build "
+                    f"{result.cache_build_fps[-1]:,.0f}, sampler {result.sampler_fps[-1]:,.0f} frames/s",
+                    file=sys.stderr,
+                    flush=True,
+                )
     finally:
         if workdir is None:
             shutil.rmtree(base, ignore_errors=True)

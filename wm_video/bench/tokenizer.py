@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from wm_video.device import resolve_device
 from wm_video.errors import InputError
+from wm_video.threads import settle
 from wm_video.tokenizer import TokenizerConfig, VideoTokenizer, tokenizer_preset
 
 DTYPES: dict[str, torch.dtype] = {
@@ -199,9 +200,10 @@ def _load_model(
 def time_steps(
     step: Callable[[], object], warmup: int, steps: int, cuda: bool, label: str, progress: bool
 ) -> FrameTiming:
-    """Call ``step`` ``warmup`` times untimed, then ``steps`` times, timing each call."""
-    for _ in range(warmup):
-        step()
+    """Call ``step`` ``warmup`` times untimed (and on until the thread count for it is chosen, when a
+    tuner chooses it: :func:`wm_video.threads.settle`), then ``steps`` times, timing each call."""
+    if warmup:
+        settle(step, label, warmup)
     seconds = []
     for _ in tqdm(range(steps), desc=label, disable=not progress, leave=False):
         if cuda:
@@ -228,7 +230,8 @@ def bench_tokenizer(
     """Time the streaming encoder and decoder of a tokenizer, one frame at a time at batch 1.
 
     ``checkpoint``, when given, is loaded (EMA weights) instead of building ``preset`` with
-    random weights. ``threads`` sets :func:`torch.set_num_threads` for the run only.
+    random weights. ``threads`` sets :func:`torch.set_num_threads` for the run only; without it, a
+    thread tuner configured by the program (:mod:`wm_video.threads`) chooses the count during the warm-ups.
     """
     check_timing_options(steps, warmup, threads)
     where, torch_dtype = check_device(device, dtype)

@@ -52,6 +52,7 @@ from wm_video.bench.tokenizer import (
 from wm_video.dynamics import DYNAMICS_PRESETS, DynamicsConfig, DynamicsModel, dynamics_config
 from wm_video.engine import World
 from wm_video.errors import InputError
+from wm_video.threads import settle
 from wm_video.tokenizer import VideoTokenizer, tokenizer_preset
 
 #: Side of the square matmul timed for the peak throughput, per device type.
@@ -220,7 +221,9 @@ def matmul_peak_flops(where: torch.device, dtype: torch.dtype, size: int, repeat
     right = torch.randn(size, size, generator=generator).to(where, dtype)
     cuda = where.type == "cuda"
     with torch.inference_mode():
-        timing = time_steps(lambda: torch.mm(left, right), 2, repeats, cuda, "matmul", False)
+        for _ in range(2):  # untimed, at the thread count in use
+            torch.mm(left, right)
+        timing = time_steps(lambda: torch.mm(left, right), 0, repeats, cuda, "matmul", False)
     return 2 * size**3 / (timing.median_ms / 1000.0)
 
 
@@ -328,7 +331,8 @@ def bench_world(
 
     ``checkpoint`` (a dynamics run or step folder, EMA weights) replaces ``preset``;
     ``tokenizer`` replaces the tokenizer the checkpoint records, or the preset's random one.
-    ``threads`` sets :func:`torch.set_num_threads` for the run only.
+    ``threads`` sets :func:`torch.set_num_threads` for the run only; without it, a thread tuner
+    configured by the program (:mod:`wm_video.threads`) chooses the count during the warm-up.
     """
     check_timing_options(steps, warmup, threads)
     where, torch_dtype = check_device(device, dtype)
@@ -357,8 +361,7 @@ def bench_world(
         untimed = max(
             warmup, config.context_frames + config.sink_frames, tokenizer_model.config.temporal_window - 1
         )
-        for _ in range(untimed):
-            world.step(next_action())
+        untimed = settle(lambda: world.step(next_action()), "step", untimed)  # and choose the threads
 
         parts = _StepParts(world, next_action)
         with torch.inference_mode():
