@@ -115,7 +115,7 @@ def test_the_token_cache_is_built_once(setup: Setup, tmp_path: Path, monkeypatch
     def no_encoding(*args: object, **kwargs: object) -> None:
         raise AssertionError("the dataset was tokenized again")
 
-    monkeypatch.setattr(VideoTokenizer, "encode", no_encoding)
+    monkeypatch.setattr("wm_video.data.tokens._tokenize_into", no_encoding)
     assert train(setup.data.root, setup.tokenizer, tmp_path / "second", 1) == 0
     assert load_checkpoint(tmp_path / "second").step == 1
     assert list((setup.data.root / ".cache").glob("tokens-*")) == caches
@@ -235,8 +235,8 @@ def test_eval_dynamics_reports_fidelity_control_and_drift(setup: Setup, tmp_path
     out = capsys.readouterr().out
     assert "teacher-forced next frame" in out and "ΔPSNR(t=3)" in out and "held-out episodes" in out
     data = json.loads(report.read_text())
-    assert data["step"] == 4 and data["clips"] == 2 and len(data["rollout_psnr"]) == 3
-    assert np.isfinite(data["teacher_forced"]["psnr"]) and np.isfinite(data["control"]["delta_psnr"])
+    assert data["step"] == 4 and data["clips"] == 2 and len(data["drift"]["psnr"]["mean"]) == 3
+    assert np.isfinite(data["teacher_forced"]["psnr"]) and np.isfinite(data["control"]["delta_psnr_t4"])
     # clips longer than every held-out episode: one clear line
     assert cli_main([*args, "--horizon", "40"]) == 2
     assert "no episode is long enough" in capsys.readouterr().err

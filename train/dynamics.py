@@ -45,7 +45,8 @@ from wm_video.dynamics import (
 )
 from wm_video.engine import World
 from wm_video.errors import EXIT_STOPPED, InputError
-from wm_video.eval.dynamics import controllability, frames_of_clips, teacher_forced
+from wm_video.eval.clips import EvalClips
+from wm_video.eval.rollouts import evaluate_clips
 from wm_video.tokenizer import VideoTokenizer
 from wm_video.train.common import save_comparison_grid
 from wm_video.train.prefetch import Batch
@@ -114,7 +115,8 @@ def _check_same_tokenizer(out: Path, tokenizer_path: Path, tokenizer_id: str) ->
 
 
 class Probe:
-    """Held-out clips scored with the EMA model at every eval step (always the same clips)."""
+    """Held-out clips scored with the EMA model at every eval step (always the same clips), by the
+    consistency run's own measurements (:func:`wm_video.eval.rollouts.evaluate_clips`)."""
 
     def __init__(
         self, tokens: TokenCache, frames: np.ndarray, episodes: Sequence[int], device: torch.device
@@ -122,40 +124,36 @@ class Probe:
         length = PROBE_CONTEXT + PROBE_HORIZON
         sampler = ClipSampler(tokens, length, seed=12345, episodes=episodes)
         picked = sampler.sample_batch(PROBE_CLIPS)
-        self.frames = frames_of_clips(tokens, frames, picked, length)  # (B, T, H, W, 3)
-        self.tokens = torch.from_numpy(picked.frames.astype(np.int64)).to(device)
-        self.actions = torch.from_numpy(picked.actions).to(device)
+        first_row = dict(zip(tokens.episode_indices.tolist(), tokens.episode_starts[:-1].tolist(), strict=True))
+        rows = [first_row[int(e)] + int(s) for e, s in zip(picked.episode, picked.start, strict=True)]
+        self.frames = np.stack([frames[r : r + length] for r in rows])  # (B, T, H, W, 3) of the token rows
+        self.actions = picked.actions.astype(np.float32)  # (B, T, A)
+        self.clips = EvalClips(self.frames, self.actions, picked.episode, picked.start, "held-out probe")
         rng = np.random.default_rng(12345)  # random actions: rows drawn from anywhere in the data
         self.random_actions = tokens.actions[rng.integers(0, tokens.num_frames, (PROBE_CLIPS, PROBE_HORIZON))]
 
     def __call__(
         self, tokenizer: VideoTokenizer, model: DynamicsModel
     ) -> tuple[dict[str, float], np.ndarray]:
-        report, generated = teacher_forced(tokenizer, model, self.frames, self.tokens, self.actions)
-        world = World(tokenizer, model, batch_size=PROBE_CLIPS)
-        control = controllability(
-            world,
-            self.frames,
-            self.actions.cpu().numpy(),
-            self.random_actions,
-            context=PROBE_CONTEXT,
-            horizon=PROBE_HORIZON,
-        )
+        """The held-out metrics, and the teacher-forced frames 1 … L − 1, uint8 (B, L − 1, H, W, 3), where
+        L is the clip or, when shorter, the model's window + 1 frames."""
+        scores = evaluate_clips(tokenizer, model, self.clips, self.random_actions, context=PROBE_CONTEXT, seed=0)
+        teacher = scores.teacher
         metrics = {
-            "heldout_next_psnr": report.psnr,
-            "heldout_token_accuracy": report.token_accuracy,
-            "heldout_tokenizer_psnr": report.tokenizer_psnr,
-            "heldout_repeat_psnr": report.repeat_psnr,
-            "heldout_delta_psnr_t4": control.delta_psnr,
+            "heldout_next_psnr": teacher.psnr,
+            "heldout_token_accuracy": teacher.token_accuracy,
+            "heldout_tokenizer_psnr": teacher.tokenizer_psnr,
+            "heldout_repeat_psnr": teacher.repeat_psnr,
+            "heldout_delta_psnr_t4": scores.control.delta_psnr_t4,
         }
-        return metrics, generated.cpu().numpy()
+        return metrics, scores.teacher_generated
 
     @torch.inference_mode()
     def video(self, tokenizer: VideoTokenizer, model: DynamicsModel) -> np.ndarray:
         """The first clip as uint8 (T, 3, H, 2W): real frames left, the model's rollout under the real
         actions right (the first PROBE_CONTEXT frames are the real context on both sides)."""
         world = World(tokenizer, model, batch_size=PROBE_CLIPS)
-        actions = self.actions.cpu().numpy()
+        actions = self.actions
         shown = [world.reset(self.frames[:, :PROBE_CONTEXT], actions[:, : PROBE_CONTEXT - 1])[0]]
         for t in range(PROBE_HORIZON):
             shown.append(world.step(actions[:, PROBE_CONTEXT - 1 + t])[0])
@@ -292,7 +290,7 @@ def train_dynamics(options: DynamicsTrainOptions) -> DynamicsTrainResult:
         assert probe is not None and isinstance(ema.model, DynamicsModel)
         metrics, generated = probe(tokenizer, ema.model)
         grid = save_comparison_grid(
-            probe.frames[:, 1:], generated, session.out / "samples" / f"step-{at:08d}.png"
+            probe.frames[:, 1 : 1 + generated.shape[1]], generated, session.out / "samples" / f"step-{at:08d}.png"
         )
         session.logger.log_image(at, "samples", grid)
         if session.logger.wants_media:

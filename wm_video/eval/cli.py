@@ -1,125 +1,77 @@
-"""``wm-video eval``: score trained models on held-out footage."""
+"""``wm-video eval``: score trained models on held-out footage.
+
+``wm-video eval`` is the consistency run of a dynamics checkpoint, written as a report folder;
+``eval tokenizer`` and ``eval dynamics`` are quick checks printed to the terminal, each with its
+own ``--help``. ``eval dynamics`` is a preset of the consistency run (its first parts, a short
+horizon), so both give the same numbers for the same clips.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from wm_video.cli_args import Commands, add_cache_dir_flag, positive_int
-from wm_video.device import resolve_device
-from wm_video.errors import InputError, WMVideoError
+from wm_video.cli_args import (
+    Commands,
+    add_cache_dir_flag,
+    add_device_flag,
+    add_progress_flag,
+    add_threads_flag,
+    positive_int,
+    resolve_device,
+)
+from wm_video.errors import InputError
 from wm_video.fileio import check_output_folder
 from wm_video.signals import StopFlag
 
 if TYPE_CHECKING:
-    from wm_video.checkpoint import Checkpoint
+    from wm_video.eval.consistency import ConsistencyConfig, ConsistencyResult, Model
+
+#: The soak's default length: ConsistencyConfig's, written out so that `--help` does not import torch
+#: (tests/test_eval_consistency.py checks they agree).
+SOAK_FRAMES = 2000
 
 
-def _print_summary(
-    args: argparse.Namespace, checkpoint: Checkpoint, data: object, which: str, report: Any
-) -> None:
-    """Print a quick check's report (and write it as JSON with --json)."""
-    from wm_video.fileio import atomic_write_json
-
-    weights = "raw" if args.raw_weights else "EMA"
-    print(f"{checkpoint.path} (step {checkpoint.step}, {weights} weights) on {data}: {which}")
-    print(report.format())
-    if args.json is not None:
-        atomic_write_json(
-            args.json, {"checkpoint": str(checkpoint.path), "step": checkpoint.step, **report.to_dict()}
-        )
-        print(f"report: {args.json}")
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
-def _eval_dynamics(args: argparse.Namespace) -> int:
-
-    from wm_video.checkpoint import load_dynamics, load_tokenizer, recorded_tokenizer
-    from wm_video.data.cache import load_cache
-    from wm_video.data.split import choose_episodes
-    from wm_video.data.tokens import load_token_cache
-    from wm_video.engine import check_pair
-    from wm_video.eval.dynamics import evaluate_dynamics
+def _setup(args: argparse.Namespace) -> str:
+    """The device, and the thread count for it; returns the device."""
+    from wm_video import threads
 
     device = resolve_device(args.device)
-    dynamics, checkpoint = load_dynamics(args.checkpoint, device=device, ema=not args.raw_weights)
-    tokenizer, _ = load_tokenizer(args.tokenizer or recorded_tokenizer(checkpoint), device=device)
-    check_pair(tokenizer, dynamics)
-    data = args.data or checkpoint.meta.get("data")
-    if data is None:
-        raise WMVideoError(f"{checkpoint.path}: the checkpoint does not name its dataset; pass --data DIR")
-    progress = sys.stderr.isatty()
-    frames = load_cache(
-        Path(data), size=tokenizer.config.image_size, cache_root=args.cache_dir, progress=progress
-    )
-    tokens = load_token_cache(frames, tokenizer, progress=progress)
-    if tuple(tokens.action_names) != dynamics.config.action_names:
-        raise WMVideoError(
-            f"{data}: its actions {list(tokens.action_names)} are not the model's {list(dynamics.config.action_names)}"
-        )
-    episodes, which = choose_episodes(
-        tokens.episode_indices.tolist(),
-        args.episodes,
-        all_episodes=args.all_episodes,
-        holdout=checkpoint.meta.get("holdout"),
-    )
-    report = evaluate_dynamics(
-        tokenizer,
-        dynamics,
-        tokens,
-        frames.frames,
-        episodes,
-        clips=args.clips,
-        context=args.context,
-        horizon=args.horizon or 16,
-        seed=args.seed,
-    )
-    _print_summary(args, checkpoint, data, which, report)
-    return 0
+    threads.configure(args.threads, device=device, log=_stderr)
+    return device
 
 
-def _eval_consistency(args: argparse.Namespace) -> int:
-
+def _consistency(
+    args: argparse.Namespace, config: ConsistencyConfig
+) -> tuple[list[Model], ConsistencyResult | None]:
+    """Load the models and run ``config`` on their dataset; the result is None when a stop came
+    before anything was measured. ``--episodes``, when given, replaces ``config.episodes`` once checked
+    against the dataset."""
     import dataclasses
-
-    import torch
 
     from wm_video.data.cache import load_cache
     from wm_video.data.split import choose_episodes
     from wm_video.eval.clips import EvalInterrupted
-    from wm_video.eval.consistency import ConsistencyConfig, load_models, run_consistency
-    from wm_video.eval.idm import IDMConfig
-    from wm_video.eval.report import write_report
+    from wm_video.eval.consistency import load_models, run_consistency
 
-    if args.out is None:
-        raise InputError(
-            "wm-video eval: the consistency run writes a report folder; pass --out REPORT "
-            "(or name a quick check: `eval tokenizer` / `eval dynamics`)"
-        )
-    check_output_folder(args.out, "--out (the report folder)")  # before the work, not after
-    config = ConsistencyConfig(
-        clips=args.clips,
-        context=args.context,
-        horizon=args.horizon,
-        soak=args.soak,
-        seed=args.seed,
-        live=args.live,
-        actions=args.actions,
-        skip=frozenset(part for part in (args.skip or "").split(",") if part),
-        idm=IDMConfig() if args.idm_steps is None else IDMConfig(steps=args.idm_steps),
-        idm_cache=args.idm_cache,
-    )
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    device = _setup(args)
     models = load_models(
-        args.checkpoint, args.baseline, tokenizer=args.tokenizer, device=device, raw_weights=args.raw_weights
+        args.checkpoint,
+        getattr(args, "baseline", None),
+        tokenizer=args.tokenizer,
+        device=device,
+        raw_weights=args.raw_weights,
     )
     data = args.data or models[0].meta.get("data")
     if data is None:
         raise InputError(f"{models[0].path}: the checkpoint does not name its dataset; pass --data DIR")
-    progress = sys.stderr.isatty()
+    progress = not args.no_progress
     cache = load_cache(
         Path(data), size=models[0].tokenizer.config.image_size, cache_root=args.cache_dir, progress=progress
     )
@@ -136,10 +88,39 @@ def _eval_consistency(args: argparse.Namespace) -> int:
                 config,
                 stop=lambda: stop.requested,
                 progress=progress,
-                log=lambda line: print(line, file=sys.stderr),
+                log=_stderr,
             )
     except EvalInterrupted:
-        print("wm-video eval: interrupted; no report was written", file=sys.stderr)
+        return models, None
+    return models, result
+
+
+def _eval_consistency(args: argparse.Namespace) -> int:
+    from wm_video.eval.consistency import ConsistencyConfig
+    from wm_video.eval.idm import IDMConfig
+    from wm_video.eval.report import write_report
+
+    if args.checkpoint is None or args.out is None:
+        raise InputError(
+            "the consistency run writes a report folder (report.md, plots, videos): pass --out REPORT and "
+            "--checkpoint RUN; the quick checks are `wm-video eval tokenizer` and `wm-video eval dynamics`"
+        )
+    check_output_folder(args.out, "--out (the report folder)")  # before the work, not after
+    config = ConsistencyConfig(
+        clips=args.clips,
+        context=args.context,
+        horizon=args.horizon,
+        soak=args.soak,
+        seed=args.seed,
+        live=args.live,
+        actions=args.actions,
+        skip=frozenset(part for part in (args.skip or "").split(",") if part),
+        idm=IDMConfig() if args.idm_steps is None else IDMConfig(steps=args.idm_steps),
+        idm_cache=args.idm_cache,
+    )
+    _, result = _consistency(args, config)
+    if result is None:
+        print("wm-video eval: stopped before the first rollouts ended; no report was written", file=sys.stderr)
         return 130
     report = write_report(result, args.out)
     for r in result.results:
@@ -149,30 +130,50 @@ def _eval_consistency(args: argparse.Namespace) -> int:
             f"after {r.clips.horizon} frames {drift.psnr.mean[-1]:.2f} ± {drift.psnr.std[-1]:.2f} dB, "
             f"ΔPSNR(t={control.t}) {control.delta_psnr_t4:+.2f} dB"
         )
+    if result.incomplete is not None:
+        print(f"report (incomplete: stopped during {result.incomplete}): {report}")
+        return 130
     print(f"report: {report}")
     return 0
 
 
-def _eval(args: argparse.Namespace) -> int:
+def _eval_dynamics(args: argparse.Namespace) -> int:
+    from wm_video.eval.dynamics import quick_config, summary, summary_dict
+    from wm_video.fileio import atomic_write_json
 
-    if args.what == "dynamics":
-        return _eval_dynamics(args)
-    if args.what is None:
-        return _eval_consistency(args)
+    config = quick_config(
+        clips=args.clips,
+        context=args.context,
+        horizon=args.horizon,
+        seed=args.seed,
+    )
+    models, result = _consistency(args, config)
+    if result is None:
+        print("wm-video eval dynamics: stopped before the rollouts ended; nothing to show", file=sys.stderr)
+        return 130
+    weights = "raw" if args.raw_weights else "EMA"
+    print(f"{models[0].path} (step {models[0].step}, {weights} weights) on {result.data}")
+    print(summary(result))
+    if args.json is not None:
+        atomic_write_json(args.json, summary_dict(result))
+        print(f"report: {args.json}")
+    return 0
 
+
+def _eval_tokenizer(args: argparse.Namespace) -> int:
     from wm_video.checkpoint import load_tokenizer
     from wm_video.data.cache import load_cache
-    from wm_video.data.split import choose_episodes
     from wm_video.eval import evaluate_tokenizer
+    from wm_video.data.split import choose_episodes
+    from wm_video.fileio import atomic_write_json
 
-    device = resolve_device(args.device)
+    device = _setup(args)
     model, checkpoint = load_tokenizer(args.checkpoint, device=device, ema=not args.raw_weights)
     data = args.data or checkpoint.meta.get("data")
     if data is None:
-        raise WMVideoError(f"{checkpoint.path}: the checkpoint does not name its dataset; pass --data DIR")
-    cache = load_cache(
-        Path(data), size=model.config.image_size, cache_root=args.cache_dir, progress=sys.stderr.isatty()
-    )
+        raise InputError(f"{checkpoint.path}: the checkpoint does not name its dataset; pass --data DIR")
+    progress = not args.no_progress
+    cache = load_cache(Path(data), size=model.config.image_size, cache_root=args.cache_dir, progress=progress)
     episodes, which = choose_episodes(
         cache.episode_indices.tolist(),
         args.episodes,
@@ -186,57 +187,45 @@ def _eval(args: argparse.Namespace) -> int:
             episodes=episodes,
             max_frames_per_episode=args.max_frames,
             chunk_frames=args.chunk_frames,
-            progress=sys.stderr.isatty(),
+            progress=progress,
             stop=lambda: stop.requested,
         )
-    _print_summary(args, checkpoint, data, which, report)
-    if stop.requested:
-        return 130
-    return 0
+    weights = "raw" if args.raw_weights else "EMA"
+    print(f"{checkpoint.path} (step {checkpoint.step}, {weights} weights) on {data}: {which}")
+    print(report.format())
+    if args.json is not None:
+        atomic_write_json(
+            args.json, {"checkpoint": str(checkpoint.path), "step": checkpoint.step, **report.to_dict()}
+        )
+        print(f"report: {args.json}")
+    return 130 if stop.requested else 0
 
 
-def register(commands: Commands) -> None:
-    """Add ``wm-video eval``."""
-    p = commands.add_parser(
-        "eval",
-        help="evaluate a trained model: the consistency run of a dynamics checkpoint, or a quick check",
-        description="Without WHAT: the full consistency run of a dynamics checkpoint (teacher-forced next "
-        "frame, drift, controllability, action accuracy, loop closure, soak) written as a report folder "
-        "(--out). With WHAT: a quick check printed to the terminal.",
-    )
-    p.add_argument(
-        "what",
-        nargs="?",
-        choices=["tokenizer", "dynamics"],
+# -- flags -----------------------------------------------------------------------------------------
+def _model_flags(parser: argparse.ArgumentParser, what: str, *, required: bool = True) -> None:
+    group = parser.add_argument_group("model and data")
+    group.add_argument(
+        "--checkpoint",
+        type=Path,
+        required=required,
         default=None,
-        help="quick checks: tokenizer (PSNR, SSIM, codebook use, bits per frame) or dynamics (teacher-forced "
-        "next-frame PSNR, ΔPSNR and drift, printed); omit for the full consistency run",
+        help=f"{what} run or checkpoint step folder (or an exported world)" + ("" if required else "; required"),
     )
-    p.add_argument("--checkpoint", type=Path, required=True, help="run folder or checkpoint step folder")
-    p.add_argument(
+    group.add_argument(
         "--data", type=Path, default=None, help="dataset folder (default: the one it was trained on)"
     )
-    add_cache_dir_flag(p)
-    group = p.add_argument_group("which frames")
-    group.add_argument(
-        "--episodes", default=None, help="comma-separated episode indices (default: held-out ones)"
-    )
-    group.add_argument("--all-episodes", action="store_true", help="every episode of the dataset")
-    group.add_argument(
-        "--max-frames", type=positive_int, default=None, help="at most this many frames per episode"
-    )
-    group = p.add_argument_group("run")
-    group.add_argument(
-        "--device", default=None, help="torch device: cpu, cuda, cuda:1, ... (default: cuda when present)"
-    )
-    group.add_argument(
-        "--chunk-frames", type=positive_int, default=64, help="frames decoded per forward pass (default 64)"
-    )
+    add_cache_dir_flag(group)
+    if what == "dynamics":
+        group.add_argument(
+            "--tokenizer", type=Path, default=None, help="tokenizer (default: the one it was trained with)"
+        )
     group.add_argument("--raw-weights", action="store_true", help="the trained weights instead of their EMA")
-    group.add_argument("--json", type=Path, default=None, help="also write the report as JSON")
-    group = p.add_argument_group("dynamics")
+
+
+def _clip_flags(parser: argparse.ArgumentParser, horizon_help: str) -> None:
+    group = parser.add_argument_group("clips")
     group.add_argument(
-        "--tokenizer", type=Path, default=None, help="tokenizer (default: the one it was trained with)"
+        "--episodes", default=None, help="comma-separated episode indices to draw clips from (default: held-out ones)"
     )
     group.add_argument(
         "--clips", type=positive_int, default=16, help="held-out clips (or live episodes) scored (default 16)"
@@ -244,16 +233,34 @@ def register(commands: Commands) -> None:
     group.add_argument(
         "--context", type=positive_int, default=4, help="real frames before a rollout (default 4)"
     )
-    group.add_argument(
-        "--horizon",
-        type=positive_int,
-        default=None,
-        help="frames generated per rollout (default: 3 s of game time for the full run, 16 for `dynamics`)",
-    )
+    group.add_argument("--horizon", type=positive_int, default=None, help=horizon_help)
     group.add_argument("--seed", type=int, default=0, help="which clips, and the sampling noise (default 0)")
-    group = p.add_argument_group("consistency run (no WHAT)")
+
+
+def _run_flags(parser: argparse.ArgumentParser, *, json: bool) -> None:
+    group = parser.add_argument_group("run")
+    add_device_flag(group)
+    add_threads_flag(group)
+    add_progress_flag(group)
+    if json:
+        group.add_argument("--json", type=Path, default=None, help="also write the numbers as JSON")
+
+
+def register(commands: Commands) -> None:
+    """Add ``wm-video eval`` with its quick checks ``eval tokenizer`` and ``eval dynamics``."""
+    p = commands.add_parser(
+        "eval",
+        help="score a trained world: the full consistency run as a report, or a quick check (WHAT)",
+        description="Without WHAT: the consistency run of a dynamics checkpoint (teacher-forced next frame, "
+        "drift, controllability, action accuracy, loop closure, soak), written as a report folder (--out). "
+        "Ctrl-C writes the parts finished so far, marked incomplete. With WHAT: a quick check printed to "
+        "the terminal; `wm-video eval WHAT --help` lists its flags.",
+    )
+    _model_flags(p, "dynamics", required=False)
+    _clip_flags(p, "frames generated per rollout (default: 3 s of game time at the data's fps)")
+    group = p.add_argument_group("report")
     group.add_argument(
-        "--out", type=Path, default=None, help="report folder: report.md, metrics.json, plots, mp4"
+        "--out", type=Path, default=None, help="report folder: report.md, metrics.json, plots, mp4 (required)"
     )
     group.add_argument(
         "--baseline", type=Path, default=None, help="a second dynamics run scored on the same clips"
@@ -261,8 +268,9 @@ def register(commands: Commands) -> None:
     group.add_argument(
         "--soak",
         type=int,
-        default=10_000,
-        help="frames of the long rollout under exploration (default 10000; 0 skips)",
+        default=SOAK_FRAMES,
+        help=f"frames of the long rollout under exploration (default {SOAK_FRAMES}; 10000 for the long "
+        "soak; 0 skips it)",
     )
     group.add_argument(
         "--live",
@@ -286,16 +294,45 @@ def register(commands: Commands) -> None:
         help="training steps of the inverse-dynamics model (default 1200)",
     )
     group.add_argument(
-        "--threads",
-        type=positive_int,
-        default=None,
-        help="CPU threads for torch (default: torch's choice, one per core); 1 is often faster for small "
-        "models on a busy machine",
-    )
-    group.add_argument(
         "--idm-cache",
         type=Path,
         default=None,
         help="folder for the cached IDM (default: beside the frame cache)",
     )
-    p.set_defaults(handler=_eval)
+    _run_flags(p, json=False)
+    p.set_defaults(handler=_eval_consistency, command_name="eval")
+
+    quick = p.add_subparsers(dest="what", required=False, metavar="[WHAT]", title="quick checks (WHAT)")
+    t = quick.add_parser(
+        "tokenizer",
+        help="PSNR, SSIM, codebook use and bits per frame of a tokenizer on held-out episodes",
+        description="Reconstruct held-out episodes with a tokenizer and print PSNR, SSIM, codebook use "
+        "and bits per frame.",
+    )
+    _model_flags(t, "tokenizer")
+    group = t.add_argument_group("frames")
+    group.add_argument(
+        "--episodes", default=None, help="comma-separated episode indices (default: held-out ones)"
+    )
+    group.add_argument("--all-episodes", action="store_true", help="every episode of the dataset")
+    group.add_argument(
+        "--max-frames", type=positive_int, default=None, help="at most this many frames per episode"
+    )
+    group.add_argument(
+        "--chunk-frames", type=positive_int, default=64, help="frames decoded per forward pass (default 64)"
+    )
+    _run_flags(t, json=True)
+    t.set_defaults(handler=_eval_tokenizer, command_name="eval tokenizer")
+
+    d = quick.add_parser(
+        "dynamics",
+        help="teacher-forced next-frame PSNR, ΔPSNR(t=4) and drift of a dynamics model, printed",
+        description="The quick check of a dynamics model: the first parts of the consistency run "
+        "(teacher-forced next frame, drift, controllability) on held-out clips with a short horizon, "
+        "printed to the terminal. `wm-video eval --out REPORT` adds action accuracy, loop closure, the "
+        "soak and plots.",
+    )
+    _model_flags(d, "dynamics")
+    _clip_flags(d, "frames generated per rollout (default 16)")
+    _run_flags(d, json=True)
+    d.set_defaults(handler=_eval_dynamics, command_name="eval dynamics")

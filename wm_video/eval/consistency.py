@@ -1,6 +1,7 @@
 """``wm-video eval``: the whole consistency run of a dynamics checkpoint (and an optional baseline).
 
-Order of work, each part on the same clips and seed for every checkpoint:
+Order of work, each part on the same clips and seed for every checkpoint, the headline first and
+the longest last:
 1. real clips (held-out episodes of the dataset, or live episodes on the engine);
 2. per checkpoint: teacher-forced next frame, drift and controllability (:mod:`.rollouts`);
 3. action accuracy with the cached inverse-dynamics model (:mod:`.idm`) on real and generated pairs;
@@ -8,8 +9,15 @@ Order of work, each part on the same clips and seed for every checkpoint:
 5. a soak rollout under the exploration policy (:mod:`.soak`);
 6. the report folder (:mod:`.report`, :mod:`.plots`).
 
+Stopping (Ctrl-C, SIGTERM): the part in progress ends at its next step (a soak keeps the frames
+it made), the later parts are left out, and the result says where it stopped
+(:attr:`ConsistencyResult.incomplete`), so the report holds everything finished. Stopped before
+the first checkpoint's rollouts ended, there is nothing to report: :class:`EvalInterrupted`.
+
 Defaults follow the anchors: the horizon is 3 s of game time at the data's fps (GameNGen's
-"PSNR after 3 s"), ΔPSNR is read at t = 4 (Genie), the soak is 10,000 frames.
+"PSNR after 3 s"), ΔPSNR is read at t = 4 (Genie). The soak is 2,000 frames by default (about two
+minutes on a 2-core CPU), so the whole run of a small world stays within minutes; ``--soak 10000``
+is the long one.
 """
 
 from __future__ import annotations
@@ -27,7 +35,15 @@ from wm_video.data.split import split_episodes
 from wm_video.dynamics import DynamicsModel
 from wm_video.engine import check_batch_fits, check_pair
 from wm_video.errors import InputError
-from wm_video.eval.clips import EvalClips, clips_from_cache, collect_live, engine_of_dataset, parse_engine
+from wm_video.eval.clips import (
+    EvalClips,
+    EvalInterrupted,
+    check_stop,
+    clips_from_cache,
+    collect_live,
+    engine_of_dataset,
+    parse_engine,
+)
 from wm_video.eval.idm import (
     ActionScores,
     IDMConfig,
@@ -54,6 +70,7 @@ from wm_video.tokenizer import VideoTokenizer
 PARTS = ("teacher", "drift", "actions", "loops", "soak")
 REFERENCE_FRAMES = 2000  # real frames the soak thresholds are taken from
 HELDOUT_PAIRS = 4000  # at most this many real held-out pairs for the IDM's reference score
+SOAK_FRAMES = 2000  # the default soak; --soak 10000 for the long one
 
 
 @dataclass(frozen=True)
@@ -61,7 +78,7 @@ class ConsistencyConfig:
     clips: int = 16  # clips (or live episodes) rolled out together
     context: int = 4  # real frames before each rollout
     horizon: int | None = None  # generated frames per rollout; None: 3 s of game time
-    soak: int = 10_000  # frames of the soak rollout (0: skip)
+    soak: int = SOAK_FRAMES  # frames of the soak rollout (0: skip)
     seed: int = 0
     episodes: tuple[int, ...] | None = None  # dataset episodes to draw clips from; None: held-out
     live: str | None = None  # "vizdoom[:SCENARIO]": play live episodes instead of dataset clips
@@ -126,6 +143,7 @@ class ConsistencyResult:
     notes: list[str]
     seconds: float
     extra: dict[str, Any] = field(default_factory=dict)
+    incomplete: str | None = None  # the part a stop interrupted (None: the run finished)
 
     @property
     def readable_buttons(self) -> list[str]:
@@ -217,108 +235,81 @@ def run_consistency(
         )
     rng = np.random.default_rng(config.seed)
     random_actions = cache.actions[rng.integers(0, cache.num_frames, (clips.count, horizon))]  # (B, H, A)
-    buttons = first.dynamics.config.action_names[: first.dynamics.config.action_buttons]
-    idm, idm_heldout = None, None
-    if "actions" not in config.skip and buttons:
-        log(f"inverse-dynamics model on {len(train_episodes)} training episodes")
-        idm = load_or_train_idm(
-            cache,
-            train_episodes,
-            buttons,
-            cache_dir=config.idm_cache,
-            config=config.idm,
-            seed=config.seed,
-            stop=stop,
-            progress=progress,
-        )
-        log(f"  {'reused' if idm.reused else 'trained and cached'}: {idm.path}")
-        if not config.live:
-            rows = pair_rows(cache, eval_episodes)
-            rows = rows[np.linspace(0, len(rows) - 1, min(len(rows), HELDOUT_PAIRS)).round().astype(int)]
-            idm_heldout = score_actions(idm, cache.frames[rows], cache.frames[rows + 1], cache.actions[rows])
-    elif not buttons:
-        notes.append("the actions have no buttons: action accuracy is not measured")
-    loops: dict[str, LoopReport] = {}
-    if "loops" not in config.skip:
-        engine_spec = (
-            parse_engine(config.live, cache.size) if config.live else engine_of_dataset(data, cache.size)
-        )
-        if engine_spec is None:
-            notes.append(f"loop closure skipped: {data} does not record its engine; pass --live ENGINE")
-        else:
-            log(f"loop closure on {engine_spec}")
-            loops = loop_closure(
-                {m.label: (m.tokenizer, m.dynamics) for m in models},
-                engine_spec,
-                context=config.context,
-                seed=config.seed,
-                config=config.loops,
-                stop=stop,
-            )
-    reference = None
-    if config.soak and "soak" not in config.skip:
-        rows = pair_rows(cache, train_episodes)
-        rows = np.sort(rng.choice(rows, min(len(rows), REFERENCE_FRAMES), replace=False))
-        reference = reference_statistics(np.asarray(cache.frames[rows]), np.asarray(cache.frames[rows + 1]))
+    results: list[ModelResult] = []
+    idm, idm_heldout, reference = None, None, None
     footage: dict[str, Any] = {}
-    if reference is not None and not config.live:  # the detector's false alarms on real held-out footage
-        positions = [i for i, e in enumerate(cache.episode_indices.tolist()) if e in set(eval_episodes)]
-        episodes_frames = [np.array(cache.frames[cache.episode_rows(i)]) for i in positions]
-        window = max(2, round(2 * fps))
-        # The same footage through the tokenizer under test: what a rollout could look like at best.
-        rebuilt = [reconstruct_episode(models[0].tokenizer, frames) for frames in episodes_frames]
-        footage = {
-            "episodes": len(episodes_frames),
-            "flagged": footage_collapse(episodes_frames, reference, window),
-            "tokenizer_flagged": footage_collapse(rebuilt, reference, window),
-            "tokenizer_percentiles": footage_percentiles(rebuilt, reference),
-        }
-    results = []
-    readable: list[str] | None = None
-    if idm_heldout is not None:
-        readable = readable_buttons(idm_heldout)
-        idm_heldout = with_readable(idm_heldout, readable)
-    for m in models:
-        seconds: dict[str, float] = {}
-        tick = time.perf_counter()
-        log(
-            f"{m.label}: rollouts of {clips.count} clips, {config.context} context + {horizon} generated frames"
-        )
-        scores = evaluate_clips(
-            m.tokenizer,
-            m.dynamics,
-            clips,
-            random_actions,
-            context=config.context,
-            seed=config.seed,
-            stop=stop,
-            progress=progress,
-        )
-        seconds["rollouts"] = time.perf_counter() - tick
-        actions = {}
-        if idm is not None:
-            actions = {name: score_actions(idm, *pair) for name, pair in _pairs(clips, scores).items()}
-            if readable is None:  # from the real held-out pairs, or (live) the real frames of the clips
-                readable = readable_buttons(idm_heldout or actions["real clips"])
-            actions = {name: with_readable(value, readable) for name, value in actions.items()}
-        soak_report = None
-        if reference is not None:
+    part = "rollouts"  # the part in progress, for the report of a stopped run
+    try:
+        for m in models:
             tick = time.perf_counter()
-            log(f"{m.label}: soak of {config.soak} frames")
-            soak_report = soak(
+            log(
+                f"{m.label}: rollouts of {clips.count} clips, {config.context} context + {horizon} generated frames"
+            )
+            scores = evaluate_clips(
                 m.tokenizer,
                 m.dynamics,
-                clips.frames[0, : config.context],
-                clips.actions[0, : config.context - 1],
-                reference,
-                steps=config.soak,
+                clips,
+                random_actions,
+                context=config.context,
                 seed=config.seed,
-                window=max(2, round(2 * fps)),
                 stop=stop,
                 progress=progress,
             )
-            seconds["soak"] = time.perf_counter() - tick
-        results.append(ModelResult(m, scores, actions, loops.get(m.label), soak_report, seconds))
+            seconds = {"rollouts": time.perf_counter() - tick}
+            results.append(ModelResult(m, scores, {}, None, None, seconds))
+        part = "action accuracy"
+        idm, idm_heldout = _action_accuracy(
+            results, clips, cache, config, train_episodes, eval_episodes, notes, stop, progress, log
+        )
+        part = "loop closure"
+        if "loops" not in config.skip:
+            engine_spec = (
+                parse_engine(config.live, cache.size) if config.live else engine_of_dataset(data, cache.size)
+            )
+            if engine_spec is None:
+                notes.append(f"loop closure skipped: {data} does not record its engine; pass --live ENGINE")
+            else:
+                log(f"loop closure on {engine_spec}")
+                loops = loop_closure(
+                    {m.label: (m.tokenizer, m.dynamics) for m in models},
+                    engine_spec,
+                    context=config.context,
+                    seed=config.seed,
+                    config=config.loops,
+                    stop=stop,
+                )
+                for r in results:
+                    r.loops = loops.get(r.model.label)
+        part = "soak"
+        if config.soak and "soak" not in config.skip:
+            rows = pair_rows(cache, train_episodes)
+            rows = np.sort(rng.choice(rows, min(len(rows), REFERENCE_FRAMES), replace=False))
+            reference = reference_statistics(np.asarray(cache.frames[rows]), np.asarray(cache.frames[rows + 1]))
+            if not config.live:  # the detector's false alarms on real held-out footage
+                footage = _footage_collapse(cache, eval_episodes, reference, first.tokenizer, fps)
+            for r in results:
+                tick = time.perf_counter()
+                log(f"{r.model.label}: soak of {config.soak} frames")
+                r.soak = soak(
+                    r.model.tokenizer,
+                    r.model.dynamics,
+                    clips.frames[0, : config.context],
+                    clips.actions[0, : config.context - 1],
+                    reference,
+                    steps=config.soak,
+                    seed=config.seed,
+                    window=max(2, round(2 * fps)),
+                    stop=stop,
+                    progress=progress,
+                )
+                r.seconds["soak"] = time.perf_counter() - tick
+                check_stop(stop)  # a stopped soak returns the frames it made; the run ends here
+        incomplete = None
+    except EvalInterrupted:
+        if not results:
+            raise  # stopped before the first rollouts ended: nothing to report
+        incomplete = part
+        log(f"stopped during {part}: the report holds the parts finished before it")
     return ConsistencyResult(
         config,
         Path(data),
@@ -331,7 +322,77 @@ def run_consistency(
         notes,
         time.perf_counter() - started,
         {"footage_collapse": footage} if footage else {},
+        incomplete,
     )
+
+
+def _action_accuracy(
+    results: list[ModelResult],
+    clips: EvalClips,
+    cache: TrainingCache,
+    config: ConsistencyConfig,
+    train_episodes: list[int],
+    eval_episodes: list[int],
+    notes: list[str],
+    stop: Callable[[], bool] | None,
+    progress: bool,
+    log: Callable[[str], None],
+) -> tuple[TrainedIDM | None, ActionScores | None]:
+    """Train (or reuse) the IDM and score every model's frame pairs with it (their ``actions``)."""
+    buttons = results[0].model.dynamics.config.action_names[: results[0].model.dynamics.config.action_buttons]
+    if "actions" in config.skip:
+        return None, None
+    if not buttons:
+        notes.append("the actions have no buttons: action accuracy is not measured")
+        return None, None
+    log(f"inverse-dynamics model on {len(train_episodes)} training episodes")
+    idm = load_or_train_idm(
+        cache,
+        train_episodes,
+        buttons,
+        cache_dir=config.idm_cache,
+        config=config.idm,
+        seed=config.seed,
+        stop=stop,
+        progress=progress,
+    )
+    log(f"  {'reused' if idm.reused else 'trained and cached'}: {idm.path}")
+    idm_heldout, readable = None, None
+    if not config.live:
+        rows = pair_rows(cache, eval_episodes)
+        rows = rows[np.linspace(0, len(rows) - 1, min(len(rows), HELDOUT_PAIRS)).round().astype(int)]
+        idm_heldout = score_actions(idm, cache.frames[rows], cache.frames[rows + 1], cache.actions[rows])
+        readable = readable_buttons(idm_heldout)
+        idm_heldout = with_readable(idm_heldout, readable)
+    for r in results:
+        check_stop(stop)
+        actions = {name: score_actions(idm, *pair) for name, pair in _pairs(clips, r.clips).items()}
+        if readable is None:  # live: from the real frames of the clips
+            readable = readable_buttons(actions["real clips"])
+        r.actions = {name: with_readable(value, readable) for name, value in actions.items()}
+    return idm, idm_heldout
+
+
+def _footage_collapse(
+    cache: TrainingCache,
+    eval_episodes: list[int],
+    reference: SoakReference,
+    tokenizer: VideoTokenizer,
+    fps: float,
+) -> dict[str, Any]:
+    """The collapse detector on the real held-out episodes (its false alarms), and on the same
+    episodes through the tokenizer under test: what a rollout decoded through it could look like at best."""
+    wanted = set(eval_episodes)
+    positions = [i for i, e in enumerate(cache.episode_indices.tolist()) if e in wanted]
+    episodes_frames = [np.array(cache.frames[cache.episode_rows(i)]) for i in positions]
+    window = max(2, round(2 * fps))
+    rebuilt = [reconstruct_episode(tokenizer, frames) for frames in episodes_frames]
+    return {
+        "episodes": len(episodes_frames),
+        "flagged": footage_collapse(episodes_frames, reference, window),
+        "tokenizer_flagged": footage_collapse(rebuilt, reference, window),
+        "tokenizer_percentiles": footage_percentiles(rebuilt, reference),
+    }
 
 
 def load_models(

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from wm_video.cli_args import counted
 from wm_video.eval.consistency import ConsistencyResult, ModelResult
 from wm_video.eval.idm import ActionScores
 from wm_video.eval.plots import plot_control, plot_drift, plot_soak, save_grid, write_side_by_side
@@ -92,6 +93,7 @@ def metrics_dict(result: ConsistencyResult) -> dict[str, Any]:
             "soak_reference": result.reference.to_dict() if result.reference else None,
             "soak_real_footage": result.extra.get("footage_collapse"),
             "notes": result.notes,
+            "incomplete": result.incomplete,
             "seconds": result.seconds,
             "versions": versions(),
         }
@@ -190,6 +192,15 @@ def render_markdown(result: ConsistencyResult, files: dict[str, str]) -> str:
     lines = [
         f"# Consistency report: {first.model.path}",
         "",
+        *(
+            [
+                f"**Incomplete**: the run was stopped during {result.incomplete}; what follows is what had "
+                "finished (the parts it did not reach say 'Not measured' or 'Not run').",
+                "",
+            ]
+            if result.incomplete
+            else []
+        ),
         f"- checkpoint: `{first.model.path}` (step {first.model.step}, weights sha256 `{first.model.weights_sha256[:16]}…`)",
     ]
     for r in result.results[1:]:
@@ -305,8 +316,9 @@ def render_markdown(result: ConsistencyResult, files: dict[str, str]) -> str:
     if first.soak is None or result.reference is None:
         lines.append("Not run.")
     else:
+        stopped = f" (stopped after {first.soak.steps} of {first.soak.planned})" if first.soak.planned > first.soak.steps else ""
         lines += [
-            f"{first.soak.steps} frames under the exploration policy, which reads the model's own frames. "
+            f"{first.soak.steps} frames{stopped} under the exploration policy, which reads the model's own frames. "
             f"Collapse = a rolling median over {first.soak.window} frames leaving the real data's range "
             "(blur, noise, palette drift) or a window without change (freeze).",
             "",
@@ -335,7 +347,7 @@ def render_markdown(result: ConsistencyResult, files: dict[str, str]) -> str:
         ):
             if key in footage:
                 lines.append(
-                    f"| {what} ({footage['episodes']} episodes): episodes flagged | "
+                    f"| {what} ({counted(footage['episodes'], 'episode')}): episodes flagged | "
                     + " | ".join(str(footage[key][k]) for k in kinds)
                     + " |"
                 )

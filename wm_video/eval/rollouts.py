@@ -9,8 +9,15 @@ Design choices:
   (B, H) so the report can show the mean and the spread across clips at every step.
 - The drift curve comes with a floor: the last real context frame held still, scored at the
   same steps (what a frozen world would get). A model below it has learnt nothing useful.
-- Teacher forcing reuses :func:`wm_video.eval.dynamics.teacher_forced` (every frame generated
-  from the real history, full decode) on the first ``context_frames + 1`` frames of each clip.
+- **Teacher forcing** (:func:`teacher_forced`): every frame t + 1 of a clip is generated from
+  the real frames ≤ t and action a_t (the full MaskGIT decode, as in play), then decoded by the
+  tokenizer after the real codes of the frames before it. Two references come with it: the
+  tokenizer's own reconstruction of the real tokens (the ceiling) and simply repeating frame t
+  (what a model that learnt nothing about motion would score). It reads the first
+  ``context_frames + 1`` frames of each clip: the model's whole window.
+- This is the one implementation of these measurements: ``wm-video eval`` (the consistency run),
+  ``wm-video eval dynamics`` (its quick preset) and the training program's held-out probe all
+  call :func:`evaluate_clips`.
 """
 
 from __future__ import annotations
@@ -23,16 +30,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from wm_video.dynamics import DynamicsModel
+from wm_video.dynamics import DynamicsModel, FrameSampler
 from wm_video.engine import World
 from wm_video.errors import InputError
 from wm_video.eval.clips import EvalClips, check_stop
-from wm_video.eval.dynamics import PSNR_CAP_DB, teacher_forced
 from wm_video.metrics import psnr, ssim
+from wm_video.threads import timed
 from wm_video.tokenizer import VideoTokenizer
-from wm_video.tokenizer.pixels import to_model_pixels
+from wm_video.tokenizer.pixels import to_model_pixels, to_uint8_frames
 
 CONTROL_STEP = 4  # Genie reports ΔtPSNR at t = 4
+PSNR_CAP_DB = 100.0  # an exact frame scores this, so that a mean stays finite
 
 
 def frame_scores(generated: np.ndarray, real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -129,31 +137,51 @@ def rollout(
     world.reset(context_frames, context_actions, seed=seed)
     steps = actions.shape[1]
     out = np.empty((world.batch_size, steps, world.image_size, world.image_size, 3), dtype=np.uint8)
-    for t in tqdm(range(steps), desc=label, disable=not progress, leave=False):
+    for t in tqdm(range(steps), desc=label, unit="step", disable=not progress, leave=False):
         check_stop(stop)
-        out[:, t] = world.render(world.advance(actions[:, t])).cpu().numpy()
+        with timed("rollout step"):
+            out[:, t] = world.render(world.advance(actions[:, t])).cpu().numpy()
     return out
 
 
 @torch.inference_mode()
-def _teacher(
+def teacher_forced(
     tokenizer: VideoTokenizer, dynamics: DynamicsModel, frames: np.ndarray, actions: np.ndarray, seed: int
 ) -> tuple[TeacherForcedScores, np.ndarray]:
+    """Score clips of real uint8 frames (B, T, H, W, 3) and actions (B, T, A), T ≤ the model's window + 1.
+
+    Returns the scores and the generated frames 1 … T − 1, uint8 (B, T − 1, H, W, 3).
+    """
+    batch, length = frames.shape[:2]
+    if length < 2 or actions.shape[:2] != (batch, length):
+        raise InputError(f"need clips of ≥ 2 frames with one action per frame; got {frames.shape}, {actions.shape}")
     device = dynamics.trunk_pos.device
-    pixels = to_model_pixels(frames, device).to(tokenizer.decoder_pos.dtype)  # (B, L, 3, H, W)
-    tokens = tokenizer.encode(pixels).tokens  # (B, L, N)
-    report, generated = teacher_forced(
-        tokenizer, dynamics, frames, tokens.long(), torch.from_numpy(actions), seed=seed
-    )
+    pixels = to_model_pixels(frames, device).to(tokenizer.decoder_pos.dtype)  # (B, T, 3, H, W)
+    tokens = tokenizer.encode(pixels).tokens.long()  # (B, T, N)
+    count = tokens.shape[2]
+    embedding = dynamics.embed_actions(torch.from_numpy(actions[:, :-1]).to(device))
+    state = dynamics.context(tokens[:, :-1], embedding)  # (B, T − 1, N, D)
+    zero = torch.zeros((), dtype=torch.long, device=device)
+    predicted = FrameSampler(dynamics)(
+        state.flatten(0, 1), embedding.flatten(0, 1), torch.tensor(seed, device=device), zero
+    ).view(batch, length - 1, count)
+    # Frame t + 1 decoded after the real codes of frames ≤ t: one clip per predicted frame.
+    clips = tokens.unsqueeze(1).repeat(1, length - 1, 1, 1)  # (B, T − 1, T, N)
+    target = torch.arange(1, length, device=device)
+    clips[:, torch.arange(length - 1), target] = predicted
+    decoded = to_uint8_frames(tokenizer.decode_tokens(clips.flatten(0, 1)))  # (B·(T − 1), T, H, W, 3)
+    generated = decoded.view(batch, length - 1, *decoded.shape[1:])[:, torch.arange(length - 1), target]
     generated_np = generated.cpu().numpy()
-    _, ssim_values = frame_scores(generated_np, frames[:, 1:])
+    ceiling = to_uint8_frames(tokenizer.decode_tokens(tokens))[:, 1:].cpu().numpy()
+    real_next = frames[:, 1:]
+    psnr_values, ssim_values = frame_scores(generated_np, real_next)
     scores = TeacherForcedScores(
-        report.frames,
-        report.psnr,
-        float(ssim_values.mean()),
-        report.token_accuracy,
-        report.tokenizer_psnr,
-        report.repeat_psnr,
+        frames=batch * (length - 1),
+        psnr=float(psnr_values.mean()),
+        ssim=float(ssim_values.mean()),
+        token_accuracy=float((predicted == tokens[:, 1:]).float().mean()),
+        tokenizer_psnr=float(frame_scores(ceiling, real_next)[0].mean()),
+        repeat_psnr=float(frame_scores(np.ascontiguousarray(frames[:, :-1]), real_next)[0].mean()),
     )
     return scores, generated_np
 
@@ -183,7 +211,7 @@ def evaluate_clips(
     frames, actions = clips.frames, clips.actions
     teacher_length = min(clips.length, dynamics.config.context_frames + 1)
     check_stop(stop)
-    teacher, teacher_generated = _teacher(
+    teacher, teacher_generated = teacher_forced(
         tokenizer, dynamics, frames[:, :teacher_length], actions[:, :teacher_length], seed
     )
     world = World(tokenizer, dynamics, batch_size=clips.count, seed=seed)

@@ -16,6 +16,8 @@ Design choices:
   median of 2 s of real footage hardly ever does, and :func:`footage_collapse` runs the same
   detector on real held-out episodes so the report shows its false-alarm count beside the model's.
 - Statistics are computed in chunks of frames; only a few snapshots are kept for the report.
+- Stopped (Ctrl-C, SIGTERM) after at least 2 frames, the soak ends there and reports the frames
+  it made (``steps`` is then that count, below ``planned``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from wm_video.errors import InputError
 from wm_video.eval.clips import check_stop
 from wm_video.metrics import colour_histogram, frame_statistics, histogram_distance
 from wm_video.sources.policies import ExplorationPolicy
+from wm_video.threads import timed
 from wm_video.tokenizer import VideoTokenizer
 
 STATISTICS = ("mean", "spread", "sharpness", "histogram_distance", "change")
@@ -157,6 +160,7 @@ class SoakReport:
     summary: dict[str, dict[str, float]]  # statistic → mean over the first and last 10 % of frames
     stats: dict[str, np.ndarray] = field(repr=False, default_factory=dict)  # statistic → (steps,)
     snapshots: dict[int, np.ndarray] = field(repr=False, default_factory=dict)  # frame → (H, W, 3)
+    planned: int = 0  # frames asked for; above ``steps`` when the soak was stopped
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k not in ("stats", "snapshots")}
@@ -189,17 +193,22 @@ def soak(
     stats: dict[str, list[np.ndarray]] = {k: [] for k in STATISTICS}
     kept: dict[int, np.ndarray] = {}
     chunk, previous = [], [frame]
-    for t in tqdm(range(steps), desc="soak", disable=not progress, leave=False):
+    planned, done = steps, 0
+    for t in tqdm(range(planned), desc="soak", unit="frame", disable=not progress, leave=False):
+        if done >= 2 and stop is not None and stop():
+            break  # score the frames made so far
         check_stop(stop)
-        frame = world.step(policy.act(frame))
+        with timed("soak frame"):
+            frame = world.step(policy.act(frame))
         chunk.append(frame)
+        done += 1
         if t in keep:
             kept[t] = frame
-        if len(chunk) == CHUNK or t == steps - 1:
-            block, before = np.stack(chunk), np.stack(previous + chunk[:-1])
-            for k, v in _statistics(block, before, histogram).items():
-                stats[k].append(v)
-            previous, chunk = [chunk[-1]], []
+        if len(chunk) == CHUNK:
+            previous, chunk = _add_statistics(stats, chunk, previous, histogram), []
+    if chunk:
+        _add_statistics(stats, chunk, previous, histogram)
+    steps = done
     series = {k: np.concatenate(v) for k, v in stats.items()}
     collapse = detect_collapse(series, reference, min(window, steps))
     hits = {k: v for k, v in collapse.items() if v is not None}
@@ -210,5 +219,24 @@ def soak(
         for k, v in series.items()
     }
     return SoakReport(
-        steps, window, collapse, hits[first_kind] if first_kind else None, first_kind, summary, series, kept
+        steps,
+        window,
+        collapse,
+        hits[first_kind] if first_kind else None,
+        first_kind,
+        summary,
+        series,
+        kept,
+        planned,
     )
+
+
+def _add_statistics(
+    stats: dict[str, list[np.ndarray]], chunk: list[np.ndarray], previous: list[np.ndarray], histogram: torch.Tensor
+) -> list[np.ndarray]:
+    """Append the statistics of a chunk of frames (and their change from the frame before each);
+    returns the chunk's last frame, the frame before the next chunk."""
+    block, before = np.stack(chunk), np.stack(previous + chunk[:-1])
+    for k, v in _statistics(block, before, histogram).items():
+        stats[k].append(v)
+    return [chunk[-1]]
