@@ -8,10 +8,25 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
-from wm_video.cli_args import Commands, non_negative_float, positive_float, positive_int
+from wm_video import threads
+from wm_video.cli_args import (
+    Commands,
+    add_device_flag,
+    add_progress_flag,
+    add_threads_flag,
+    counted,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    resolve_device,
+)
+
+#: Where F5 recordings and F12 screenshots go unless --out says otherwise: a folder of the user's,
+#: never the repository or whatever folder play was started in.
+DEFAULT_OUT = Path("~/wm-video/recordings").expanduser()
+NO_DISPLAY_HINT = "use --headless (or run under xvfb-run)"
 
 #: `--preset` choices: the keys of wm_video.dynamics.DYNAMICS_PRESETS, written out so that
 #: `--help` does not import torch (tests/test_play_cli.py checks they agree).
@@ -21,7 +36,6 @@ PRESETS = ("tiny", "base")
 def _play(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from wm_video.device import resolve_device
     from wm_video.errors import InputError
     from wm_video.play.keymap import COMMAND_KEYS, derive_keymap
     from wm_video.play.session import PlaySession, Shadow
@@ -30,19 +44,24 @@ def _play(args: argparse.Namespace) -> int:
     from wm_video.sources.policies import load_policy
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.threads is not None:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    if args.max_frames is not None:
+        logging.warning("--max-frames is now --frames (the same flag headless and in a window)")
+        args.frames = args.frames or args.max_frames
     if args.checkpoint is not None and args.preset is not None:
         raise InputError("give --checkpoint RUN or --preset NAME, not both")
     if args.shadow and args.start_from is not None:
         raise InputError("--shadow starts the model from the real engine's frames; leave out --start-from")
+    if not args.headless:  # before the model loads: without a screen, say so at once
+        from wm_video.play.record import open_display
+
+        open_display(NO_DISPLAY_HINT)
+    device = resolve_device(args.device)
+    threads.configure(args.threads, device=device, log=logging.info)
     world = open_world(
         args.checkpoint,
         preset=args.preset,
         tokenizer=args.tokenizer,
-        device=resolve_device(args.device),
+        device=device,
         seed=args.seed,
         temperature=args.temperature,
     )
@@ -100,7 +119,7 @@ def _play(args: argparse.Namespace) -> int:
             dataset=args.record_dataset,
             video_scale=args.video_scale,
             seed=args.seed,
-            progress=sys.stderr.isatty(),
+            progress=not args.no_progress,
         )
         print(result.format())
         return 0
@@ -118,11 +137,10 @@ def _play(args: argparse.Namespace) -> int:
         + (" · Tab resyncs" if shadow else "")
     )
     window = PlayWindow(session, keys, fps=fps, scale=args.scale, out_dir=args.out, show_hud=not args.no_hud)
-    outcome = window.run(max_frames=args.max_frames)
-    print(f"played {outcome.frames:,} frames (stopped: {outcome.stopped_by})")
+    outcome = window.run(max_frames=args.frames)
+    print(f"played {counted(outcome.frames, 'frame')} (stopped: {outcome.stopped_by})")
     for recording in outcome.recordings:
-        if recording.dataset is not None:
-            print(f"recorded episode {recording.episode} of {recording.dataset} and {recording.video}")
+        print(recording.describe())
     for path in outcome.screenshots:
         print(f"screenshot {path}")
     return 0
@@ -154,14 +172,9 @@ def register(commands: Commands) -> None:
         default=None,
         help="tokenizer checkpoint (default: the one the checkpoint names)",
     )
-    group.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ... (default cpu)")
+    add_device_flag(group)
     group.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    group.add_argument(
-        "--threads",
-        type=positive_int,
-        default=None,
-        help="torch CPU threads (default: torch's; 1 on a busy CPU)",
-    )
+    add_threads_flag(group)
     group.add_argument(
         "--temperature",
         type=non_negative_float,
@@ -192,9 +205,12 @@ def register(commands: Commands) -> None:
     group.add_argument("--mouse", action="store_true", help="turn with the mouse's x motion too")
     group.add_argument("--no-hud", action="store_true", help="start with the HUD hidden (H shows it)")
     group.add_argument(
-        "--out", type=Path, default=Path("recordings"), help="folder for F5 recordings and F12 screenshots"
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help=f"folder for F5 recordings and F12 screenshots (default {DEFAULT_OUT})",
     )
-    group.add_argument("--max-frames", type=positive_int, default=None, help="quit after this many frames")
+    group.add_argument("--max-frames", type=positive_int, default=None, help=argparse.SUPPRESS)  # now --frames
     group = p.add_argument_group("shadow: the real engine beside the model")
     group.add_argument(
         "--shadow",
@@ -213,8 +229,10 @@ def register(commands: Commands) -> None:
         "--frames",
         type=positive_int,
         default=None,
-        help="frames to generate (default: the script's length, else 1000)",
+        help="frames to generate, then quit (headless default: the script's length, else 1000; "
+        "a window plays until you quit)",
     )
+    add_progress_flag(group)
     group.add_argument("--record", type=Path, default=None, help="write the frames shown to this .mp4")
     group.add_argument(
         "--record-dataset", type=Path, default=None, help="and/or append them as an episode to this dataset"

@@ -70,10 +70,7 @@ class HeadlessResult:
         if self.psnr_mean is not None:
             lines.append(f"shadow: mean PSNR of generated vs real frames {self.psnr_mean:.2f} dB")
         if self.recording is not None:
-            if self.recording.video is not None:
-                lines.append(f"video: {self.recording.video} ({self.recording.frames} frames)")
-            if self.recording.dataset is not None:
-                lines.append(f"dataset: episode {self.recording.episode} of {self.recording.dataset}")
+            lines.append(self.recording.describe())
         return "\n".join(lines)
 
 
@@ -124,7 +121,7 @@ def run_headless(
     began = time.perf_counter()
     try:
         with flag:
-            for index in tqdm(range(frames), desc="play", unit="frame", disable=not progress):
+            for index in tqdm(range(frames), desc="play", unit="frame", disable=not progress, dynamic_ncols=True):
                 session.step(policy.act(session.frame))
                 model_ms.append(session.model_ms)
                 if session.psnr is not None:

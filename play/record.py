@@ -20,6 +20,7 @@ Design choices:
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ import pygame
 from wm_video.actions import load_keymap
 from wm_video.data.video import VideoSettings
 from wm_video.data.writer import DatasetWriter, EpisodeRecorder
-from wm_video.errors import InputError
+from wm_video.errors import InputError, WMVideoError
 from wm_video.play.keys import KeyboardActions
 from wm_video.signals import StopFlag
 from wm_video.sources.base import Source
@@ -63,6 +64,27 @@ def fit_rect(frame_size: tuple[int, int], window_size: tuple[int, int]) -> pygam
     rect = pygame.Rect((0, 0), size)
     rect.center = (win_width // 2, win_height // 2)
     return rect
+
+
+#: SDL's drivers that show nothing: it falls back to "offscreen" when no display is reachable.
+INVISIBLE_DRIVERS = ("offscreen", "dummy")
+
+
+def open_display(hint: str) -> None:
+    """Start pygame's display, or fail with one line when nothing can be shown.
+
+    Without a display SDL does not fail: it falls back to an invisible offscreen window, and a
+    game would play into it until killed. An invisible driver asked for by name
+    (``SDL_VIDEODRIVER=dummy``, as the tests do) is kept. ``hint`` says what to do instead.
+    """
+    try:
+        pygame.display.init()
+    except pygame.error as exc:
+        raise WMVideoError(f"no display ({exc}): {hint}") from None
+    driver = pygame.display.get_driver()
+    if driver in INVISIBLE_DRIVERS and os.environ.get("SDL_VIDEODRIVER", "").strip().lower() != driver:
+        pygame.display.quit()
+        raise WMVideoError(f"no display: {hint}")
 
 
 class FrameView:
@@ -208,7 +230,7 @@ def record(
     # Our handlers go in before SDL starts, so SDL leaves SIGINT and SIGTERM to them.
     with flag:
         try:
-            pygame.display.init()
+            open_display("run under xvfb-run, or collect footage with `wm-video collect`")
             view = FrameView(engine.frame_shape, scale=scale, display_size=display_size)
             clock = pygame.time.Clock()
             log.info("keys: %s · Esc saves and quits", keys.describe())

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from wm_video.actions import ActionSpace
+from wm_video.cli_args import counted
 from wm_video.data.video import VideoEncoder, VideoSettings
 from wm_video.data.writer import DatasetWriter, EpisodeRecorder
 from wm_video.errors import InputError
@@ -41,6 +42,17 @@ class RecordingResult:
     dataset: Path | None
     episode: int | None  # index of the committed episode in ``dataset``
     video: Path | None
+
+    def describe(self) -> str:
+        """One line for a player: ``saved 42 frames: episode 3 of recordings/dataset, video recordings/play-….mp4``."""
+        if not self.frames:
+            return "nothing recorded (no frame was played)"
+        parts = []
+        if self.dataset is not None:
+            parts.append(f"episode {self.episode} of {self.dataset}")
+        if self.video is not None:
+            parts.append(f"video {self.video}")
+        return f"saved {counted(self.frames, 'frame')}: {', '.join(parts) or 'nothing written'}"
 
 
 def upscale(frame: np.ndarray, scale: int) -> np.ndarray:

@@ -15,7 +15,10 @@ Design choices:
 - **Recording** starts and stops on demand (F5); rewind or reset while recording first commits
   the episode, so an episode is always one continuous stretch of play.
 - Timing: ``model_ms`` is the wall time of :meth:`World.step` (dynamics, decoding, the copy of
-  the frame to the host), the figure a player waits for.
+  the frame to the host), the figure a player waits for; each step is a unit of ``"frame"`` work
+  for the thread tuner (:mod:`wm_video.threads`). :meth:`PlaySession.generated_fps` is the rate
+  at which generated frames arrived over the last seconds: what the player sees move, which
+  falls to 0 while play is paused and below the target when the model is too slow.
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ from wm_video.metrics import psnr
 from wm_video.play.recording import RecordingResult, SessionRecorder
 from wm_video.play.start import StartContext
 from wm_video.sources.base import Source
+from wm_video.threads import timed
+
+RATE_SECONDS = 2.0  # generated_fps() counts the frames that arrived over this many seconds
 
 
 @dataclass(frozen=True)
@@ -113,6 +119,7 @@ class PlaySession:
         self.frame_count = 0  # frames generated since the last reset (rewind moves it back)
         self.total_frames = 0  # frames generated in this session
         self.model_ms = 0.0
+        self._arrivals: collections.deque[float] = collections.deque(maxlen=1024)
         self.psnr: float | None = None
         self.recorder: SessionRecorder | None = None
         self.reset()
@@ -163,8 +170,11 @@ class PlaySession:
         if self.recorder is not None:
             self.recorder.add(self.frame, action, self.picture())
         began = time.perf_counter()
-        frame = self.world.step(action)
-        self.model_ms = (time.perf_counter() - began) * 1000.0
+        with timed("frame"):
+            frame = self.world.step(action)
+        now = time.perf_counter()
+        self.model_ms = (now - began) * 1000.0
+        self._arrivals.append(now)
         self.frame = frame
         self.frame_count += 1
         self.total_frames += 1
@@ -175,6 +185,15 @@ class PlaySession:
         if self.frame_count % self.snapshot_every == 0:
             self._keep_snapshot()
         return self.frame
+
+    def generated_fps(self, now: float | None = None) -> float:
+        """Generated frames per second over the last :data:`RATE_SECONDS` (0 when none arrived)."""
+        now = time.perf_counter() if now is None else now
+        recent = [t for t in self._arrivals if now - t <= RATE_SECONDS]
+        if len(recent) < 2:
+            return 0.0
+        # n frames arrived in the window: n − 1 intervals between the first and the last, plus the wait since
+        return (len(recent) - 1) / max(now - recent[0], 1e-9)
 
     # -- rewind ----------------------------------------------------------------------------------
     def _keep_snapshot(self) -> None:

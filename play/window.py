@@ -26,10 +26,12 @@ from pathlib import Path
 import numpy as np
 import pygame
 
+from wm_video import threads
+from wm_video.cli_args import counted
 from wm_video.play.hud import Hud
 from wm_video.play.keymap import COMMAND_KEYS
 from wm_video.play.keys import KeyboardActions, resolve_key
-from wm_video.play.record import FrameView
+from wm_video.play.record import FrameView, open_display
 from wm_video.play.recording import RecordingResult
 from wm_video.play.session import PlaySession
 from wm_video.signals import StopFlag
@@ -72,7 +74,6 @@ class PlayWindow:
         self.screenshots: list[Path] = []
         self._commands = {resolve_key(name): command for name, command in COMMAND_KEYS.items()}
         self._screen: pygame.Surface | None = None
-        self._last_fps = 0.0
 
     # -- commands --------------------------------------------------------------------------------
     def command(self, name: str) -> None:
@@ -116,9 +117,8 @@ class PlayWindow:
         if result is None:
             return
         self.recordings.append(result)
-        where = f"episode {result.episode} of {result.dataset}" if result.dataset else "nothing (empty)"
-        self.hud.say(f"saved {result.frames} frames: {where}; video {result.video}")
-        log.info("recording saved: %s", result)
+        self.hud.say(result.describe())
+        log.info("%s", result.describe())
 
     # -- the loop --------------------------------------------------------------------------------
     def _events(self, flag: StopFlag) -> None:
@@ -155,8 +155,11 @@ class PlayWindow:
     def hud_lines(self) -> list[str]:
         session = self.session
         held = " ".join(self.keys.held_names()) or "-"
+        tuner = threads.current()
+        using = f" · {counted(tuner.threads, 'thread')}" if tuner is not None else ""
         lines = [
-            f"{self._last_fps:5.1f} FPS (target {self.fps:g}) · model {session.model_ms:5.1f} ms/frame",
+            f"{session.generated_fps():5.1f} frames/s generated (target {self.fps:g}) · "
+            f"model {session.model_ms:5.1f} ms/frame{using}",
             f"frame {session.frame_count} · keys {held}",
         ]
         if session.psnr is not None:
@@ -174,8 +177,8 @@ class PlayWindow:
         """Play until the player quits (or ``max_frames`` frames were generated)."""
         flag = StopFlag()
         with flag:
-            pygame.display.init()
             try:
+                open_display("use --headless (or run under xvfb-run)")
                 view = FrameView(
                     self.session.picture().shape, scale=self.scale, display_size=self.display_size  # type: ignore[arg-type]
                 )
@@ -196,7 +199,6 @@ class PlayWindow:
                     self.hud.draw(self._screen, self.hud_lines())
                     pygame.display.flip()
                     clock.tick(self.fps)
-                    self._last_fps = clock.get_fps()
                     shown += 1
                     if max_frames is not None and self.session.total_frames >= max_frames:
                         flag.request("max frames")

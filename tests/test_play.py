@@ -12,6 +12,8 @@ import os
 os.environ["SDL_VIDEODRIVER"] = "dummy"  # before pygame opens a display
 os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -265,3 +267,61 @@ def test_memory_stays_flat_over_a_headless_run(world: World) -> None:
     result = run_headless(session, load_policy("random", SPACE), frames=120, warmup=30)
     assert result.frames == 120 and result.model_ms_median > 0
     assert result.rss_end_bytes - result.rss_start_bytes < 16 * 2**20, result.format()
+
+
+# -- a newcomer's first minutes ----------------------------------------------------------------------
+def test_without_a_display_play_says_so_instead_of_playing_into_nothing(tmp_path: Path) -> None:
+    """No DISPLAY, no SDL_VIDEODRIVER: SDL falls back to an invisible offscreen window, which play refuses."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "SDL_VIDEODRIVER")}
+    command = [sys.executable, "-m", "wm_video", "play", "--preset", "tiny"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "no display: use --headless (or run under xvfb-run)" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_sdl_dummy_driver_asked_for_by_name_is_kept() -> None:
+    from wm_video.play.record import open_display
+
+    assert os.environ["SDL_VIDEODRIVER"] == "dummy"
+    open_display("unused")  # no error: the tests (and users who mean it) ask for the dummy driver
+    assert pygame.display.get_driver() == "dummy"
+    pygame.display.quit()
+
+
+def test_the_hud_shows_the_rate_generated_frames_arrive_at(world: World) -> None:
+    session = PlaySession(world, grey_start(), fps=17.5)
+    assert session.generated_fps() == 0.0  # nothing generated yet
+    for _ in range(5):
+        session.step(SPACE.from_pressed([]))
+    last = session._arrivals[-1]
+    first = session._arrivals[0]
+    assert session.generated_fps(last) == pytest.approx(4 / (last - first))
+    assert session.generated_fps(last + 10.0) == 0.0  # paused, or a model that takes seconds: 0, not 17.5
+    window = PlayWindow(session, KeyboardActions(SPACE), fps=17.5)
+    assert "frames/s generated (target 17.5)" in window.hud_lines()[0]
+    assert "model" in window.hud_lines()[0] and "ms/frame" in window.hud_lines()[0]
+
+
+def test_frames_ends_a_window_session_and_max_frames_still_works(tmp_path: Path, capsys, caplog) -> None:
+    argv = ["play", "--preset", "tiny", "--out", str(tmp_path), "--threads", "1"]
+    assert main([*argv, "--frames", "3"]) == 0
+    assert "played 3 frames (stopped: max frames)" in capsys.readouterr().out
+    assert main([*argv, "--max-frames", "2"]) == 0  # the old name, with a note
+    assert "played 2 frames" in capsys.readouterr().out and "--max-frames is now --frames" in caplog.text
+
+
+def test_a_recording_is_described_for_a_player(tmp_path: Path) -> None:
+    from wm_video.play.recording import RecordingResult
+
+    result = RecordingResult(42, tmp_path / "dataset", 3, tmp_path / "play.mp4")
+    assert result.describe() == f"saved 42 frames: episode 3 of {tmp_path / 'dataset'}, video {tmp_path / 'play.mp4'}"
+    assert RecordingResult(1, None, None, tmp_path / "a.mp4").describe() == f"saved 1 frame: video {tmp_path / 'a.mp4'}"
+    assert RecordingResult(0, None, None, None).describe().startswith("nothing recorded")
+
+
+def test_default_outputs_stay_out_of_the_repository() -> None:
+    from wm_video.play.cli import DEFAULT_OUT
+
+    repository = Path(__file__).resolve().parents[1]
+    assert DEFAULT_OUT.is_absolute() and repository not in DEFAULT_OUT.parents
