@@ -186,3 +186,59 @@ def test_inspect_draws_a_contact_sheet(
         ["inspect", str(tiny_dataset.root), "--sheet", str(tmp_path / "sheet.jpg")], capsys
     )
     assert code == 2 and "PNG" in err
+
+
+def test_help_is_instant_and_written_for_players() -> None:
+    """`wm-video --help` imports neither torch nor the video libraries, and starts with play."""
+    check = "import sys, wm_video.cli; print(sorted(m for m in ('torch', 'av', 'cv2', 'pygame') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "[]", result.stderr
+    help_text = subprocess.run(["wm-video", "--help"], capture_output=True, text=True, timeout=60).stdout
+    assert "thin face" not in help_text and "wm-video play" in help_text
+    assert help_text.index(" play ") < help_text.index(" collect ")
+
+
+@pytest.mark.parametrize(
+    ("argv", "own_flag"),
+    [
+        (["eval", "tokenizer", "--help"], "--chunk-frames"),
+        (["eval", "dynamics", "--help"], "--horizon"),
+        (["import", "mp4-jsonl", "--help"], "--buttons"),
+        (["import", "vpt", "--help"], "--size"),
+        (["bench", "data", "--help"], "--repeats"),
+    ],
+)
+def test_each_subcommand_has_its_own_help(argv: list[str], own_flag: str, capsys) -> None:
+    code, out, _ = run_cli(argv, capsys)
+    assert code == 0 and f"usage: wm-video {' '.join(argv[:2])}" in out and own_flag in out
+    assert "--baseline" not in out  # not the consistency run's flags
+
+
+def test_errors_name_the_subcommand(tmp_path: Path, capsys) -> None:
+    code, _, err = run_cli(["eval", "tokenizer", "--checkpoint", str(tmp_path / "missing")], capsys)
+    assert code == 2 and "wm-video eval tokenizer: error:" in err.splitlines()[-1]
+
+
+def test_one_way_to_say_device_and_threads(capsys) -> None:
+    for argv in (["play"], ["eval"], ["eval", "dynamics"], ["eval", "tokenizer"], ["bench"], ["bench", "tokenizer"]):
+        _, out, _ = run_cli([*argv, "--help"], capsys)
+        flat = " ".join(out.split())
+        assert "auto (default: cuda when present, else cpu)" in flat, argv
+        assert "chosen by timing" in flat, argv
+
+
+def test_codec_choices_agree_with_the_library() -> None:
+    from wm_video.cli import CODECS as CLI_CODECS
+    from wm_video.data.video import CODECS
+
+    assert CLI_CODECS == CODECS
+
+
+def test_counts_are_singular_for_one(tmp_path: Path, capsys) -> None:
+    src = tmp_path / "recordings"
+    src.mkdir()
+    encode_video(src / "run1.mp4", smooth_frames(1, 32, 0), 20.0, VideoSettings(codec="lossless"))
+    (src / "run1.jsonl").write_text(json.dumps({"keys": ["w"]}) + "\n")
+    code, out, err = run_cli(["import", "mp4-jsonl", str(src), "--out", str(tmp_path / "ds")], capsys)
+    assert code == 0, err
+    assert "imported 1 episode, 1 frame" in out

@@ -128,3 +128,13 @@ def test_configure_respects_omp_num_threads_and_timed_is_inert_without_a_tuner(m
     finally:
         threads.reset()
         torch.set_num_threads(before)
+
+
+def test_a_benchmark_warms_up_until_the_count_is_chosen(monkeypatch) -> None:
+    machine = Machine(COST)
+    tuner = tuner_on(machine)
+    monkeypatch.setattr(threads, "_TUNER", tuner)
+    runs = threads.settle(lambda: setattr(machine, "now", machine.now + COST["quiet"][machine.threads]), "step", 3)
+    assert tuner.settled("step") and tuner.threads == 2
+    assert runs > 3  # more than the warm-up asked for: the trial needed them
+    assert threads.settle(lambda: None, "step", 3) == 3  # chosen already: just the warm-up

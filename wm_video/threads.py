@@ -251,9 +251,7 @@ def configure(
         threads, why = int(os.environ["OMP_NUM_THREADS"]), "OMP_NUM_THREADS"
     if threads is None and (torch.device(device).type != "cpu" or processes > 1):
         threads, why = torch.get_num_threads(), "torch's default (a GPU run)" if processes == 1 else "torchrun"
-    _TUNER = ThreadTuner(threads, why_fixed=why, log=log)
-    if log is not None and threads is not None:
-        log(f"threads: {_TUNER.describe()}")
+    _TUNER = ThreadTuner(threads, why_fixed=why, log=log)  # it prints a count it chooses, not a fixed one
     return _TUNER
 
 
