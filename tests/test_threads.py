@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from wm_video import threads
@@ -138,3 +140,23 @@ def test_a_benchmark_warms_up_until_the_count_is_chosen(monkeypatch) -> None:
     assert tuner.settled("step") and tuner.threads == 2
     assert runs > 3  # more than the warm-up asked for: the trial needed them
     assert threads.settle(lambda: None, "step", 3) == 3  # chosen already: just the warm-up
+
+
+def test_laps_between_calls_are_the_units_a_training_loop_reports() -> None:
+    machine = Machine(COST)
+    tuner = tuner_on(machine)
+    for _ in range(40):  # one call per training step; the step's work happens between calls
+        tuner.lap("training step")
+        machine.now += COST["quiet"][machine.threads]
+    assert tuner.settled("training step") and tuner.threads == 2
+
+
+def test_training_programs_take_threads() -> None:
+    import argparse
+
+    from wm_video.train.options import SessionOptions, add_session_flags, session_options
+
+    parser = argparse.ArgumentParser()
+    add_session_flags(parser, SessionOptions(out=Path("run")))
+    assert session_options(parser.parse_args(["--out", "run", "--threads", "1"])).threads == 1
+    assert session_options(parser.parse_args(["--out", "run"])).threads is None

@@ -11,7 +11,14 @@ import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from wm_video.cli_args import add_cache_dir_flag, finite_float, non_negative_float, positive_float
+from wm_video.cli_args import (
+    add_cache_dir_flag,
+    add_progress_flag,
+    add_threads_flag,
+    finite_float,
+    non_negative_float,
+    positive_float,
+)
 from wm_video.errors import InputError
 from wm_video.fileio import check_output_folder
 
@@ -45,6 +52,7 @@ class SessionOptions:
     progress: bool = True
     rank_timeout: float = 300.0  # seconds another process may stay silent before the run stops
     cache_dir: Path | None = None  # training caches under it (None: beside the data, or $WM_VIDEO_CACHE_DIR)
+    threads: int | None = None  # torch CPU threads; None: chosen by timing (wm_video/threads.py)
 
     def lr_at(self, step: int) -> float:
         """Linear warm-up, then cosine decay to ``min_lr_ratio`` × lr at ``max_steps``."""
@@ -155,6 +163,7 @@ def add_session_flags(
         help="several processes: stop the run when one has not answered for this many seconds "
         f"(frozen or dead), naming it (default {d.rank_timeout:g})",
     )
+    add_threads_flag(hw)
     log = parser.add_argument_group("logging")
     log.add_argument(
         "--report-to", choices=REPORT_TO, default=d.report_to, help="also log to wandb (WANDB_MODE honoured)"
@@ -162,7 +171,7 @@ def add_session_flags(
     log.add_argument(
         "--wandb-project", default=d.wandb_project, help=f"wandb project (default {d.wandb_project})"
     )
-    log.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_flag(log)
 
 
 def session_options(args: argparse.Namespace) -> SessionOptions:

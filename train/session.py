@@ -44,6 +44,7 @@ from accelerate.utils import DistributedType, broadcast_object_list, gather_obje
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from wm_video import threads
 from wm_video.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from wm_video.data.sampler import CLIP_TRACE_ENV, ClipSampler
 from wm_video.errors import InputError, os_error_line, run_program
@@ -147,6 +148,7 @@ class TrainingSession:
         self.rank = self.accelerator.process_index
         self.world_size = self.accelerator.num_processes
         self.device = self.accelerator.device
+        threads.configure(options.threads, device=self.device, processes=self.world_size)
         if self.out.exists() and not (self.out / "run.json").exists():
             if any(p.name != LOCK_FILE for p in self.out.iterdir()):
                 raise InputError(
@@ -414,6 +416,7 @@ class TrainingSession:
         gradients, and updates its scale whether or not the step ran). The norm is the same on every
         rank (gradients are averaged first), so ranks agree on skipping.
         """
+        threads.lap("training step")  # the time since the last call: a whole step, data to update
         if not self.accelerator.sync_gradients:
             return None
         for group in self.optimizer.param_groups:

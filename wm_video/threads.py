@@ -30,7 +30,7 @@ the busy-machine collapse, so the policy is left to the user (it must be set bef
 
 The thread count is process-wide state (:func:`torch.set_num_threads`), so the tuner is too:
 a program calls :func:`configure` once, and library loops wrap each unit of work in
-:func:`timed`, which does nothing when no tuner is configured.
+:func:`timed` (or call :func:`lap` once per unit), which do nothing when no tuner is configured.
 """
 
 from __future__ import annotations
@@ -141,6 +141,7 @@ class ThreadTuner:
         self._trial: _Trial | None = None
         self._recent: deque[float] = deque(maxlen=WINDOW)
         self.trials = 0  # trials run (for the tests and the curious)
+        self._lap_at: float | None = None
 
     @property
     def adaptive(self) -> bool:
@@ -211,6 +212,14 @@ class ThreadTuner:
     def settled(self, label: str = "") -> bool:
         """Whether the count for ``label`` is chosen and no trial is running (always, when fixed)."""
         return not self.adaptive or (label == self.label and label in self._choices and self._trial is None)
+
+    def lap(self, label: str = "") -> None:
+        """Report the time since the previous ``lap`` as one unit of ``label`` work (the first call
+        starts the clock): for loops whose steps all pass one place, such as a training step."""
+        now = self.clock()
+        if self._lap_at is not None:
+            self.observe(now - self._lap_at, label)
+        self._lap_at = now
 
     @contextmanager
     def step(self, label: str = "") -> Iterator[None]:
@@ -286,3 +295,9 @@ def settle(step: Callable[[], object], label: str, at_least: int) -> int:
             step()
         runs += 1
     return runs
+
+
+def lap(label: str) -> None:
+    """The time since the previous ``lap(label)`` is one unit of ``label`` work for the process's tuner."""
+    if _TUNER is not None and _TUNER.adaptive:
+        _TUNER.lap(label)
