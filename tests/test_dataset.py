@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -332,6 +333,19 @@ def test_writer_repairs_metadata_left_behind_by_a_killed_process(tiny_dataset: T
     assert validate_dataset(tiny_dataset.root).ok
 
 
+@pytest.fixture
+def sigint_handler() -> Iterator[None]:
+    """Python's own SIGINT handler for the test, whatever this process inherited: a shell starts a
+    background job (``pytest … &``) with SIGINT ignored, and then no Ctrl-C ever raises. That, not
+    timing, is why this test once failed with "DID NOT RAISE" in a full run started that way."""
+    import signal
+
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+@pytest.mark.usefixtures("sigint_handler")
 def test_signals_wait_for_the_end_of_a_commit() -> None:
     import signal
 
@@ -363,3 +377,34 @@ def test_a_dataset_without_wm_video_json_gets_buttons_inferred_said_and_overrida
     assert (ds.action_space.buttons, ds.action_space.deltas) == (("forward",), ("turn_left", "mouse_dx"))
     assert main(["inspect", str(root), "--buttons", "mouse_dx"]) == 2  # buttons lead the vector
     assert "first entries of the action vector" in capsys.readouterr().err
+
+
+def test_a_held_signal_goes_to_the_handler_in_place_before_the_commit() -> None:
+    import signal
+
+    from wm_video.fileio import signals_deferred
+
+    received: list[int] = []
+    before = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    try:
+        with signals_deferred():
+            signal.raise_signal(signal.SIGTERM)
+            assert received == []  # held during the commit
+        assert received == [signal.SIGTERM]  # delivered once, after it
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def test_a_held_signal_stays_ignored_when_it_was_ignored() -> None:
+    """A background job ignores SIGINT; a commit must not turn it into a KeyboardInterrupt."""
+    import signal
+
+    from wm_video.fileio import signals_deferred
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with signals_deferred():
+            signal.raise_signal(signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
