@@ -10,17 +10,16 @@ import argparse
 import logging
 from pathlib import Path
 
-from wm_video import threads
 from wm_video.cli_args import (
     Commands,
     add_device_flag,
     add_progress_flag,
     add_threads_flag,
     counted,
+    device_and_threads,
     non_negative_float,
     positive_float,
     positive_int,
-    resolve_device,
 )
 
 #: Where F5 recordings and F12 screenshots go unless --out says otherwise: a folder of the user's,
@@ -55,8 +54,7 @@ def _play(args: argparse.Namespace) -> int:
         from wm_video.play.record import open_display
 
         open_display(NO_DISPLAY_HINT)
-    device = resolve_device(args.device)
-    threads.configure(args.threads, device=device, log=logging.info)
+    device = device_and_threads(args, logging.info)
     world = open_world(
         args.checkpoint,
         preset=args.preset,

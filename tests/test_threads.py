@@ -72,8 +72,8 @@ def test_a_collapsing_count_is_dropped_after_two_units() -> None:
     machine.load = "busy"
     tuner = tuner_on(machine)
     used = machine.run(tuner, 30)
-    # the first unit of a label is not scored; then 1 warm-up + 2 scored units at 2 threads at most
-    assert used[1:].count(2) <= 3
+    # the first unit of a label is not scored; then a single unit at 2 threads: 20× the best median
+    assert used[1:].count(2) == 1
 
 
 def test_a_machine_that_gets_busy_is_noticed_and_one_that_gets_quiet_too() -> None:
@@ -160,3 +160,12 @@ def test_training_programs_take_threads() -> None:
     add_session_flags(parser, SessionOptions(out=Path("run")))
     assert session_options(parser.parse_args(["--out", "run", "--threads", "1"])).threads == 1
     assert session_options(parser.parse_args(["--out", "run"])).threads is None
+
+
+def test_confirmed_choices_are_checked_less_and_less_often() -> None:
+    machine = Machine(COST)
+    machine.load = "busy"
+    tuner = tuner_on(machine, recheck_seconds=10.0)
+    machine.run(tuner, int(200 / COST["busy"][1]))  # 200 s of steady load
+    # re-checks after 10, 20, 40, 80 s of confirmations (not 20 of them, one every 10 s)
+    assert 4 <= tuner.trials <= 6

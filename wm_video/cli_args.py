@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -110,3 +111,16 @@ def resolve_device(name: str) -> str:
     if where.type not in ("cpu", "cuda"):
         raise InputError(f"--device {name}: only cpu and cuda are supported")
     return name
+
+
+def device_and_threads(args: argparse.Namespace, log: Callable[[str], None] | None = None) -> str:
+    """Resolve ``--device`` and set up the thread count for it (``--threads``, else chosen by
+    timing: :func:`wm_video.threads.configure`, whose choices ``log`` prints); returns the device."""
+    from wm_video import threads
+
+    device = resolve_device(args.device)
+    if log is None:
+        threads.configure(args.threads, device=device)
+    else:
+        threads.configure(args.threads, device=device, log=log)
+    return device

@@ -13,11 +13,12 @@ between them, so the programs time the work they are doing:
   during the trial weighs on every candidate alike; the first unit after a switch is not counted.
   The lowest median wins, and the choice is printed. A candidate whose median is already twice
   the best one's is dropped at once, so a trial on a busy machine costs a few slow units, not
-  blocks of them.
+  blocks of them; a single unit four times the best median drops it at once.
 - **Re-checks.** The tuner then watches the median of the last units. It runs the trial again
   when that median exceeds ``degrade`` × the median the choice was made on (the machine got
-  busy), or when ``recheck_seconds`` have passed (it may have gone quiet); a changed choice is
-  printed.
+  busy), or when ``recheck_seconds`` have passed (it may have gone quiet); each re-check that
+  confirms the choice doubles that wait (up to 16 minutes), so a steady machine pays for few of
+  them. A changed choice is printed.
 - **When nothing is chosen.** ``--threads N`` (or the ``OMP_NUM_THREADS`` environment variable)
   fixes the count; so does a CUDA device, where the CPU threads hardly matter, and a run of
   several processes (``torchrun`` gives each one thread).
@@ -52,9 +53,11 @@ if TYPE_CHECKING:
 
 TRIAL_STEPS = 4  # counted units per candidate per round
 ROUNDS = 2  # A B then B A
-CUT = 2.0  # a candidate this many times slower than the best so far is dropped from the trial
+CUT = 2.0  # a candidate whose median is this many times the best so far is dropped from the trial
+COLLAPSE = 4.0  # and one whose any unit is this many times the best median, at once
 DEGRADE = 1.5  # re-run the trial when the recent median exceeds this × the chosen median
-RECHECK_SECONDS = 60.0  # and at least this often, to notice a machine that went quiet
+RECHECK_SECONDS = 60.0  # and after this long, to notice a machine that went quiet; doubled (up to
+MAX_RECHECK_SECONDS = 960.0  # this) each time a re-check confirms the choice, reset when it changes
 WINDOW = 8  # recent units whose median is watched
 
 
@@ -97,6 +100,7 @@ class _Choice:
     median: float  # seconds per unit when chosen
     at: float  # clock time of the choice
     medians: dict[int, float]
+    recheck: float  # seconds after ``at`` when the trial runs again
 
 
 class ThreadTuner:
@@ -166,7 +170,10 @@ class ThreadTuner:
         medians = trial.medians()
         best = min(medians, key=medians.__getitem__)
         previous = self._choices.get(self.label)
-        self._choices[self.label] = _Choice(best, medians[best], self.clock(), medians)
+        recheck = self.recheck_seconds
+        if previous is not None and previous.threads == best:  # confirmed: look again less often
+            recheck = min(2 * previous.recheck, max(MAX_RECHECK_SECONDS, self.recheck_seconds))
+        self._choices[self.label] = _Choice(best, medians[best], self.clock(), medians, recheck)
         self._trial = None
         self._recent.clear()
         self._switch(best)
@@ -180,8 +187,10 @@ class ThreadTuner:
         medians = trial.medians()
         mine = trial.samples.get(threads, [])
         others = [m for n, m in medians.items() if n != threads and len(trial.samples[n]) >= 2]
-        if len(mine) >= 2 and others and medians[threads] > CUT * min(others):
+        collapsed = others and seconds > COLLAPSE * min(others)  # even a warm-up unit tells this
+        if others and (collapsed or (len(mine) >= 2 and medians[threads] > CUT * min(others))):
             trial.plan = [(n, c) for n, c in trial.plan if n != threads]  # clearly slower: drop it
+            trial.samples.setdefault(threads, [seconds])  # (shown in the printed choice)
         if trial.plan:
             self._switch(trial.plan[0][0])
         else:
@@ -195,7 +204,7 @@ class ThreadTuner:
             self.label, self._trial = label, None
             self._recent.clear()
             known = self._choices.get(label)
-            if known is not None and self.clock() - known.at < self.recheck_seconds:
+            if known is not None and self.clock() - known.at < known.recheck:
                 self._switch(known.threads)
             else:
                 self._start_trial()
@@ -206,7 +215,9 @@ class ThreadTuner:
         choice = self._choices[label]
         self._recent.append(seconds)
         slower = len(self._recent) == WINDOW and statistics.median(self._recent) > self.degrade * choice.median
-        if slower or self.clock() - choice.at > self.recheck_seconds:
+        if slower:
+            choice.recheck = self.recheck_seconds  # the machine changed: watch it closely again
+        if slower or self.clock() - choice.at > choice.recheck:
             self._start_trial()
 
     def settled(self, label: str = "") -> bool:

@@ -10,22 +10,13 @@ from wm_video.cli_args import (
     add_device_flag,
     add_progress_flag,
     add_threads_flag,
+    device_and_threads,
     positive_int,
-    resolve_device,
 )
 
 #: `wm-video bench --preset` choices: the keys of wm_video.dynamics.DYNAMICS_PRESETS, written out so
 #: `--help` does not import torch (tests/test_bench_world.py checks they agree).
 WORLD_PRESETS = ("tiny", "base")
-
-
-def _setup(args: argparse.Namespace) -> str:
-    """The device, and the thread count for it (chosen during the warm-up unless --threads); returns the device."""
-    from wm_video import threads
-
-    device = resolve_device(args.device)
-    threads.configure(args.threads, device=device)
-    return device
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -48,7 +39,7 @@ def _bench(args: argparse.Namespace) -> int:
 def _bench_tokenizer(args: argparse.Namespace) -> int:
     from wm_video.bench.tokenizer import bench_tokenizer
 
-    device = _setup(args)
+    device = device_and_threads(args)  # the threads are chosen during the warm-up
     result = bench_tokenizer(
         preset=None if args.checkpoint else args.preset,
         checkpoint=args.checkpoint,
@@ -66,7 +57,7 @@ def _bench_world(args: argparse.Namespace) -> int:
     from wm_video.bench.world import bench_world
     from wm_video.fileio import atomic_write_json
 
-    device = _setup(args)
+    device = device_and_threads(args)  # the threads are chosen during the warm-up
     result = bench_world(
         preset=args.preset,
         checkpoint=args.checkpoint,

@@ -19,8 +19,8 @@ from wm_video.cli_args import (
     add_device_flag,
     add_progress_flag,
     add_threads_flag,
+    device_and_threads,
     positive_int,
-    resolve_device,
 )
 from wm_video.errors import InputError
 from wm_video.fileio import check_output_folder
@@ -38,13 +38,6 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _setup(args: argparse.Namespace) -> str:
-    """The device, and the thread count for it; returns the device."""
-    from wm_video import threads
-
-    device = resolve_device(args.device)
-    threads.configure(args.threads, device=device, log=_stderr)
-    return device
 
 
 def _consistency(
@@ -60,7 +53,7 @@ def _consistency(
     from wm_video.eval.clips import EvalInterrupted
     from wm_video.eval.consistency import load_models, run_consistency
 
-    device = _setup(args)
+    device = device_and_threads(args, _stderr)
     models = load_models(
         args.checkpoint,
         getattr(args, "baseline", None),
@@ -163,11 +156,11 @@ def _eval_dynamics(args: argparse.Namespace) -> int:
 def _eval_tokenizer(args: argparse.Namespace) -> int:
     from wm_video.checkpoint import load_tokenizer
     from wm_video.data.cache import load_cache
-    from wm_video.eval import evaluate_tokenizer
     from wm_video.data.split import choose_episodes
+    from wm_video.eval import evaluate_tokenizer
     from wm_video.fileio import atomic_write_json
 
-    device = _setup(args)
+    device = device_and_threads(args, _stderr)
     model, checkpoint = load_tokenizer(args.checkpoint, device=device, ema=not args.raw_weights)
     data = args.data or checkpoint.meta.get("data")
     if data is None:
