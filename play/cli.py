@@ -51,9 +51,9 @@ def _play(args: argparse.Namespace) -> int:
     if args.shadow and args.start_from is not None:
         raise InputError("--shadow starts the model from the real engine's frames; leave out --start-from")
     if not args.headless:  # before the model loads: without a screen, say so at once
-        from wm_video.play.record import open_display
+        from wm_video.play.record import check_display
 
-        open_display(NO_DISPLAY_HINT)
+        check_display(NO_DISPLAY_HINT)
     device = device_and_threads(args, logging.info)
     world = open_world(
         args.checkpoint,

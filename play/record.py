@@ -68,6 +68,7 @@ def fit_rect(frame_size: tuple[int, int], window_size: tuple[int, int]) -> pygam
 
 #: SDL's drivers that show nothing: it falls back to "offscreen" when no display is reachable.
 INVISIBLE_DRIVERS = ("offscreen", "dummy")
+NO_DISPLAY_HINT = "run under xvfb-run, or collect footage with `wm-video collect`"
 
 
 def open_display(hint: str) -> None:
@@ -85,6 +86,13 @@ def open_display(hint: str) -> None:
     if driver in INVISIBLE_DRIVERS and os.environ.get("SDL_VIDEODRIVER", "").strip().lower() != driver:
         pygame.display.quit()
         raise WMVideoError(f"no display: {hint}")
+
+
+def check_display(hint: str) -> None:
+    """Fail at once, before slow work, when nothing can be shown (see :func:`open_display`); the
+    display is closed again, so that SDL keeps no signal handlers of its own meanwhile."""
+    open_display(hint)
+    pygame.display.quit()
 
 
 class FrameView:
@@ -198,6 +206,7 @@ def record(
         raise InputError(f"fps must be a positive number of frames per second; got {fps!r}")
 
     out = Path(out)
+    check_display(NO_DISPLAY_HINT)  # before the engine starts and the dataset is created
     engine = make_source(source, scenario=scenario, size=size, frame_skip=frame_skip)
     try:
         keymap = load_keymap(keymap_path, engine.action_space) if keymap_path is not None else None
@@ -230,7 +239,7 @@ def record(
     # Our handlers go in before SDL starts, so SDL leaves SIGINT and SIGTERM to them.
     with flag:
         try:
-            open_display("run under xvfb-run, or collect footage with `wm-video collect`")
+            open_display(NO_DISPLAY_HINT)
             view = FrameView(engine.frame_shape, scale=scale, display_size=display_size)
             clock = pygame.time.Clock()
             log.info("keys: %s · Esc saves and quits", keys.describe())

@@ -293,3 +293,15 @@ def test_memory_stays_flat_over_10000_frames(tmp_path):
     assert result.frames == 10_000 and result.episodes >= 9  # my_way_home times out every 1050 frames
     growth = resident[9000] - resident[2000]  # after warm-up (first episode, first encoder)
     assert growth < 20, resident
+
+
+def test_without_a_display_record_says_so_and_writes_nothing(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "SDL_VIDEODRIVER")}
+    out = tmp_path / "human"
+    command = [sys.executable, "-m", "wm_video", "record", "--out", str(out)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "no display: run under xvfb-run" in result.stderr
+    assert not out.exists()
