@@ -169,3 +169,12 @@ def test_confirmed_choices_are_checked_less_and_less_often() -> None:
     machine.run(tuner, int(200 / COST["busy"][1]))  # 200 s of steady load
     # re-checks after 10, 20, 40, 80 s of confirmations (not 20 of them, one every 10 s)
     assert 4 <= tuner.trials <= 6
+
+
+def test_work_without_a_label_is_timed_too() -> None:
+    machine = Machine(COST)
+    tuner = ThreadTuner(candidates=(1, 2), clock=machine.clock, set_threads=machine.set_threads, log=None)
+    for _ in range(30):
+        with tuner.step():
+            machine.now += COST["quiet"][machine.threads]
+    assert tuner.settled() and tuner.threads == 2 and tuner.describe().endswith("a unit; --threads N fixes it)")

@@ -140,7 +140,7 @@ class ThreadTuner:
         # until a trial has chosen, work runs as torch would run it: on every CPU
         self.threads = self.fixed if self.fixed is not None else self.candidates[-1]
         self._set(self.threads)
-        self.label = ""
+        self.label: str | None = None  # the kind of work last reported
         self._choices: dict[str, _Choice] = {}
         self._trial: _Trial | None = None
         self._recent: deque[float] = deque(maxlen=WINDOW)
@@ -169,11 +169,12 @@ class ThreadTuner:
     def _finish_trial(self, trial: _Trial) -> None:
         medians = trial.medians()
         best = min(medians, key=medians.__getitem__)
-        previous = self._choices.get(self.label)
+        label = self.label or ""
+        previous = self._choices.get(label)
         recheck = self.recheck_seconds
         if previous is not None and previous.threads == best:  # confirmed: look again less often
             recheck = min(2 * previous.recheck, max(MAX_RECHECK_SECONDS, self.recheck_seconds))
-        self._choices[self.label] = _Choice(best, medians[best], self.clock(), medians, recheck)
+        self._choices[label] = _Choice(best, medians[best], self.clock(), medians, recheck)
         self._trial = None
         self._recent.clear()
         self._switch(best)
@@ -243,7 +244,7 @@ class ThreadTuner:
         """The count in use and why, e.g. ``2 (by timing: 1 thread 31.0 ms, 2 threads 22.6 ms a unit)``."""
         if not self.adaptive:
             return f"{self.threads} (fixed by {self.why_fixed})"
-        choice = self._choices.get(self.label)
+        choice = self._choices.get(self.label) if self.label is not None else None
         if choice is None:
             return f"{self.threads} (being timed: {', '.join(map(str, self.candidates))})"
         timings = ", ".join(f"{counted(n, 'thread')} {1000 * m:.1f} ms" for n, m in sorted(choice.medians.items()))
