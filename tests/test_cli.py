@@ -227,6 +227,32 @@ def test_one_way_to_say_device_and_threads(capsys) -> None:
         assert "chosen by timing" in flat, argv
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["play", "--headless", "--preset", "tiny", "--frames", "1"],
+        ["eval", "tokenizer", "--checkpoint", "never-read"],
+        ["bench", "tokenizer", "--steps", "1"],
+    ],
+)
+def test_one_device_check_for_every_program(argv: list[str], capsys) -> None:
+    """wm_video.device.resolve_device is the one path: an unknown device is one line, exit 2, in
+    every program that takes --device, before a model or a checkpoint is touched."""
+    code, out, err = run_cli([*argv, "--device", "warp9"], capsys)
+    assert code == 2 and out == ""
+    assert err.strip().splitlines()[-1].endswith("--device warp9: not a device torch knows; use auto, cpu or cuda")
+
+
+def test_device_auto_is_cuda_when_present() -> None:
+    import torch
+
+    from wm_video.device import resolve_device
+
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto") == resolve_device(None) == expected
+    assert resolve_device("cpu") == "cpu"
+
+
 def test_codec_choices_agree_with_the_library() -> None:
     from wm_video.cli import CODECS as CLI_CODECS
     from wm_video.data.video import CODECS

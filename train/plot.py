@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from wm_video.errors import InputError, WMVideoError
+from wm_video.errors import InputError
 from wm_video.fileio import atomic_write
 from wm_video.train.common import read_log
 
@@ -79,10 +78,6 @@ def run_plot(args: argparse.Namespace) -> int:
     runs = [Path(run) for run in args.runs]
     out = Path(args.out) if args.out else runs[0] / "curves.png"
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
-    try:
-        path = plot_runs(runs, out, metrics)
-    except WMVideoError as exc:
-        print(f"wm-video plot: error: {exc}", file=sys.stderr)
-        return 2
+    path = plot_runs(runs, out, metrics)  # an error is reported by wm_video.errors.run_program
     print(f"wrote {path}")
     return 0

@@ -1,4 +1,5 @@
-"""What every ``wm-video`` subcommand module shares: flag types and the ``register`` signature.
+"""What every ``wm-video`` subcommand module shares: flag types, the flags several programs take
+(``add_*_flag``: one definition each) and the ``register`` signature.
 
 Each command group lives beside the code it drives (``wm_video/eval/cli.py``, ``wm_video/bench/cli.py``,
 ``train/cli.py``, ``play/cli.py``) and exposes ``register(commands)``, which adds its parser with a
@@ -18,6 +19,9 @@ if TYPE_CHECKING:
     Commands = argparse._SubParsersAction[argparse.ArgumentParser]
 else:
     Commands = argparse._SubParsersAction
+
+#: Where an ``add_*_flag`` helper adds its flag: a parser, or one of its argument groups.
+FlagTarget = argparse.ArgumentParser | argparse._ArgumentGroup
 
 
 def counted(count: int, noun: str) -> str:
@@ -58,9 +62,9 @@ def non_negative_float(text: str) -> float:
     return value
 
 
-def add_cache_dir_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+def add_cache_dir_flag(group: FlagTarget) -> None:
     """``--cache-dir DIR``: where decoded datasets are cached, for a dataset on read-only storage."""
-    parser.add_argument(
+    group.add_argument(
         "--cache-dir",
         type=Path,
         default=None,
@@ -69,16 +73,17 @@ def add_cache_dir_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup
     )
 
 
-def add_device_flag(group: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
-    """``--device``, the same in every program that runs a model."""
+def add_device_flag(group: FlagTarget) -> None:
+    """``--device``, the same in every program that runs a model (resolved by
+    :func:`wm_video.device.resolve_device`)."""
     group.add_argument(
         "--device",
         default="auto",
-        help="where the model runs: auto (default: cuda when present, else cpu), cpu, cuda or cuda:N",
+        help="where the model runs: auto (default: cuda when present, else cpu), cpu, cuda, cuda:N or mps",
     )
 
 
-def add_threads_flag(group: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
+def add_threads_flag(group: FlagTarget) -> None:
     """``--threads``, the same in every program that runs torch (see :mod:`wm_video.threads`)."""
     group.add_argument(
         "--threads",
@@ -89,34 +94,17 @@ def add_threads_flag(group: argparse._ArgumentGroup | argparse.ArgumentParser) -
     )
 
 
-def add_progress_flag(group: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
+def add_progress_flag(group: FlagTarget) -> None:
     """``--no-progress``, the same in every program that shows progress bars."""
     group.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
 
 
-def resolve_device(name: str) -> str:
-    """``auto`` → ``cuda`` when a CUDA device is present, else ``cpu``; other names are checked."""
-    import torch
-
-    from wm_video.errors import InputError
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        where = torch.device(name)
-    except RuntimeError:
-        raise InputError(f"--device {name}: not a device; use auto, cpu, cuda or cuda:N") from None
-    if where.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {name}: no CUDA device is available here; use --device cpu (or auto)")
-    if where.type not in ("cpu", "cuda"):
-        raise InputError(f"--device {name}: only cpu and cuda are supported")
-    return name
-
-
 def device_and_threads(args: argparse.Namespace, log: Callable[[str], None] | None = None) -> str:
-    """Resolve ``--device`` and set up the thread count for it (``--threads``, else chosen by
+    """Resolve ``--device`` (:func:`wm_video.device.resolve_device`: an unavailable or unknown device
+    is one line, exit status 2) and set up the thread count for it (``--threads``, else chosen by
     timing: :func:`wm_video.threads.configure`, whose choices ``log`` prints); returns the device."""
     from wm_video import threads
+    from wm_video.device import resolve_device
 
     device = resolve_device(args.device)
     if log is None:

@@ -1,28 +1,35 @@
 """Choosing the torch device a program runs on, refusing one this machine does not have.
 
-``--device cuda`` on a CPU-only build of torch, or a name torch does not know, is an error in one
-line at the start, not a traceback from deep inside the first tensor that is moved.
+Every program that runs a model takes ``--device`` (:func:`wm_video.cli_args.add_device_flag`) and
+resolves it here once, at its start: ``auto`` is ``cuda`` when a CUDA device is present, else
+``cpu``. ``--device cuda`` on a CPU-only build of torch, or a name torch does not know, is an
+error in one line (exit status 2), not a traceback from deep inside the first tensor that is moved.
 """
 
 from __future__ import annotations
 
 from wm_video.errors import InputError
 
+AUTO = "auto"
+
 
 def resolve_device(requested: str | None) -> str:
-    """``requested`` (``cpu``, ``cuda``, ``cuda:1``, ``mps``), checked; None: ``cuda`` when present, else ``cpu``."""
+    """``requested`` (``auto``, ``cpu``, ``cuda``, ``cuda:1``, ``mps``), checked; ``auto`` or None:
+    ``cuda`` when present, else ``cpu``."""
     import torch
 
-    if requested is None:
+    if requested is None or requested == AUTO:
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(requested)
     except (RuntimeError, ValueError) as err:
-        raise InputError(f"--device {requested}: not a device torch knows; use cpu or cuda") from err
+        raise InputError(f"--device {requested}: not a device torch knows; use auto, cpu or cuda") from err
     if device.type == "cuda":
         if not torch.cuda.is_available():
             why = "this torch build has none" if torch.version.cuda is None else "none is visible"
-            raise InputError(f"--device {requested}: no CUDA device is available ({why}); use --device cpu")
+            raise InputError(
+                f"--device {requested}: no CUDA device is available ({why}); use --device cpu (or auto)"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise InputError(f"--device {requested}: this machine has {torch.cuda.device_count()} GPU(s)")
     elif device.type == "mps":

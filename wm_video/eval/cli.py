@@ -22,7 +22,7 @@ from wm_video.cli_args import (
     device_and_threads,
     positive_int,
 )
-from wm_video.errors import InputError
+from wm_video.errors import EXIT_STOPPED, InputError
 from wm_video.fileio import check_output_folder
 from wm_video.signals import StopFlag
 
@@ -114,7 +114,7 @@ def _eval_consistency(args: argparse.Namespace) -> int:
     _, result = _consistency(args, config)
     if result is None:
         print("wm-video eval: stopped before the first rollouts ended; no report was written", file=sys.stderr)
-        return 130
+        return EXIT_STOPPED
     report = write_report(result, args.out)
     for r in result.results:
         drift, control = r.clips.drift, r.clips.control
@@ -125,7 +125,7 @@ def _eval_consistency(args: argparse.Namespace) -> int:
         )
     if result.incomplete is not None:
         print(f"report (incomplete: stopped during {result.incomplete}): {report}")
-        return 130
+        return EXIT_STOPPED
     print(f"report: {report}")
     return 0
 
@@ -143,7 +143,7 @@ def _eval_dynamics(args: argparse.Namespace) -> int:
     models, result = _consistency(args, config)
     if result is None:
         print("wm-video eval dynamics: stopped before the rollouts ended; nothing to show", file=sys.stderr)
-        return 130
+        return EXIT_STOPPED
     weights = "raw" if args.raw_weights else "EMA"
     print(f"{models[0].path} (step {models[0].step}, {weights} weights) on {result.data}")
     print(summary(result))
@@ -191,7 +191,7 @@ def _eval_tokenizer(args: argparse.Namespace) -> int:
             args.json, {"checkpoint": str(checkpoint.path), "step": checkpoint.step, **report.to_dict()}
         )
         print(f"report: {args.json}")
-    return 130 if stop.requested else 0
+    return EXIT_STOPPED if stop.requested else 0
 
 
 # -- flags -----------------------------------------------------------------------------------------
