@@ -168,3 +168,33 @@ def test_atari_runs_and_is_deterministic(game):
         assert rollout(source, 1, actions) == first
         assert len(set(first)) > 1
         assert source.discrete_action(source.action_space.from_pressed(["right"])) == 2
+
+
+def _played_to_death(source, seed: int) -> None:
+    """Play one episode under the exploration policy until the game ends it (Defend the Center: death)."""
+    from wm_video.sources.policies import ExplorationPolicy
+
+    policy = ExplorationPolicy(source.action_space)
+    frame = source.reset(seed)
+    policy.reset(seed)
+    for _ in range(3000):
+        result = source.step(policy.act(frame))
+        if result.done:
+            return
+        frame = result.frame
+    raise AssertionError("the episode did not end")
+
+
+def test_vizdoom_start_does_not_depend_on_how_the_last_episode_ended():
+    # An episode that ended in the player's death used to shift the weapon-raise animation of the
+    # next episode's first frames, so a collection worker's output depended on its history.
+    # (It showed while walking: the weapon bobs. Without the fix both cases below failed.)
+    actions = np.stack([ACTION_SPACE.from_pressed(["forward"])] * 6)
+    config = VizDoomConfig(scenario="defend_the_center", size=32)
+    with VizDoomSource(config) as fresh:
+        expected = rollout(fresh, 5, actions)
+    with VizDoomSource(config) as source:
+        for previous in (1, 3):
+            _played_to_death(source, previous)
+            assert rollout(source, 5, actions) == expected, f"after episode {previous}"
+

@@ -10,8 +10,9 @@ Design choices:
 - Freedoom maps (``freedoom1:E1M1``, ``freedoom2:MAP01``) set the WAD and map directly; the
   shipped ``freedoom1.cfg`` turns on audio and automap buffers and hangs without a window.
 - Deterministic: ``set_seed(seed)`` before every ``new_episode``. The engine is initialised
-  once; a later reset with any seed replays exactly what a fresh instance would (checked in
-  tests/test_sources.py).
+  once; a later reset with any seed replays exactly what a fresh instance would, whatever
+  episodes ran before and however they ended (checked in tests/test_sources.py). That needs a
+  throwaway start that runs a few tics before each reset (see :meth:`VizDoomSource.reset`).
 - The engine writes ``_vizdoom.ini`` and a ``_vizdoom/`` folder into its working directory;
   both go into a private temporary directory removed on ``close``.
 - The engine is a child process of whoever creates the source; on Linux it is started through a
@@ -77,6 +78,8 @@ _FREEDOOM_MAPS = {
 }
 _FREEDOOM_EXAMPLES = "freedoom1:E1M1 … freedoom1:E4M9, freedoom2:MAP01 … freedoom2:MAP32"
 _CHDIR_LOCK = threading.Lock()
+#: Tics run in a throwaway episode before each reset (see ``VizDoomSource.reset``); 4 sufficed.
+_SETTLE_TICS = 12
 #: Multiplayer scenarios whose WADs crash (segfault) a single-player engine in vizdoom 1.3.
 _MULTIPLAYER_ONLY = frozenset({"cig", "multi_duel"})
 
@@ -217,6 +220,15 @@ class VizDoomSource(Source):
         return self._last_frame
 
     def reset(self, seed: int) -> np.ndarray:
+        # A throwaway start that runs a few tics first. An episode that ended in the player's death
+        # leaves engine state behind that survives one new_episode: the weapon's raise and bob in
+        # frames 1-6 of the next episode then depended on how the episode before it ended, so a
+        # collection worker's output depended on its history (19 of 120 episodes of a collection
+        # differed there from a clean replay of their seed and actions). A few tics clear it.
+        self._game.new_episode()
+        self._game.set_action([0.0] * len(BUTTONS))
+        for _ in range(_SETTLE_TICS):
+            self._game.advance_action(1)
         self._game.set_seed(int(seed) % (2**32))
         self._game.new_episode()
         return self._frame()
