@@ -198,3 +198,24 @@ def test_vizdoom_start_does_not_depend_on_how_the_last_episode_ended():
             _played_to_death(source, previous)
             assert rollout(source, 5, actions) == expected, f"after episode {previous}"
 
+
+def test_vizdoom_ground_truth_labels_the_frame():
+    from wm_video.sources.truth import CLASS_ID, STATE_NAMES
+
+    with VizDoomSource(VizDoomConfig(scenario="defend_the_center", size=32, ground_truth=True)) as source:
+        frame = source.reset(0)
+        truth = source.truth()
+        assert truth is not None and truth.classes.shape == (32, 32) and truth.classes.dtype == np.uint8
+        assert truth.state.shape == (len(STATE_NAMES),)
+        assert truth.state[STATE_NAMES.index("health")] == 100
+        assert (truth.classes == CLASS_ID["weapon"]).any()  # the pistol, bottom centre
+        assert {row[2] for row in truth.objects} >= {"Self"}
+        flashes = []
+        for _ in range(20):  # attack held: the pistol fires, its flash shows, it re-fires
+            source.step(ACTION_SPACE.from_pressed(["attack"]))
+            flashes.append(bool((source.truth().classes == CLASS_ID["flash"]).any()))
+        onsets = [t for t in range(1, 20) if flashes[t] and not flashes[t - 1]]
+        assert len(onsets) >= 2, flashes
+    with VizDoomSource(VizDoomConfig(scenario="defend_the_center", size=32)) as plain:
+        assert np.array_equal(plain.reset(0), frame)  # labels and game variables change no pixel
+        assert plain.truth() is None

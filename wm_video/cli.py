@@ -93,7 +93,12 @@ def _add_source_flags(parser: argparse.ArgumentParser) -> None:
 # -- handlers --------------------------------------------------------------------------------------
 def _collect(args: argparse.Namespace) -> int:
     from wm_video.collect import collect
+    from wm_video.errors import InputError
 
+    if args.relabel is not None:
+        return _relabel(args)
+    if args.out is None:
+        raise InputError("pass --out DIR (a new dataset, or one to append to), or --relabel DIR")
     result = collect(
         args.out,
         source=args.source,
@@ -106,10 +111,27 @@ def _collect(args: argparse.Namespace) -> int:
         workers=args.workers,
         policy=args.policy,
         video=_video_settings(args),
+        ground_truth=not args.no_ground_truth,
     )
     print(
         f"{args.out}: {counted(result.episodes_written, 'episode')}, {counted(result.frames_written, 'frame')} written "
         f"in {result.seconds:.1f} s ({result.frames_per_second:,.0f} frames/s)"
+    )
+    return 0
+
+
+def _relabel(args: argparse.Namespace) -> int:
+    from wm_video.errors import InputError
+    from wm_video.relabel import relabel
+
+    if args.out is not None:
+        raise InputError("--relabel DIR works on DIR itself; leave out --out")
+    result = relabel(args.relabel, progress=sys.stderr.isatty())
+    sizes = result.bytes_per_frame
+    print(
+        f"{args.relabel}: replayed {result.episodes} episodes ({result.frames:,} frames) bit-exactly in "
+        f"{result.seconds:.1f} s and added their ground truth ({sizes['labels_video']:.0f} + "
+        f"{sizes['objects']:.0f} bytes per frame: labels video + object table)"
     )
     return 0
 
@@ -198,9 +220,26 @@ def build_parser() -> argparse.ArgumentParser:
     register_play(commands)
 
     p = commands.add_parser(
-        "collect", help="record footage from a real game engine under an exploration policy"
+        "collect",
+        help="record footage from a real game engine under an exploration policy",
+        description="Record footage (and, from ViZDoom, the engine's ground truth: object labels, pose, "
+        "health, ammo, kills, reward) into --out; or --relabel an existing ViZDoom dataset recorded "
+        "without ground truth, if replaying its seeds and actions reproduces its frames exactly.",
     )
-    p.add_argument("--out", type=Path, required=True, help="dataset folder (created, or appended to)")
+    p.add_argument("--out", type=Path, default=None, help="dataset folder (created, or appended to)")
+    p.add_argument(
+        "--relabel",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="add the ground truth to the ViZDoom dataset DIR by replaying its seeds and actions; refused, "
+        "with nothing written, unless the replay reproduces every frame exactly",
+    )
+    p.add_argument(
+        "--no-ground-truth",
+        action="store_true",
+        help="do not record the engine's ground truth (labels buffer, pose, health…; ViZDoom only)",
+    )
     _add_source_flags(p)
     group = p.add_argument_group("collection")
     group.add_argument(

@@ -19,8 +19,11 @@ Design choices:
   when its own parent dies (:mod:`wm_video.sources.vizdoom`).
 - One worker runs in-process (no start-up cost), through the same episode code.
 - Recording: for t < steps, frame_t is recorded, the policy picks action_t from it (recorded),
-  the engine steps. The episode stops early when the engine says done or a scripted policy
-  runs out, so frames and actions always have equal length; actions[t] leads to frame t+1.
+  the engine steps. With ground truth (ViZDoom; on by default) the engine's knowledge of
+  frame_t and the reward and end of action_t are recorded too (:mod:`wm_video.data.truth`),
+  the class maps encoded by the worker beside the frames. The episode stops early when the
+  engine says done or a scripted policy runs out, so frames and actions always have equal
+  length; actions[t] leads to frame t+1.
 """
 
 from __future__ import annotations
@@ -44,13 +47,15 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from wm_video.data.truth import EpisodeTruth, TruthRecorder
 from wm_video.data.video import VideoSettings, encode_video
 from wm_video.data.writer import DatasetWriter
 from wm_video.errors import InputError
 from wm_video.signals import die_with_parent
-from wm_video.sources import DEFAULT_SOURCE, make_source
+from wm_video.sources import DEFAULT_SOURCE, TRUTH_SOURCES, make_source
 from wm_video.sources.base import Source
 from wm_video.sources.policies import Policy, load_policy
+from wm_video.sources.truth import FrameTruth
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,7 @@ class _SourceSpec:
     policy: str
     steps: int
     video: VideoSettings
+    ground_truth: bool = False
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,7 @@ class _EpisodeOutput:
     episode: int
     video_path: Path
     actions: np.ndarray  # (T, action size) float32
+    truth: EpisodeTruth | None = None
     error: str | None = None  # a worker's failure, formatted
     exception: BaseException | None = field(default=None, compare=False)
 
@@ -104,10 +111,13 @@ class _EpisodeRunner:
             size=spec.size,
             frame_skip=spec.frame_skip,
             **spec.source_options,
+            **({"ground_truth": True} if spec.ground_truth else {}),
         )
         self.policy: Policy = load_policy(spec.policy, self.source.action_space)
 
-    def _frames(self, seed: int, actions: list[np.ndarray]) -> Iterator[np.ndarray]:
+    def _frames(
+        self, seed: int, actions: list[np.ndarray], truth: TruthRecorder | None
+    ) -> Iterator[np.ndarray]:
         frame = self.source.reset(seed)
         self.policy.reset(seed)
         for _ in range(self.spec.steps):
@@ -115,23 +125,41 @@ class _EpisodeRunner:
                 return
             action = self.policy.act(frame)
             actions.append(action)
+            if truth is not None:
+                truth.add_frame(_known(self.source))
             yield frame  # the encoder writes frame_t before the engine makes frame_t+1
             result = self.source.step(action)
+            if truth is not None:
+                truth.add_step(result.reward, result.done)
             if result.done:
                 return
             frame = result.frame
 
     def run(self, job: _Job) -> _EpisodeOutput:
         actions: list[np.ndarray] = []
+        truth = None
+        if self.spec.ground_truth:
+            labels = job.video_path.with_suffix(".labels.mp4")
+            truth = TruthRecorder(labels, self.source.fps, self.source.frame_shape[0])
         frames = encode_video(
-            job.video_path, self._frames(job.seed, actions), self.source.fps, self.spec.video
+            job.video_path, self._frames(job.seed, actions, truth), self.source.fps, self.spec.video
         )
         if frames != len(actions):
             raise RuntimeError(f"episode {job.episode}: encoded {frames} frames for {len(actions)} actions")
-        return _EpisodeOutput(job.episode, job.video_path, np.stack(actions).astype(np.float32))
+        episode_truth = truth.finish() if truth is not None else None
+        return _EpisodeOutput(
+            job.episode, job.video_path, np.stack(actions).astype(np.float32), episode_truth
+        )
 
     def close(self) -> None:
         self.source.close()
+
+
+def _known(source: Source) -> FrameTruth:
+    truth = source.truth()
+    if truth is None:
+        raise RuntimeError(f"{source.task}: the engine gave no ground truth for a frame")
+    return truth
 
 
 def _worker_main(spec: _SourceSpec, jobs: Any, results: Any, parent: int) -> None:
@@ -154,7 +182,7 @@ def _worker_main(spec: _SourceSpec, jobs: Any, results: Any, parent: int) -> Non
         except Exception:
             sendable = None
         episode = job.episode if job is not None else -1
-        results.put(_EpisodeOutput(episode, Path(), np.zeros((0, 0)), traceback.format_exc(), sendable))
+        results.put(_EpisodeOutput(episode, Path(), np.zeros((0, 0)), None, traceback.format_exc(), sendable))
     finally:
         if runner is not None:
             runner.close()
@@ -261,6 +289,7 @@ def collect(
     progress: bool = True,
     video: VideoSettings | None = None,
     source_options: dict[str, Any] | None = None,
+    ground_truth: bool = True,
 ) -> CollectResult:
     """Fill the dataset at ``out`` until it holds ``episodes`` episodes of at most ``steps`` frames.
 
@@ -268,8 +297,9 @@ def collect(
     (its fps, actions and frame shape must match), and one that already holds ``episodes``
     is left as it is. Episode i uses seed ``seed + i``. ``policy`` is "explore", "random" or a
     JSONL action script; ``source_options`` are extra config fields of the source (e.g.
-    ``{"render_hud": True}``). Ctrl-C stops the workers and keeps every committed episode,
-    then raises KeyboardInterrupt.
+    ``{"render_hud": True}``). ``ground_truth`` records what the engine knows per frame where the
+    source gives it (ViZDoom; :mod:`wm_video.data.truth`). Ctrl-C stops the workers and keeps
+    every committed episode, then raises KeyboardInterrupt.
     """
     for name, value, least in (("episodes", episodes, 1), ("steps", steps, 1), ("workers", workers, 1)):
         if not isinstance(value, int) or value < least:
@@ -286,6 +316,7 @@ def collect(
         policy,
         steps,
         video or VideoSettings(),
+        ground_truth and source in TRUTH_SOURCES,
     )
     local = _EpisodeRunner(spec)  # validates source, scenario and policy before anything is written
     try:
@@ -310,7 +341,7 @@ def collect(
                 local.close()
                 pool = _WorkerPool(spec, min(workers, len(jobs)))
             for output in pool.run(jobs) if pool is not None else map(local.run, jobs):
-                writer.commit_episode(output.video_path, output.actions)
+                writer.commit_episode(output.video_path, output.actions, output.truth)
                 written, frames = written + 1, frames + len(output.actions)
                 bar.total -= steps - len(output.actions)  # the episode ended early
                 bar.update(len(output.actions))
@@ -350,4 +381,5 @@ def _open_writer(out: Path, engine: Source, spec: _SourceSpec, seed: int) -> Dat
         task=engine.task,
         video=spec.video,
         source_info=info,
+        ground_truth=spec.ground_truth,
     )

@@ -52,6 +52,7 @@ class InspectReport:
     problems: list[str] = field(default_factory=list)
     decoded: bool = False
     notes: list[str] = field(default_factory=list)  # facts worth knowing that are not problems
+    ground_truth: list[str] = field(default_factory=list)  # summary lines (data/truth.py)
 
     @property
     def ok(self) -> bool:
@@ -77,6 +78,7 @@ class InspectReport:
                 lines.append(f"  {a.name:<{width}}  {bar} {100 * a.mean:5.1f} % of frames")
             for a in deltas:
                 lines.append(f"  {a.name:<{width}}  mean {a.mean:+.3f}  std {a.std:.3f}")
+        lines += self.ground_truth
         lines += [f"note        {note}" for note in self.notes]
         if not self.decoded:
             lines.append("videos      headers checked only (--no-decode)")
@@ -237,6 +239,10 @@ def validate_dataset(root: Path, *, decode: bool = True, progress: bool = False)
         except WMVideoError as exc:
             report.problems.append(str(exc))
 
+    from wm_video.data.truth import check_truth  # truth's cache reads cache.py, which reads this module
+
+    report.ground_truth, truth_problems = check_truth(ds, decode=decode)
+    report.problems += truth_problems
     mean = sums / max(report.frames, 1)
     std = np.sqrt(np.maximum(squares / max(report.frames, 1) - mean**2, 0))
     buttons = set(ds.action_space.buttons)

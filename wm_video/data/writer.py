@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from wm_video.actions import ActionSpace
-from wm_video.data import lerobot
+from wm_video.data import lerobot, truth
 from wm_video.data.video import VideoEncoder, VideoSettings, encode_video, probe_video
 from wm_video.errors import DatasetError, InputError
 from wm_video.fileio import atomic_write, atomic_write_json, signals_deferred
@@ -63,14 +63,22 @@ def tasks_table(tasks: list[str]) -> pa.Table:
     return table.replace_schema_metadata({b"pandas": json.dumps(pandas_meta).encode()})
 
 
-def frames_table(actions: np.ndarray, *, fps: float, episode_index: int, first_index: int) -> pa.Table:
-    """Per-frame rows of one episode."""
+def frames_table(
+    actions: np.ndarray,
+    *,
+    fps: float,
+    episode_index: int,
+    first_index: int,
+    extra: dict[str, pa.Array] | None = None,
+) -> pa.Table:
+    """Per-frame rows of one episode (``extra``: more per-frame columns, e.g. the ground truth)."""
     length, size = actions.shape
     flat = pa.array(actions.astype(np.float32).reshape(-1), pa.float32())
     offsets = pa.array(np.arange(0, (length + 1) * size, size, dtype=np.int32))
     return pa.table(
         {
             "action": pa.ListArray.from_arrays(offsets, flat),
+            **(extra or {}),
             "timestamp": pa.array((np.arange(length) / fps).astype(np.float32)),
             "frame_index": pa.array(np.arange(length, dtype=np.int64)),
             "episode_index": pa.array(np.full(length, episode_index, dtype=np.int64)),
@@ -94,8 +102,10 @@ class DatasetWriter:
         video: VideoSettings | None = None,
         video_key: str = lerobot.DEFAULT_VIDEO_KEY,
         source_info: dict[str, Any] | None = None,
+        ground_truth: bool = False,
     ) -> None:
         self.root = Path(root)
+        self.ground_truth = ground_truth  # episodes carry the engine's ground truth (data/truth.py)
         self.fps = float(fps)
         self.action_space = action_space
         self.frame_shape = tuple(int(d) for d in frame_shape)
@@ -127,6 +137,8 @@ class DatasetWriter:
             codec=self.video.codec_name,
             pix_fmt=self.video.pix_fmt,
         )
+        if self.ground_truth:
+            self.info["features"].update(truth.truth_features(self.frame_shape, self.fps))  # type: ignore[arg-type]
         self.episodes: list[dict[str, Any]] = []
         self.action_stats: dict[str, np.ndarray] | None = None
         self.task = task
@@ -139,6 +151,7 @@ class DatasetWriter:
                 "keymap": dict(self.action_space.default_keymap),
                 "source": source_info,
                 "video": {"codec": self.video.codec, "crf": self.video.crf, "gop": self.video.gop},
+                **({"ground_truth": truth.truth_spec()} if self.ground_truth else {}),
             },
         )
         atomic_write_json(lerobot.info_path(self.root), self.info)
@@ -165,6 +178,11 @@ class DatasetWriter:
         wanted = {"codec": self.video.codec, "crf": self.video.crf, "gop": self.video.gop}
         if stored and stored != wanted:
             problems.append(f"video settings {stored} (this run: {wanted})")
+        if truth.has_truth(info) != self.ground_truth:
+            problems.append(
+                f"ground truth {'recorded' if truth.has_truth(info) else 'absent'} "
+                f"(this run: {'records it' if self.ground_truth else 'has none'})"
+            )
         if problems:
             raise DatasetError("cannot append, the dataset differs: " + "; ".join(problems), path=path)
         self.info = info
@@ -211,9 +229,19 @@ class DatasetWriter:
         """A streaming recorder for one episode (frames arrive one at a time)."""
         return EpisodeRecorder(self)
 
-    def commit_episode(self, video_file: Path, actions: np.ndarray) -> int:
-        """Move an encoded episode video into the dataset with its actions; returns its index."""
+    def commit_episode(
+        self, video_file: Path, actions: np.ndarray, ground_truth: truth.EpisodeTruth | None = None
+    ) -> int:
+        """Move an encoded episode video into the dataset with its actions (and, in a dataset that
+        records it, its ground truth); returns its index."""
         actions = np.asarray(actions, dtype=np.float32)
+        if (ground_truth is not None) != self.ground_truth or (
+            ground_truth is not None and len(ground_truth) != len(actions)
+        ):
+            raise InputError(
+                f"{self.root}: the dataset {'records' if self.ground_truth else 'has no'} ground truth; "
+                f"this episode has {'none' if ground_truth is None else f'{len(ground_truth)} frames of it'}"
+            )
         self.action_space.check(actions)
         index = self.num_episodes
         probe = probe_video(video_file, episode=index)
@@ -254,8 +282,12 @@ class DatasetWriter:
         }
         with signals_deferred():  # Ctrl-C or SIGTERM wait until the metadata agrees again
             os.replace(video_file, video_path)
+            if ground_truth is not None:
+                row.update(truth.place_truth(self.root, ground_truth, chunk, file, self.fps))
+            extra = truth.truth_columns(ground_truth) if ground_truth is not None else None
             _write_parquet(
-                data_path, frames_table(actions, fps=self.fps, episode_index=index, first_index=first)
+                data_path,
+                frames_table(actions, fps=self.fps, episode_index=index, first_index=first, extra=extra),
             )
             _write_parquet(
                 self.root / lerobot.EPISODES_META_PATH, pa.Table.from_pylist([*self.episodes, row])

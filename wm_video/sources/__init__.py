@@ -44,6 +44,9 @@ def _make_atari(scenario: str | None, size: int, frame_skip: int | None, **kwarg
     return AtariSource(config)
 
 
+#: Sources that record the engine's ground truth (their config has ``ground_truth``).
+TRUTH_SOURCES = frozenset({"vizdoom"})
+
 #: Source name → factory(scenario, size, frame_skip, **config fields).
 SOURCES: dict[str, Callable[..., Source]] = {"vizdoom": _make_vizdoom, "atari": _make_atari}
 
@@ -63,4 +66,12 @@ def make_source(
     return SOURCES[name](scenario, size, frame_skip, **kwargs)
 
 
-__all__ = ["DEFAULT_SCENARIO", "DEFAULT_SOURCE", "SOURCES", "Source", "StepResult", "make_source"]
+__all__ = [
+    "DEFAULT_SCENARIO",
+    "DEFAULT_SOURCE",
+    "SOURCES",
+    "TRUTH_SOURCES",
+    "Source",
+    "StepResult",
+    "make_source",
+]

@@ -10,16 +10,21 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from wm_video.actions import ActionSpace
+
+if TYPE_CHECKING:
+    from wm_video.sources.truth import FrameTruth
 
 
 @dataclass(frozen=True)
 class StepResult:
     frame: np.ndarray  # (H, W, 3) uint8
     done: bool
+    reward: float = 0.0  # what the game awarded for this action (ViZDoom's scenario reward)
 
 
 class Source(ABC):
@@ -41,6 +46,11 @@ class Source(ABC):
     @abstractmethod
     def step(self, action: np.ndarray) -> StepResult:
         """Apply one action (float32 vector in ``action_space``) and return the next frame."""
+
+    def truth(self) -> FrameTruth | None:
+        """What the engine knows about the frame last returned (labels, pose…); None when the
+        source gives no ground truth (see :mod:`wm_video.sources.truth`)."""
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the engine."""

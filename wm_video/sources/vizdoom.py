@@ -1,10 +1,12 @@
 """ViZDoom as a frame source: scenarios shipped with the package, or Freedoom maps.
 
 Design choices:
-- Headless and lean: no window, no sound, no depth/labels/automap/audio buffers, no game
-  variables. The engine renders at RES_160X120 RGB24 (its fastest mode) and frames are
-  resized to ``size``×``size`` with cv2 INTER_AREA (a 4:3 → 1:1 squeeze, as in GameNGen-style
-  datasets).
+- Headless and lean: no window, no sound, no depth/automap/audio buffers. With
+  ``ground_truth`` the labels buffer and six game variables are on and :meth:`truth` describes
+  each frame (:mod:`wm_video.sources.truth`); neither changes a rendered frame (the
+  ``collect --relabel`` test replays an unlabelled dataset bit-exactly). The engine renders
+  at RES_160X120 RGB24 (its fastest mode) and frames are resized to ``size``×``size`` with
+  cv2 INTER_AREA (a 4:3 → 1:1 squeeze, as in GameNGen-style datasets).
 - Every scenario gets the same 8 buttons (``set_available_buttons``) whatever its .cfg says,
   so datasets from different scenarios share one action space.
 - Freedoom maps (``freedoom1:E1M1``, ``freedoom2:MAP01``) set the WAD and map directly; the
@@ -43,6 +45,7 @@ from wm_video.actions import ActionSpace
 from wm_video.errors import InputError
 from wm_video.signals import exec_dying_with_parent
 from wm_video.sources.base import Source, StepResult
+from wm_video.sources.truth import FrameTruth, frame_truth
 
 #: Doom's simulation rate (tics per second); footage fps = TICRATE / frame_skip.
 TICRATE = 35
@@ -69,6 +72,9 @@ DEFAULT_KEYMAP: dict[str, str] = {
     "space": "attack",
     "e": "use",
 }
+
+#: Game variables recorded with ground truth, in the order of ``truth.STATE_NAMES``.
+_GAME_VARIABLES = ("POSITION_X", "POSITION_Y", "ANGLE", "HEALTH", "SELECTED_WEAPON_AMMO", "KILLCOUNT")
 
 ACTION_SPACE = ActionSpace(buttons=tuple(name for name, _ in BUTTONS), default_keymap=DEFAULT_KEYMAP)
 
@@ -117,6 +123,8 @@ class VizDoomConfig:
     render_hud: bool = False
     #: Episode length limit in tics; None keeps the scenario's own (Freedoom maps: none).
     episode_timeout: int | None = None
+    #: Record what the engine knows per frame (labels buffer, pose, health…): see ``truth()``.
+    ground_truth: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.size, int) or not 8 <= self.size <= 1024:
@@ -169,6 +177,7 @@ class VizDoomSource(Source):
         self._finalizer = weakref.finalize(self, _shutdown, self._game, self._home)
         self._configure(vzd)
         self._last_frame: np.ndarray | None = None
+        self._last_state: Any = None
         with _CHDIR_LOCK:  # the engine creates ./_vizdoom in its working directory
             previous = os.getcwd()
             os.chdir(self._home)
@@ -196,7 +205,6 @@ class VizDoomSource(Source):
             game.set_audio_buffer_enabled,
             game.set_automap_buffer_enabled,
             game.set_depth_buffer_enabled,
-            game.set_labels_buffer_enabled,
             game.set_notifications_buffer_enabled,
             game.set_objects_info_enabled,
             game.set_sectors_info_enabled,
@@ -207,12 +215,16 @@ class VizDoomSource(Source):
         game.set_render_hud(config.render_hud)
         game.set_render_messages(False)
         game.set_available_buttons([getattr(vzd.Button, engine_name) for _, engine_name in BUTTONS])
-        game.set_available_game_variables([])
+        game.set_labels_buffer_enabled(config.ground_truth)
+        game.set_available_game_variables(
+            [getattr(vzd.GameVariable, name) for name in _GAME_VARIABLES] if config.ground_truth else []
+        )
         if config.episode_timeout is not None:
             game.set_episode_timeout(config.episode_timeout)
 
     def _frame(self) -> np.ndarray:
         state = self._game.get_state()
+        self._last_state = state
         screen = state.screen_buffer  # (120, 160, 3) uint8
         size = self.config.size
         frame = cv2.resize(screen, (size, size), interpolation=cv2.INTER_AREA)  # (size, size, 3)
@@ -239,10 +251,18 @@ class VizDoomSource(Source):
         if self._game.is_episode_finished():
             return StepResult(frame=self._last_frame, done=True)
         pressed = [1.0 if value > 0.5 else 0.0 for value in np.asarray(action)[: len(BUTTONS)]]
-        self._game.make_action(pressed, self.config.frame_skip)
+        reward = float(self._game.make_action(pressed, self.config.frame_skip))
         if self._game.is_episode_finished():
-            return StepResult(frame=self._last_frame, done=True)
-        return StepResult(frame=self._frame(), done=False)
+            return StepResult(frame=self._last_frame, done=True, reward=reward)
+        return StepResult(frame=self._frame(), done=False, reward=reward)
+
+    def truth(self) -> FrameTruth | None:
+        if not self.config.ground_truth or self._last_state is None:
+            return None
+        state = self._last_state
+        return frame_truth(
+            state.labels_buffer, state.labels, state.screen_buffer, state.game_variables, self.config.size
+        )
 
     def close(self) -> None:
         self._finalizer()
