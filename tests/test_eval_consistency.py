@@ -107,9 +107,14 @@ def test_report_files_exist_parse_and_a_second_run_reuses_the_idm(runs: Runs, tm
         assert video.shape == (4, 2 * 32 * 2, 3 * 32 * 2, 3), (
             name
         )  # 4 frames; 2 clips × (real|generated|diff)
+    player = metrics["player"]
+    assert "holds no ground truth" in player["skipped"]  # texture needs none
+    assert player["models"]["model"]["texture"]["steps"] == [1, 4]
     report = (out / "report.md").read_text()
+    assert report.index("## What a player sees") < report.index("## Headline")
     for text in (
         "# Consistency report",
+        "### Texture",
         "## Headline",
         "## Drift",
         "ΔPSNR(t=4)",

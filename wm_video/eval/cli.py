@@ -244,8 +244,9 @@ def register(commands: Commands) -> None:
     p = commands.add_parser(
         "eval",
         help="score a trained world: the full consistency run as a report, or a quick check (WHAT)",
-        description="Without WHAT: the consistency run of a dynamics checkpoint (teacher-forced next frame, "
-        "drift, controllability, action accuracy, loop closure, soak), written as a report folder (--out). "
+        description="Without WHAT: the consistency run of a dynamics checkpoint (what a player sees: objects, "
+        "shooting, texture, a Fréchet distance, places revisited; teacher-forced next frame, drift, "
+        "controllability, action accuracy, loop closure, soak), written as a report folder (--out). "
         "Ctrl-C writes the parts finished so far, marked incomplete. With WHAT: a quick check printed to "
         "the terminal; `wm-video eval WHAT --help` lists its flags.",
     )
@@ -278,7 +279,9 @@ def register(commands: Commands) -> None:
         help="live action program: explore, random or a JSONL script (default explore)",
     )
     group.add_argument(
-        "--skip", default=None, help="comma-separated parts to leave out: actions, loops, soak"
+        "--skip",
+        default=None,
+        help="comma-separated parts to leave out: actions, loops, soak, player (what a player sees)",
     )
     group.add_argument(
         "--idm-steps",
@@ -290,7 +293,7 @@ def register(commands: Commands) -> None:
         "--idm-cache",
         type=Path,
         default=None,
-        help="folder for the cached IDM (default: beside the frame cache)",
+        help="folder for the cached IDM and object model (default: beside the frame cache)",
     )
     _run_flags(p, json=False)
     p.set_defaults(handler=_eval_consistency, command_name="eval")

@@ -25,7 +25,7 @@ import numpy as np
 from wm_video.data.cache import TrainingCache
 from wm_video.data.sampler import ClipSampler
 from wm_video.errors import InputError
-from wm_video.sources import SOURCES, Source, make_source
+from wm_video.sources import SOURCES, TRUTH_SOURCES, Source, make_source
 from wm_video.sources.policies import load_policy
 
 
@@ -87,8 +87,12 @@ class EngineSpec:
     def __str__(self) -> str:
         return f"{self.source}:{self.scenario}" if self.scenario else self.source
 
-    def open(self) -> Source:
-        return make_source(self.source, scenario=self.scenario, size=self.size, frame_skip=self.frame_skip)
+    def open(self, *, ground_truth: bool = False) -> Source:
+        """Start the engine; ``ground_truth`` also records what it knows per frame, where it can."""
+        extra = {"ground_truth": True} if ground_truth and self.source in TRUTH_SOURCES else {}
+        return make_source(
+            self.source, scenario=self.scenario, size=self.size, frame_skip=self.frame_skip, **extra
+        )
 
 
 def parse_engine(text: str, size: int, frame_skip: int | None = None) -> EngineSpec:

@@ -5,9 +5,11 @@ the longest last:
 1. real clips (held-out episodes of the dataset, or live episodes on the engine);
 2. per checkpoint: teacher-forced next frame, drift and controllability (:mod:`.rollouts`);
 3. action accuracy with the cached inverse-dynamics model (:mod:`.idm`) on real and generated pairs;
-4. loop closure on the real engine (:mod:`.loops`), when the engine is known and runs here;
-5. a soak rollout under the exploration policy (:mod:`.soak`);
-6. the report folder (:mod:`.report`, :mod:`.plots`).
+4. what a player sees (:mod:`.player`, :mod:`.player_scores`): objects, shooting, texture, a
+   Fréchet distance and places revisited, from the engine's ground truth when the dataset has it;
+5. loop closure on the real engine (:mod:`.loops`), when the engine is known and runs here;
+6. a soak rollout under the exploration policy (:mod:`.soak`), read by the object model too;
+7. the report folder (:mod:`.report`, :mod:`.plots`).
 
 Stopping (Ctrl-C, SIGTERM): the part in progress ends at its next step (a soak keeps the frames
 it made), the later parts are left out, and the result says where it stopped
@@ -32,6 +34,7 @@ import numpy as np
 
 from wm_video.data.cache import TrainingCache
 from wm_video.data.split import split_episodes
+from wm_video.data.truth import TruthCache, load_truth_cache
 from wm_video.dynamics import DynamicsModel
 from wm_video.engine import check_batch_fits, check_pair
 from wm_video.errors import InputError
@@ -55,6 +58,9 @@ from wm_video.eval.idm import (
     with_readable,
 )
 from wm_video.eval.loops import LoopConfig, LoopReport, loop_closure
+from wm_video.eval.player import PlayerConfig, Setup, prepare
+from wm_video.eval.player_scores import ModelView, SoakObserver, texture_only
+from wm_video.eval.player_scores import evaluate as evaluate_player
 from wm_video.eval.rollouts import ClipScores, evaluate_clips
 from wm_video.eval.soak import (
     SoakReference,
@@ -67,7 +73,7 @@ from wm_video.eval.soak import (
 from wm_video.eval.tokenizer import reconstruct_episode
 from wm_video.tokenizer import VideoTokenizer
 
-PARTS = ("teacher", "drift", "actions", "loops", "soak")
+PARTS = ("teacher", "drift", "actions", "loops", "soak", "player")
 REFERENCE_FRAMES = 2000  # real frames the soak thresholds are taken from
 HELDOUT_PAIRS = 4000  # at most this many real held-out pairs for the IDM's reference score
 SOAK_FRAMES = 2000  # the default soak; --soak 10000 for the long one
@@ -87,7 +93,8 @@ class ConsistencyConfig:
     video_clips: int = 4  # clips shown in samples.mp4
     idm: IDMConfig = field(default_factory=IDMConfig)
     loops: LoopConfig = field(default_factory=LoopConfig)
-    idm_cache: Path | None = None  # None: beside the frame cache
+    idm_cache: Path | None = None  # None: beside the frame cache (also holds the object model)
+    player: PlayerConfig = field(default_factory=PlayerConfig)
 
     def __post_init__(self) -> None:
         if self.clips < 1 or self.context < 1 or (self.horizon is not None and self.horizon < 1):
@@ -128,6 +135,7 @@ class ModelResult:
     loops: LoopReport | None
     soak: SoakReport | None
     seconds: dict[str, float]
+    player: ModelView | None = None
 
 
 @dataclass
@@ -144,6 +152,9 @@ class ConsistencyResult:
     seconds: float
     extra: dict[str, Any] = field(default_factory=dict)
     incomplete: str | None = None  # the part a stop interrupted (None: the run finished)
+    player: Setup | None = None  # what "What a player sees" shares across checkpoints
+    player_skipped: str | None = None  # why the parts that need the engine's ground truth were not run
+    contaminated: list[int] = field(default_factory=list)  # evaluated episodes the instruments trained on
 
     @property
     def readable_buttons(self) -> list[str]:
@@ -207,8 +218,18 @@ def run_consistency(
         check_batch_fits(m.tokenizer, m.dynamics, config.clips, length, "ask for fewer --clips")
     split = split_episodes(cache.episode_indices.tolist(), holdout)
     train_episodes = list(split.train)
+    contaminated: list[int] = []
     if config.episodes is not None:
         eval_episodes, which = list(config.episodes), f"episodes {list(config.episodes)}"
+        contaminated = sorted(set(eval_episodes) & set(train_episodes))
+        if contaminated:
+            warning = (
+                f"CONTAMINATED: episodes {contaminated} are training episodes; the inverse-dynamics and "
+                "object models trained on them, so their scores on these real frames (IDM F1, object "
+                "precision and recall) are inflated. Evaluate on held-out episodes for honest references"
+            )
+            notes.append(warning)
+            log(f"warning: {warning}")
     elif split.heldout:
         eval_episodes, which = list(split.heldout), f"held-out episodes {list(split.heldout)}"
     else:
@@ -238,6 +259,8 @@ def run_consistency(
     results: list[ModelResult] = []
     idm, idm_heldout, reference = None, None, None
     footage: dict[str, Any] = {}
+    setup, skipped = None, None
+    real = _Footage(cache, eval_episodes, log)
     part = "rollouts"  # the part in progress, for the report of a stopped run
     try:
         for m in models:
@@ -261,6 +284,33 @@ def run_consistency(
         idm, idm_heldout = _action_accuracy(
             results, clips, cache, config, train_episodes, eval_episodes, notes, stop, progress, log
         )
+        part = "what a player sees"
+        if "player" in config.skip:
+            skipped = "left out with --skip player"
+        elif (truth := load_truth_cache(data, size=cache.size, progress=progress)) is None:
+            skipped = (
+                f"{data} holds no ground truth from the engine (Atari or imported footage, or ViZDoom footage "
+                "collected before wm-video recorded it; `wm-video collect --relabel DATA` adds it when a replay "
+                "reproduces the footage)"
+            )
+            for r in results:  # texture needs no labels
+                r.player = texture_only(clips, r.clips, r.model.tokenizer)
+        else:
+            setup = _player(
+                results,
+                cache,
+                truth,
+                data,
+                clips,
+                real,
+                config,
+                train_episodes,
+                eval_episodes,
+                horizon,
+                stop,
+                progress,
+                log,
+            )
         part = "loop closure"
         if "loops" not in config.skip:
             engine_spec = (
@@ -284,12 +334,17 @@ def run_consistency(
         if config.soak and "soak" not in config.skip:
             rows = pair_rows(cache, train_episodes)
             rows = np.sort(rng.choice(rows, min(len(rows), REFERENCE_FRAMES), replace=False))
-            reference = reference_statistics(np.asarray(cache.frames[rows]), np.asarray(cache.frames[rows + 1]))
+            reference = reference_statistics(
+                np.asarray(cache.frames[rows]), np.asarray(cache.frames[rows + 1])
+            )
             if not config.live:  # the detector's false alarms on real held-out footage
-                footage = _footage_collapse(cache, eval_episodes, reference, first.tokenizer, fps)
+                footage = _footage_collapse(real.frames, real.rebuilt(first), reference, fps)
             for r in results:
                 tick = time.perf_counter()
                 log(f"{r.model.label}: soak of {config.soak} frames")
+                observer = None
+                if setup is not None and r.player is not None:
+                    observer = SoakObserver(setup.objects, setup.classes, config.player.soak_every)
                 r.soak = soak(
                     r.model.tokenizer,
                     r.model.dynamics,
@@ -301,7 +356,10 @@ def run_consistency(
                     window=max(2, round(2 * fps)),
                     stop=stop,
                     progress=progress,
+                    observe=observer,
                 )
+                if observer is not None and r.player is not None:
+                    r.player.soak = observer.result()
                 r.seconds["soak"] = time.perf_counter() - tick
                 check_stop(stop)  # a stopped soak returns the frames it made; the run ends here
         incomplete = None
@@ -323,7 +381,71 @@ def run_consistency(
         time.perf_counter() - started,
         {"footage_collapse": footage} if footage else {},
         incomplete,
+        setup,
+        skipped,
+        contaminated,
     )
+
+
+def _player(
+    results: list[ModelResult],
+    cache: TrainingCache,
+    truth: TruthCache,
+    data: Path,
+    clips: EvalClips,
+    real: _Footage,
+    config: ConsistencyConfig,
+    train_episodes: list[int],
+    eval_episodes: list[int],
+    horizon: int,
+    stop: Callable[[], bool] | None,
+    progress: bool,
+    log: Callable[[str], None],
+) -> Setup:
+    """What a player sees: the shared setup (object model, references), then each model's figures."""
+    engine = parse_engine(config.live, cache.size) if config.live else engine_of_dataset(data, cache.size)
+    setup = prepare(
+        cache, truth, train_episodes, eval_episodes, clips, engine, config.player, live=bool(config.live),
+        loops=config.loops, context=config.context, horizon=horizon, seed=config.seed,
+        cache_dir=config.idm_cache, stop=stop, progress=progress, log=log,
+    )  # fmt: skip
+    for r in results:
+        tick = time.perf_counter()
+        log(f"{r.model.label}: what a player sees")
+        r.player = evaluate_player(
+            setup, cache, truth, clips, r.clips, r.model.tokenizer, r.model.dynamics,
+            np.concatenate(real.rebuilt(r.model)), seed=config.seed, stop=stop,
+        )  # fmt: skip
+        r.seconds["player"] = time.perf_counter() - tick
+    return setup
+
+
+class _Footage:
+    """The evaluation episodes' real frames, and the same through each checkpoint's tokenizer
+    (reconstructed once per tokenizer, on first use: the soak's references and the player's)."""
+
+    def __init__(self, cache: TrainingCache, eval_episodes: list[int], log: Callable[[str], None]) -> None:
+        self._cache, self._log = cache, log
+        wanted = set(eval_episodes)
+        self._positions = [i for i, e in enumerate(cache.episode_indices.tolist()) if e in wanted]
+        self._frames: list[np.ndarray] | None = None
+        self._rebuilt: dict[str, list[np.ndarray]] = {}
+
+    @property
+    def frames(self) -> list[np.ndarray]:
+        if self._frames is None:
+            self._frames = [
+                np.array(self._cache.frames[self._cache.episode_rows(i)]) for i in self._positions
+            ]
+        return self._frames
+
+    def rebuilt(self, model: Model) -> list[np.ndarray]:
+        if model.tokenizer_path not in self._rebuilt:
+            self._log(f"{model.label}: the evaluation episodes through its tokenizer")
+            self._rebuilt[model.tokenizer_path] = [
+                reconstruct_episode(model.tokenizer, f) for f in self.frames
+            ]
+        return self._rebuilt[model.tokenizer_path]
 
 
 def _action_accuracy(
@@ -374,19 +496,12 @@ def _action_accuracy(
 
 
 def _footage_collapse(
-    cache: TrainingCache,
-    eval_episodes: list[int],
-    reference: SoakReference,
-    tokenizer: VideoTokenizer,
-    fps: float,
+    episodes_frames: list[np.ndarray], rebuilt: list[np.ndarray], reference: SoakReference, fps: float
 ) -> dict[str, Any]:
     """The collapse detector on the real held-out episodes (its false alarms), and on the same
-    episodes through the tokenizer under test: what a rollout decoded through it could look like at best."""
-    wanted = set(eval_episodes)
-    positions = [i for i, e in enumerate(cache.episode_indices.tolist()) if e in wanted]
-    episodes_frames = [np.array(cache.frames[cache.episode_rows(i)]) for i in positions]
+    episodes through the tokenizer under test (``rebuilt``): what a rollout decoded through it could
+    look like at best."""
     window = max(2, round(2 * fps))
-    rebuilt = [reconstruct_episode(tokenizer, frames) for frames in episodes_frames]
     return {
         "episodes": len(episodes_frames),
         "flagged": footage_collapse(episodes_frames, reference, window),

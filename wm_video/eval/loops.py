@@ -84,7 +84,7 @@ def build_programs(
     return programs
 
 
-def _warm_start(source: Source, seed: int, config: LoopConfig) -> tuple[np.ndarray, np.ndarray]:
+def warm_start(source: Source, seed: int, config: LoopConfig) -> tuple[np.ndarray, np.ndarray]:
     """Frames (warmup, H, W, 3) and actions (warmup, A) from ``seed``: exploration, then ``settle``
     frames pressing nothing (momentum dies out, so a program starts from a standing player)."""
     policy = ExplorationPolicy(source.action_space)
@@ -122,7 +122,7 @@ def measure_circle(
     curves = []
     for i in range(config.starts):
         check_stop(stop)
-        start = _warm_start(source, seed + i, config)[0][-1]
+        start = warm_start(source, seed + i, config)[0][-1]
         turned = _play(source, program)
         curves.append(frame_scores(turned, np.broadcast_to(start, turned.shape).copy())[0])
     candidates = np.mean(curves, axis=0)[config.min_circle_steps - 1 :]
@@ -178,7 +178,7 @@ def loop_closure(
         check_engine_actions(source, first.config.action_names, f"loop closure on {engine}")
         circle = measure_circle(source, seed, config, stop)
         programs = build_programs(source.action_space, config.steps, circle, config.settle)
-        starts = [_warm_start(source, seed + i, config) for i in range(config.starts)]
+        starts = [warm_start(source, seed + i, config) for i in range(config.starts)]
         context_frames = np.stack([f[-context:] for f, _ in starts])  # (B, C, H, W, 3)
         context_actions = np.stack([a[-context:-1] for _, a in starts])  # (B, C − 1, A)
         start_frames = context_frames[:, -1]
@@ -187,7 +187,7 @@ def loop_closure(
             finals = []
             for i in range(config.starts):
                 check_stop(stop)
-                _warm_start(source, seed + i, config)
+                warm_start(source, seed + i, config)
                 finals.append(_play(source, program)[-1])
             engine_final[name] = np.stack(finals)  # (B, H, W, 3)
     reports = {}

@@ -19,6 +19,8 @@ import numpy as np
 from wm_video.cli_args import counted
 from wm_video.eval.consistency import ConsistencyResult, ModelResult
 from wm_video.eval.idm import ActionScores
+from wm_video.eval.player_report import player_markdown, player_metrics, write_objects_sheet
+from wm_video.eval.player_tables import player_headline
 from wm_video.eval.plots import plot_control, plot_drift, plot_soak, save_grid, write_side_by_side
 from wm_video.fileio import atomic_write_json, atomic_write_text
 
@@ -92,6 +94,7 @@ def metrics_dict(result: ConsistencyResult) -> dict[str, Any]:
             },
             "soak_reference": result.reference.to_dict() if result.reference else None,
             "soak_real_footage": result.extra.get("footage_collapse"),
+            "player": player_metrics(result),
             "notes": result.notes,
             "incomplete": result.incomplete,
             "seconds": result.seconds,
@@ -116,7 +119,7 @@ def _marks(horizon: int, fps: float) -> list[int]:
     return marks
 
 
-def _headline(results: list[ModelResult], fps: float) -> list[str]:
+def _headline(results: list[ModelResult], fps: float, contaminated: bool = False) -> list[str]:
     labels = [r.model.label for r in results]
     horizon = results[0].clips.horizon
     rows = [
@@ -139,7 +142,8 @@ def _headline(results: list[ModelResult], fps: float) -> list[str]:
     row(f"ΔPSNR(t={results[0].clips.control.t}) (dB)", [_f(r.clips.control.delta_psnr_t4) for r in results])
     if all("rollout" in r.actions for r in results):
         row(
-            "IDM mean F1 over readable buttons: rollout / real frames of the same clips",
+            "IDM mean F1 over readable buttons: rollout / real frames of the same clips"
+            + (" (CONTAMINATED: the IDM trained on these episodes)" if contaminated else ""),
             [
                 f"{_f(r.actions['rollout'].readable_mean_f1, 3)} / {_f(r.actions['real clips'].readable_mean_f1, 3)}"
                 for r in results
@@ -214,9 +218,11 @@ def render_markdown(result: ConsistencyResult, files: dict[str, str]) -> str:
         "",
         "PSNR is the per-frame mean in dB on uint8 frames (capped at 100 dB); SSIM per Wang et al. 2004.",
         "",
+        *player_markdown(result, files),
         "## Headline",
         "",
-        *_headline(result.results, fps),
+        *_headline(result.results, fps, bool(result.contaminated)),
+        *player_headline(result),
         "",
         "## Next frame, teacher-forced",
         "",
@@ -275,6 +281,12 @@ def render_markdown(result: ConsistencyResult, files: dict[str, str]) -> str:
             f"| {r.model.label} | " + " | ".join(_f(_at(r.clips.control.delta_psnr, t)) for t in marks) + " |"
         )
     lines += ["", "## Action accuracy (inverse dynamics)", ""]
+    if result.contaminated and result.idm is not None:
+        lines += [
+            f"**CONTAMINATED**: episodes {result.contaminated} are training episodes of this dataset; the IDM "
+            "trained on their frames, so its scores on real frames below are inflated.",
+            "",
+        ]
     if result.idm is None:
         lines.append("Not measured.")
     else:
@@ -416,6 +428,8 @@ def write_report(result: ConsistencyResult, out: Path) -> Path:
         rows = [np.stack([s.snapshots[k] for k in sorted(s.snapshots)]) for s in soaks.values()]
         files["snapshots"] = "soak_snapshots.png"
         save_grid(rows, out / files["snapshots"])
+    if write_objects_sheet(result, out / "objects.png") is not None:
+        files["objects"] = "objects.png"
     atomic_write_json(out / "metrics.json", metrics_dict(result) | {"files": files})
     atomic_write_text(out / "report.md", render_markdown(result, files))
     return out / "report.md"

@@ -180,8 +180,12 @@ def soak(
     snapshots: int = 8,
     stop: Callable[[], bool] | None = None,
     progress: bool = False,
+    observe: Callable[[int, np.ndarray], None] | None = None,
 ) -> SoakReport:
-    """Roll one world ``steps`` frames from real context (C, H, W, 3) + (C − 1, A) under exploration."""
+    """Roll one world ``steps`` frames from real context (C, H, W, 3) + (C − 1, A) under exploration.
+
+    ``observe(first, frames)`` is called with every chunk of generated frames (F, H, W, 3) and the
+    index of its first frame (the object model reads the soak through it)."""
     if steps < 2 or window < 2:
         raise InputError(f"a soak needs ≥ 2 steps and a window ≥ 2; got {steps}, {window}")
     world = World(tokenizer, dynamics, batch_size=1, seed=seed)
@@ -205,8 +209,12 @@ def soak(
         if t in keep:
             kept[t] = frame
         if len(chunk) == CHUNK:
+            if observe is not None:
+                observe(done - len(chunk), np.stack(chunk))
             previous, chunk = _add_statistics(stats, chunk, previous, histogram), []
     if chunk:
+        if observe is not None:
+            observe(done - len(chunk), np.stack(chunk))
         _add_statistics(stats, chunk, previous, histogram)
     steps = done
     series = {k: np.concatenate(v) for k, v in stats.items()}
