@@ -81,3 +81,20 @@ def test_the_shipped_world_never_samples_past_its_codebook(one_thread: None) -> 
     world.reset(start.frames, start.actions)
     world.counter.fill_(351_753)
     assert int(world.advance(forward).max()) < world.dynamics.config.codebook_size == 4375
+
+
+def test_the_shipped_world_plays_the_frames_it_played_before(one_thread: None) -> None:
+    """Issue 17: the attention core changed (one module for tokenizer and trunk); the shipped world
+    still plays what the code before the change played (tests/pinned_world.py wrote the reference)."""
+    from safetensors.numpy import load_file
+
+    from pinned_world import REFERENCE, play_reference
+
+    before, now = load_file(str(REFERENCE)), play_reference(DEFAULT_CHECKPOINT)
+    np.testing.assert_array_equal(now["actions"], before["actions"])
+    np.testing.assert_array_equal(now["clip_tokens"], before["clip_tokens"])
+    np.testing.assert_array_equal(now["tokens"], before["tokens"])  # every sampled token
+    for name in ("frames", "clip_reconstruction"):  # uint8 pixels: a rounding may flip by one level
+        difference = np.abs(now[name].astype(int) - before[name].astype(int))
+        assert difference.max() <= 1 and (difference > 0).mean() < 1e-3, name
+    np.testing.assert_allclose(now["clip_logits"], before["clip_logits"], rtol=0, atol=1e-4)
