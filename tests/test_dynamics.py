@@ -91,11 +91,8 @@ def test_cached_trunk_steps_equal_the_whole_clip(window: int, sinks: int) -> Non
     actions = actions.double()
     with torch.no_grad():
         whole = model.context(tokens, model.embed_actions(actions))
-        cache, biases = model.new_cache(2), model.step_biases()
-        steps = [
-            model.context_step(tokens[:, t], model.embed_actions(actions[:, t]), cache, biases)
-            for t in range(12)
-        ]
+        cache = model.new_cache(2)
+        steps = [model.context_step(tokens[:, t], model.embed_actions(actions[:, t]), cache) for t in range(12)]
     torch.testing.assert_close(torch.stack(steps, 1), whole, rtol=0, atol=1e-12)
 
 

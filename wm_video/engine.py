@@ -1,25 +1,39 @@
-"""A playable world: ``reset`` from real frames, then ``step(action)`` → the next frame.
+"""Playable worlds: ``reset`` from real frames, then ``step(action)`` → the next frame, for a batch of worlds.
 
-Play, evaluation and benchmarks all drive this one object. It holds a tokenizer stream
-(:class:`~wm_video.tokenizer.TokenizerStream`: encodes the context, decodes each new frame
-with its own cache of earlier frames' codes), the dynamics model's trunk cache
-(:class:`~wm_video.dynamics.layers.TrunkCache`: preallocated, a rolling window plus the
-attention sink) and a :class:`~wm_video.dynamics.FrameSampler`.
+Play, evaluation and benchmarks all drive this one object. It holds the tokenizer's decoder
+stream (:class:`~wm_video.tokenizer.TokenizerStream`: decodes each new frame with its own cache
+of earlier frames' codes), the dynamics model's trunk cache (:class:`~wm_video.attention.KVCache`:
+a rolling window plus the attention sink) and a :class:`~wm_video.dynamics.FrameSampler`.
 
 Per generated frame: one trunk pass over the current frame's N tokens (which also writes them
 into the cache), P head passes that decide the next frame's tokens, one tokenizer decoder step.
-Nothing in :meth:`World.advance` reads a device value back to the host (the counters live on
-the device; the tables are built at construction), so on a GPU the step can be compiled and
-graph-captured (``compile=True``). :meth:`World.step` copies the frame to the host at the end,
-because a player needs pixels.
+
+Many worlds: each world of the batch has its own frame counters (trunk and decoder), seed and
+sampling counter, all on the device, so worlds step together but stay independent: a world's
+frames depend on its context, its actions and its seed alone, not on its neighbours or on the
+batch size, and ``reset(..., worlds=[i, j])`` restarts some worlds without touching the others.
+
+One graph: the state is allocated once and only ever written in place (a reset too), and
+nothing in :meth:`World.step` reads a device value back to the host until its frames are copied
+out, so the whole step (advance and render) traces into one graph (``compile=True``:
+``torch.compile(fullgraph=True)``, on CUDA with CUDA graphs, ``mode="reduce-overhead"``).
+
+Reset tokens equal training tokens: the token cache (:mod:`wm_video.data.tokens`) encodes each
+frame after up to ``encoder_layers × (temporal_window − 1)`` frames of its episode, and
+:meth:`World.reset` encodes its context frames by the same whole-clip encoder after the
+``history`` frames it is given (:func:`footage_tokens`). Footage from an episode's start (play's
+shipped start frames, a live engine reset) needs none; a clip cut from the middle of an episode
+gives the frames before it; a single image has none, which is what training sees at an
+episode's first frame.
 
 :meth:`World.snapshot` and :meth:`World.restore` copy the state a rollout depends on (the trunk
-cache, the decoder's cache, the current tokens, the sampling counters) on the device, so a
-player can rewind; ``restore`` writes into the existing tensors, so captured graphs stay valid.
+cache, the decoder's cache, the current tokens, seeds and counters) on the device, so a player
+can rewind; ``restore`` writes into the existing tensors, so captured graphs stay valid.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,11 +44,22 @@ import torch
 from torch import Tensor
 
 from wm_video.actions import ActionSpace
+from wm_video.attention import KVCache
 from wm_video.dynamics import DynamicsModel, FrameSampler, SamplingConfig
 from wm_video.errors import InputError
 from wm_video.memory import FLOAT_BYTES, check_fits
-from wm_video.tokenizer import VideoTokenizer
+from wm_video.tokenizer import TokenizerEncoding, VideoTokenizer
 from wm_video.tokenizer.pixels import to_model_pixels, to_uint8_frames
+
+
+def footage_tokens(tokenizer: VideoTokenizer, frames: np.ndarray | Tensor, history: int = 0) -> TokenizerEncoding:
+    """Encode uint8 footage (B, T, H, W, 3) as the token cache does: one causal clip, every frame
+    after the frames before it; the first ``history`` frames are read but left out of the result."""
+    pixels = to_model_pixels(frames, tokenizer.decoder_pos.device).to(tokenizer.decoder_pos.dtype)
+    encoding = tokenizer.encode(pixels)
+    return TokenizerEncoding(
+        encoding.latents[:, history:], encoding.quantized[:, history:], encoding.tokens[:, history:]
+    )
 
 
 def check_pair(tokenizer: VideoTokenizer, dynamics: DynamicsModel) -> None:
@@ -52,49 +77,45 @@ def check_pair(tokenizer: VideoTokenizer, dynamics: DynamicsModel) -> None:
 class WorldSnapshot:
     """A copy of a world's state between two steps (see :meth:`World.snapshot`); device tensors."""
 
-    current: Tensor  # (B, N) tokens of the frame shown
-    trunk_keys: tuple[Tensor, ...]  # per trunk layer (B, h, S + W, N, E)
-    trunk_values: tuple[Tensor, ...]
-    trunk_frame: Tensor  # () frames fed to the trunk
-    decoder_keys: tuple[Tensor, ...]  # per tokenizer decoder block (B, h, N, window − 1, E)
-    decoder_values: tuple[Tensor, ...]
-    decoder_frames: int  # frames the decoder has seen
-    counter: Tensor  # () generated frames (the sampling noise's frame number)
-    seed: Tensor
-    frames_seen: int
+    current: Tensor  # (B, N) tokens of the frames shown
+    trunk: KVCache
+    decoder: KVCache
+    counter: Tensor  # (B,) generated frames since each world's reset (the sampling noise's frame number)
+    seed: Tensor  # (B,)
+
+    def tensors(self) -> list[Tensor]:
+        """Every tensor, in the order :meth:`World.restore` copies them back."""
+        return [*self.trunk.tensors(), *self.decoder.tensors(), self.seed, self.counter, self.current]
 
     @property
     def nbytes(self) -> int:
         """Device memory this snapshot holds."""
-        tensors = (
-            self.current,
-            *self.trunk_keys,
-            *self.trunk_values,
-            *self.decoder_keys,
-            *self.decoder_values,
-            self.trunk_frame,
-            self.counter,
-            self.seed,
-        )
-        return sum(t.numel() * t.element_size() for t in tensors)
+        return sum(t.numel() * t.element_size() for t in self.tensors())
 
 
 def check_batch_fits(
     tokenizer: VideoTokenizer, dynamics: DynamicsModel, batch: int, frames: int, fix: str
 ) -> None:
     """Refuse ``batch`` clips of ``frames`` frames that cannot fit: a lower bound of what scoring
-    them needs (their pixels as float32, one layer's token states over them, the worlds' KV cache)."""
-    config, size = dynamics.config, tokenizer.config.image_size
+    them needs (their pixels as float32, one layer's token states over them, the worlds' KV caches:
+    trunk and decoder)."""
+    config, size, t = dynamics.config, tokenizer.config.image_size, tokenizer.config
     pixels = batch * frames * size * size * 3 * FLOAT_BYTES
     states = batch * frames * config.tokens_per_frame * config.dim * FLOAT_BYTES
-    kv_cache = 2 * config.trunk_layers * batch * (config.context_frames + config.sink_frames)
-    kv_cache *= config.tokens_per_frame * config.dim * FLOAT_BYTES
+    trunk = config.trunk_layers * (config.context_frames + config.sink_frames) * config.dim
+    decoder = t.decoder_layers * t.temporal_window * t.dim
+    kv_cache = 2 * batch * config.tokens_per_frame * (trunk + decoder) * FLOAT_BYTES
     device = str(dynamics.trunk_pos.device)
     check_fits(max(pixels + states, kv_cache), f"{batch:,} clips of {frames} frames", fix, device=device)
 
 
 class World:
-    """``batch_size`` generated worlds stepped together (play uses one)."""
+    """``batch_size`` generated worlds stepped together (play uses one), each with its own seed.
+
+    ``seed`` s gives world b the seed s + b. ``compile``: False (eager), True (the whole step
+    through ``torch.compile(fullgraph=True)``; on CUDA captured as CUDA graphs) or a
+    ``torch.compile`` mode (``"default"``, ``"reduce-overhead"``, ``"max-autotune"``).
+    """
 
     def __init__(
         self,
@@ -104,7 +125,7 @@ class World:
         batch_size: int = 1,
         sampling: SamplingConfig | None = None,
         seed: int = 0,
-        compile: bool = False,
+        compile: bool | str = False,
     ) -> None:
         check_pair(tokenizer, dynamics)
         if batch_size < 1:
@@ -114,16 +135,24 @@ class World:
         self.batch_size = batch_size
         self.device = dynamics.trunk_pos.device
         self.sampler = FrameSampler(dynamics, sampling)
-        self.stream = tokenizer.stream(batch_size)
+        self.stream = tokenizer.stream(batch_size, encoder=False)
         self.cache = dynamics.new_cache(batch_size)
-        self.biases = dynamics.step_biases()
-        self.seed = torch.tensor(seed, dtype=torch.long, device=self.device)
-        self.counter = torch.zeros((), dtype=torch.long, device=self.device)
-        self.current: Tensor | None = None  # (B, N) tokens of the frame shown now
-        self._frames_seen = 0
+        self.seed = torch.arange(seed, seed + batch_size, dtype=torch.long, device=self.device)  # (B,)
+        self.counter = torch.zeros(batch_size, dtype=torch.long, device=self.device)  # (B,) frames generated
+        tokens = dynamics.config.tokens_per_frame
+        self.current = torch.zeros(batch_size, tokens, dtype=torch.long, device=self.device)  # (B, N) shown
+        self._started = [False] * batch_size  # which worlds were reset (on the host)
         #: What the checkpoint says about itself (``meta`` of checkpoint.json; empty for fresh models).
         self.meta: dict[str, Any] = {}
-        self._advance = torch.compile(self._advance_eager) if compile else self._advance_eager
+        self.compile_mode = _compile_mode(compile, self.device)
+        self._advance, self._render, self._step = self._advance_eager, self._render_eager, self._step_eager
+        if self.compile_mode is not None:
+            for tensor in self._state():  # written in place every step: fixed addresses for CUDA graphs
+                torch._dynamo.mark_static_address(tensor)
+            options: dict[str, Any] = dict(fullgraph=True, mode=self.compile_mode)
+            self._advance = torch.compile(self._advance_eager, **options)
+            self._render = torch.compile(self._render_eager, **options)
+            self._step = torch.compile(self._step_eager, **options)
 
     @property
     def image_size(self) -> int:
@@ -134,23 +163,36 @@ class World:
         return self.dynamics.config.action_space
 
     @property
-    def frames_seen(self) -> int:
-        """Frames read into the trunk since the last reset (context and generated)."""
-        return self._frames_seen
+    def frames_seen(self) -> np.ndarray:
+        """(B,) frames read into the trunk since each world's reset (context and generated); a host read."""
+        return self.cache.frames.cpu().numpy()
+
+    def _state(self) -> list[Tensor]:
+        """Every tensor a step reads or writes in place (in :meth:`WorldSnapshot.tensors`' order)."""
+        cache = self.stream.decoder_cache
+        return [*self.cache.tensors(), *cache.tensors(), self.seed, self.counter, self.current]
 
     # -- inputs ----------------------------------------------------------------------------------------
-    def _frames_in(self, frames: np.ndarray) -> np.ndarray:
-        """uint8 (H, W, 3), (T, H, W, 3) or (B, T, H, W, 3) → (B, T, S, S, 3) at the model's size."""
+    def _worlds_in(self, worlds: Sequence[int] | None) -> list[int]:
+        if worlds is None:
+            return list(range(self.batch_size))
+        chosen = [int(w) for w in worlds]
+        if not chosen or len(set(chosen)) != len(chosen) or not all(0 <= w < self.batch_size for w in chosen):
+            raise InputError(
+                f"worlds to reset must be distinct numbers in 0..{self.batch_size - 1}; got {list(worlds)}"
+            )
+        return chosen
+
+    def _frames_in(self, frames: np.ndarray, count: int, what: str, minimum: int) -> np.ndarray:
+        """uint8 (H, W, 3), (T, H, W, 3) or (count, T, H, W, 3) → (count, T, S, S, 3) at the model's size."""
         frames = np.asarray(frames)
         if frames.dtype != np.uint8 or frames.ndim < 3 or frames.shape[-1] != 3:
-            raise InputError(
-                f"context frames must be uint8 RGB (…, H, W, 3); got {frames.dtype} {tuple(frames.shape)}"
-            )
+            raise InputError(f"{what} must be uint8 RGB (…, H, W, 3); got {frames.dtype} {tuple(frames.shape)}")
         while frames.ndim < 5:
             frames = frames[None]
-        if frames.ndim > 5 or frames.shape[0] != self.batch_size or frames.shape[1] < 1:
+        if frames.ndim > 5 or frames.shape[0] != count or frames.shape[1] < minimum:
             raise InputError(
-                f"context frames for {self.batch_size} world(s) must be (T, H, W, 3) or ({self.batch_size}, T, H, W, 3)"
+                f"{what} for {count} world(s) must be (T, H, W, 3) or ({count}, T, H, W, 3)"
                 f"; got {tuple(frames.shape)}"
             )
         size = self.image_size
@@ -167,7 +209,7 @@ class World:
         tensor = torch.as_tensor(
             np.asarray(actions, dtype=np.float32) if not isinstance(actions, Tensor) else actions
         )
-        if self.batch_size == 1 and tensor.dim() == len(leading):
+        if leading[0] == 1 and tensor.dim() == len(leading):
             tensor = tensor.unsqueeze(0)
         size = self.dynamics.config.action_dim
         if tuple(tensor.shape) != (*leading, size):
@@ -177,92 +219,120 @@ class World:
             )
         return tensor.to(self.device, torch.float32)
 
+    def _seeds_in(self, seed: int | Sequence[int], worlds: list[int]) -> Tensor:
+        seeds = [seed + w for w in worlds] if isinstance(seed, int) else [int(s) for s in seed]
+        if len(seeds) != len(worlds):
+            raise InputError(f"{len(worlds)} world(s) to reset need as many seeds; got {len(seeds)}")
+        return torch.tensor(seeds, dtype=torch.long, device=self.device)
+
     # -- the world ----------------------------------------------------------------------------------
     @torch.inference_mode()
     def reset(
-        self, frames: np.ndarray, actions: np.ndarray | Tensor | None = None, *, seed: int | None = None
+        self,
+        frames: np.ndarray,
+        actions: np.ndarray | Tensor | None = None,
+        *,
+        history: np.ndarray | None = None,
+        seed: int | Sequence[int] | None = None,
+        worlds: Sequence[int] | None = None,
     ) -> np.ndarray:
-        """Start from real frames (T ≥ 1; one image works) and the actions taken at all but the last.
+        """Start worlds from real frames (T ≥ 1; one image works) and the actions taken at all but the last.
 
-        ``actions`` (T − 1 or T rows; the T-th is ignored: :meth:`step` gives it) defaults to no key
-        pressed. Returns the last context frame as the model shows it (uint8, like :meth:`step`).
+        ``worlds`` (default: all) are restarted, each from its row of ``frames`` ((T, H, W, 3) for
+        one world, else (R, T, H, W, 3)); the other worlds are not touched. ``actions`` (T − 1 or
+        T rows; the T-th is ignored: :meth:`step` gives it) defaults to no key pressed.
+        ``history``: frames of the same footage before ``frames`` ((H′, …) or (R, H′, …)), read by
+        the tokenizer's encoder only, so that the context's tokens are those the token cache gave
+        the same frames in training (see the module docstring). ``seed``: an int s gives world b
+        the seed s + b, a sequence one seed per restarted world; None keeps their seeds.
+        Returns the last context frame of each restarted world as the model shows it (uint8,
+        like :meth:`step`: (H, W, 3) for a batch of one world).
         """
-        clip = self._frames_in(frames)
+        chosen = self._worlds_in(worlds)
+        count = len(chosen)
+        clip = self._frames_in(frames, count, "context frames", 1)
         context = clip.shape[1]
+        earlier = 0
+        if history is not None:
+            before = self._frames_in(history, count, "history frames", 0)
+            earlier = before.shape[1]
+            clip = np.concatenate((before, clip), axis=1)
         if actions is None:
-            taken = torch.zeros(self.batch_size, context, self.dynamics.config.action_dim, device=self.device)
+            taken = torch.zeros(count, context, self.dynamics.config.action_dim, device=self.device)
         else:
-            rows = len(actions[0]) if self.batch_size > 1 or np.ndim(actions) == 3 else len(actions)
+            rows = len(actions[0]) if count > 1 or np.ndim(actions) == 3 else len(actions)
             if rows not in (context - 1, context):
                 raise InputError(
                     f"{context} context frames need {context - 1} actions (or {context}); got {rows}"
                 )
-            taken = self._actions_in(actions, (self.batch_size, rows))
+            taken = self._actions_in(actions, (count, rows))
+        rows_tensor = torch.tensor(chosen, dtype=torch.long, device=self.device)
+        encoding = footage_tokens(self.tokenizer, clip)  # (R, H′ + T, N): history first
+        shown = self.stream.restart_decoder(encoding.quantized, rows_tensor)[:, -1]
+        tokens = encoding.tokens[:, earlier:]  # (R, T, N), the context
+        embedding = self.dynamics.embed_actions(taken[:, : context - 1])
+        self.dynamics.context(tokens[:, :-1], embedding, self.cache, rows_tensor)
+        self.current.index_copy_(0, rows_tensor, tokens[:, -1])
+        self.counter.index_fill_(0, rows_tensor, 0)
         if seed is not None:
-            self.seed.fill_(seed)
-        self.counter.zero_()
-        self.stream.reset()
-        self.cache.frame.zero_()
-        self._frames_seen = 0
-        pixels = to_model_pixels(torch.from_numpy(clip), self.device).to(self.dynamics.trunk_pos.dtype)
-        shown = torch.empty(0)
-        for t in range(context):
-            encoding = self.stream.encode(pixels[:, t])
-            shown = self.stream.decode(encoding.quantized[:, 0])
-            tokens = encoding.tokens[:, 0]
-            if t < context - 1:
-                embedding = self.dynamics.embed_actions(taken[:, t])
-                self.dynamics.context_step(tokens, embedding, self.cache, self.biases)
-                self._frames_seen += 1
-            self.current = tokens
+            self.seed.index_copy_(0, rows_tensor, self._seeds_in(seed, chosen))
+        for w in chosen:
+            self._started[w] = True
         return self._to_host(to_uint8_frames(shown))
 
-    def _advance_eager(self, current: Tensor, action: Tensor) -> Tensor:
+    def _check_started(self) -> None:
+        if not all(self._started):
+            waiting = [i for i, started in enumerate(self._started) if not started]
+            raise InputError(f"reset the world with context frames before stepping it (worlds {waiting} were not)")
+
+    def _advance_eager(self, action: Tensor) -> None:
         embedding = self.dynamics.embed_actions(action)
-        state = self.dynamics.context_step(current, embedding, self.cache, self.biases)
+        state = self.dynamics.context_step(self.current, embedding, self.cache)
         tokens = self.sampler(state, embedding, self.seed, self.counter)
         self.counter += 1
-        return tokens
+        self.current.copy_(tokens)
+
+    def _render_eager(self, tokens: Tensor) -> Tensor:
+        return to_uint8_frames(self.stream.decode_tokens(tokens))
+
+    def _step_eager(self, action: Tensor) -> Tensor:
+        self._advance_eager(action)
+        return self._render_eager(self.current)
 
     @torch.inference_mode()
     def advance(self, action: np.ndarray | Tensor) -> Tensor:
         """The dynamics half of a step: the next frame's tokens (B, N) on the device; nothing is decoded."""
-        if self.current is None:
-            raise InputError("reset the world with context frames before stepping it")
-        tokens = self._advance(self.current, self._actions_in(action, (self.batch_size,)))
-        self.current = tokens
-        self._frames_seen += 1
-        return tokens
+        self._check_started()
+        self._advance(self._actions_in(action, (self.batch_size,)))
+        return self.current.clone()
 
     @torch.inference_mode()
     def render(self, tokens: Tensor) -> Tensor:
         """The decoding half: tokens (B, N) → uint8 frames (B, H, W, 3) on the device. Call once per frame, in order."""
-        return to_uint8_frames(self.stream.decode_tokens(tokens))
+        return self._render(tokens).clone()
 
+    @torch.inference_mode()
     def step(self, action: np.ndarray | Tensor) -> np.ndarray:
-        """Apply ``action`` ((A,) for one world, or (B, A)) → the next frame, uint8 (H, W, 3) or (B, H, W, 3)."""
-        return self._to_host(self.render(self.advance(action)))
+        """Apply ``action`` ((A,) for one world, or (B, A)) → the next frame, uint8 (H, W, 3) or (B, H, W, 3).
+
+        Advance and render in one call (one graph when compiled); the frames are copied to the host.
+        """
+        self._check_started()
+        return self._to_host(self._step(self._actions_in(action, (self.batch_size,))))
 
     # -- rewind ------------------------------------------------------------------------------------
     def snapshot(self) -> WorldSnapshot:
         """Copy the state the next steps depend on (device copies; no host read).
 
-        The tokenizer's encoder cache is left out: it is used only by :meth:`reset`, which clears it.
+        The tokenizer's encoder keeps no state here: :meth:`reset` encodes whole clips.
         """
-        if self.current is None:
-            raise InputError("reset the world with context frames before taking a snapshot")
-        decoder = self.stream.decoder_cache
+        self._check_started()
         return WorldSnapshot(
             current=self.current.clone(),
-            trunk_keys=tuple(t.clone() for t in self.cache.keys),
-            trunk_values=tuple(t.clone() for t in self.cache.values),
-            trunk_frame=self.cache.frame.clone(),
-            decoder_keys=tuple(t.clone() for t in decoder.keys),
-            decoder_values=tuple(t.clone() for t in decoder.values),
-            decoder_frames=decoder.frames_seen,
+            trunk=self.cache.clone(),
+            decoder=self.stream.decoder_cache.clone(),
             counter=self.counter.clone(),
             seed=self.seed.clone(),
-            frames_seen=self._frames_seen,
         )
 
     @torch.inference_mode()
@@ -271,16 +341,7 @@ class World:
 
         Copies into the tensors the world already holds, so a compiled step keeps working.
         """
-        decoder = self.stream.decoder_cache
-        pairs = [
-            *zip(self.cache.keys, snapshot.trunk_keys, strict=True),
-            *zip(self.cache.values, snapshot.trunk_values, strict=True),
-            *zip(decoder.keys, snapshot.decoder_keys, strict=True),
-            *zip(decoder.values, snapshot.decoder_values, strict=True),
-            (self.cache.frame, snapshot.trunk_frame),
-            (self.counter, snapshot.counter),
-            (self.seed, snapshot.seed),
-        ]
+        pairs = list(zip(self._state(), snapshot.tensors(), strict=True))
         for target, saved in pairs:
             if target.shape != saved.shape:
                 raise InputError(
@@ -289,13 +350,22 @@ class World:
                 )
         for target, saved in pairs:
             target.copy_(saved)
-        decoder.frames_seen = snapshot.decoder_frames
-        self.current = snapshot.current.clone()  # a new tensor, as advance() makes one each step
-        self._frames_seen = snapshot.frames_seen
+        self._started = [True] * self.batch_size
 
     def _to_host(self, frames: Tensor) -> np.ndarray:
         array = frames.cpu().numpy()
         return array[0] if self.batch_size == 1 else array
+
+
+def _compile_mode(compile: bool | str, device: torch.device) -> str | None:
+    """``World(compile=...)`` → a ``torch.compile`` mode, or None for eager."""
+    if compile is False or compile == "none":
+        return None
+    if compile is True:
+        return "reduce-overhead" if device.type == "cuda" else "default"
+    if compile not in ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"):
+        raise InputError(f"compile must be True, False or a torch.compile mode; got {compile!r}")
+    return str(compile)
 
 
 def load_world(
@@ -306,7 +376,7 @@ def load_world(
     batch_size: int = 1,
     sampling: SamplingConfig | None = None,
     seed: int = 0,
-    compile: bool = False,
+    compile: bool | str = False,
 ) -> World:
     """A world from a dynamics checkpoint (run folder or step folder) and its tokenizer.
 

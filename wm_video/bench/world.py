@@ -303,14 +303,13 @@ class _StepParts:
         self.world.render(self.tokens)
 
     def trunk(self) -> None:
-        world, current = self.world, self.world.current
-        assert current is not None, "reset the world first"
+        world = self.world
         self.embedding = world.dynamics.embed_actions(self.next_action())
-        self.state = world.dynamics.context_step(current, self.embedding, world.cache, world.biases)
+        self.state = world.dynamics.context_step(world.current, self.embedding, world.cache)
 
     def head(self) -> None:
         world = self.world
-        world.current = world.sampler(self.state, self.embedding, world.seed, world.counter)
+        world.current.copy_(world.sampler(self.state, self.embedding, world.seed, world.counter))
         world.counter += 1
 
 

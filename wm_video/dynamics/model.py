@@ -1,7 +1,8 @@
 """The action-conditioned latent transformer: tokens of frames ≤ t and action a_t → frame t+1's tokens.
 
 Design choices (the cost is counted per generated frame, N tokens, P passes):
-- Two parts, as in TECO: a block-causal **trunk** (:class:`~.layers.FrameTrunk`) reads each
+- Two parts, as in TECO: a block-causal **trunk** (a :class:`~wm_video.attention.FrameStack`:
+  every token of the last ``context_frames`` frames and of the ``sink_frames`` first) reads each
   frame once, with the action taken at that frame, and leaves a hidden state per token; a
   small spatial **head** then predicts all N tokens of the next frame together from that state,
   MaskGIT-style, refining over P passes (:mod:`.sampling`). The deep part runs once per frame,
@@ -24,8 +25,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from wm_video.attention import Block, FramePattern, FrameStack, KVCache
 from wm_video.dynamics.config import DynamicsConfig
-from wm_video.dynamics.layers import Block, FrameTrunk, TrunkCache
 from wm_video.errors import InputError
 
 
@@ -41,11 +42,14 @@ class DynamicsModel(nn.Module):
         self.action_embed = nn.Sequential(nn.Linear(c.action_dim, c.dim), nn.SiLU(), nn.Linear(c.dim, c.dim))
         self.token_embed = nn.Embedding(c.codebook_size, c.dim)
         self.trunk_pos = nn.Parameter(torch.randn(c.tokens_per_frame, c.dim) * 0.02)
-        self.trunk = FrameTrunk(c.dim, c.heads, c.trunk_layers, c.mlp_ratio, c.context_frames, c.sink_frames)
+        pattern = FramePattern(window=c.context_frames, sinks=c.sink_frames)
+        self.trunk = FrameStack(c.dim, c.heads, c.trunk_layers, c.mlp_ratio, pattern, tanh_gelu=True)
         self.head_embed = nn.Embedding(c.codebook_size + 1, c.dim)
         self.head_pos = nn.Parameter(torch.randn(c.tokens_per_frame, c.dim) * 0.02)
         self.head_condition = nn.Linear(c.dim, c.dim)
-        self.head_blocks = nn.ModuleList(Block(c.dim, c.heads, c.mlp_ratio) for _ in range(c.head_layers))
+        self.head_blocks = nn.ModuleList(
+            Block(c.dim, c.heads, c.mlp_ratio, tanh_gelu=True) for _ in range(c.head_layers)
+        )
         self.head_norm = nn.LayerNorm(c.dim)
         self.to_logits = nn.Linear(c.dim, sum(c.levels))
         self.register_buffer("_scales", torch.tensor(c.scales, dtype=torch.float32), persistent=False)
@@ -80,22 +84,23 @@ class DynamicsModel(nn.Module):
         """(..., N) tokens and (..., D) action embedding → (..., N, D)."""
         return self.token_embed(tokens) + self.trunk_pos + action_embedding.unsqueeze(-2)
 
-    def context(self, tokens: Tensor, action_embedding: Tensor) -> Tensor:
+    def context(
+        self, tokens: Tensor, action_embedding: Tensor, cache: KVCache | None = None, rows: Tensor | None = None
+    ) -> Tensor:
         """Trunk states of a clip: tokens (B, T, N), embedded actions (B, T, D) → (B, T, N, D).
 
-        State t has read frames ≤ t and action a_t: the head turns it into frame t + 1.
+        State t has read frames ≤ t and action a_t: the head turns it into frame t + 1. With a
+        ``cache``, its worlds ``rows`` restart from these frames (see :meth:`FrameStack.forward`).
         """
         if tokens.dim() != 3 or tokens.shape[-1] != self.config.tokens_per_frame:
             raise InputError(
                 f"tokens must be (batch, time, {self.config.tokens_per_frame}); got {tuple(tokens.shape)}"
             )
-        return self.trunk(self._trunk_inputs(tokens, action_embedding))
+        return self.trunk(self._trunk_inputs(tokens, action_embedding), cache, rows)
 
-    def context_step(
-        self, tokens: Tensor, action_embedding: Tensor, cache: TrunkCache, biases: Tensor
-    ) -> Tensor:
-        """One frame through the cached trunk: tokens (B, N), embedded action (B, D) → state (B, N, D)."""
-        return self.trunk.step(self._trunk_inputs(tokens, action_embedding), cache, biases)
+    def context_step(self, tokens: Tensor, action_embedding: Tensor, cache: KVCache) -> Tensor:
+        """One frame per world through the cached trunk: tokens (B, N), embedded action (B, D) → state (B, N, D)."""
+        return self.trunk.step(self._trunk_inputs(tokens, action_embedding), cache)
 
     def head_logits(self, state: Tensor, action_embedding: Tensor, partial: Tensor) -> Tensor:
         """Logits of the next frame's digits (..., N, sum(levels)).
@@ -121,12 +126,9 @@ class DynamicsModel(nn.Module):
         embedding = self.embed_actions(actions)  # once, for trunk and head
         return self.head_logits(self.context(context, embedding), embedding, partial)
 
-    def new_cache(self, batch: int, device: torch.device | None = None) -> TrunkCache:
+    def new_cache(self, batch: int, device: torch.device | None = None) -> KVCache:
         device = self.trunk_pos.device if device is None else device
         return self.trunk.new_cache(batch, self.config.tokens_per_frame, self.trunk_pos.dtype, device)
-
-    def step_biases(self) -> Tensor:
-        return self.trunk.step_biases(self.config.tokens_per_frame, self.trunk_pos.dtype)
 
 
 def _init_weights(module: nn.Module) -> None:

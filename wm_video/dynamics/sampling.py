@@ -59,9 +59,18 @@ def _mix32(x: Tensor) -> Tensor:
 
 
 def hashed_bits(seed: Tensor, counter: Tensor, shape: tuple[int, ...], device: torch.device) -> Tensor:
-    """24 random bits per position (int64 in [0, 2^24)), a pure function of (seed, counter, position)."""
+    """24 random bits per position (int64 in [0, 2^24)), a pure function of (seed, counter, position).
+
+    ``seed`` and ``counter`` are () int64 tensors (one stream over the whole ``shape``) or (B,) ones,
+    one per world: row b of ``shape`` (B, ...) then draws from world b's seed and counter alone, so
+    a world's draws do not depend on the other worlds beside it (one world at batch 1 draws the same).
+    """
     key = _mix32((_mix32(seed & _MASK32) ^ (counter & _MASK32)) & _MASK32)
-    index = torch.arange(math.prod(shape), device=device).reshape(shape)
+    if key.dim() == 0:
+        index = torch.arange(math.prod(shape), device=device).reshape(shape)
+    else:
+        index = torch.arange(math.prod(shape[1:]), device=device).reshape(1, *shape[1:])
+        key = key.reshape(-1, *(1,) * (len(shape) - 1))
     return _mix32((_mix32(index & _MASK32) + key) & _MASK32) >> 8
 
 
@@ -118,8 +127,9 @@ class FrameSampler:
     def __call__(self, state: Tensor, action_embedding: Tensor, seed: Tensor, counter: Tensor) -> Tensor:
         """state (B, N, D), action_embedding (B, D) → the next frame's tokens (B, N) int64.
 
-        ``seed`` and ``counter`` are () int64 device tensors; pass k of a frame draws its noise
-        with counter ``2·(8·counter + k)`` (digits) and that + 1 (choice), so give each frame its own counter.
+        ``seed`` and ``counter`` are int64 device tensors, () or (B,) (one per world: see
+        :func:`hashed_bits`); pass k of a frame draws its noise with counter ``2·(8·counter + k)``
+        (digits) and that + 1 (choice), so give each frame its own counter.
         """
         model, mask_id = self.model, self.model.mask_id
         batch, count = state.shape[:2]

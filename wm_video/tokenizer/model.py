@@ -5,14 +5,16 @@ Design choices:
   tokens (tiny: 64 px, 8 px patches → 64 tokens). The dynamics model pays per token, and on a
   2-core CPU a few matmuls over 64 tokens decode faster than any convolutional upsampler.
 - Causal in time (Genie's ST-ViViT, Cosmos's causal tokenizer): encoder and decoder are
-  :class:`~wm_video.tokenizer.layers.STStack` s whose time attention sees the last
-  ``temporal_window`` frames, never a later one. The tokens of frame t can therefore carry
+  :class:`~wm_video.attention.FrameStack` s of the same-position pattern: a token sees every
+  token of its own frame (space) and its own position in the ``temporal_window − 1`` frames
+  before (time), under one softmax, never a later frame. The tokens of frame t can therefore carry
   what changed since earlier frames, and the decoder reads earlier frames' codes to restore
   detail that one frame's 64 tokens cannot hold.
 - FSQ quantization (:mod:`.fsq`): tokens are mixed-radix numbers of per-channel levels; the
   decoder works from the quantized channel values, which equal the tokens exactly.
 - Streaming (:class:`TokenizerStream`) feeds one frame at a time through the same blocks with
-  a cache of the window's keys and values and gives the whole-clip result.
+  a cache of the window's keys and values (:class:`~wm_video.attention.KVCache`, a counter per
+  stream on the device) and gives the whole-clip result.
 
 Pixels are (B, T, 3, H, W) floats in [-1, 1]; :mod:`.pixels` converts from uint8 frames.
 """
@@ -25,10 +27,10 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from wm_video.attention import FramePattern, FrameStack
 from wm_video.errors import InputError
 from wm_video.tokenizer.config import TokenizerConfig
 from wm_video.tokenizer.fsq import FSQ
-from wm_video.tokenizer.layers import StackCache, STStack
 
 
 @dataclass
@@ -52,12 +54,13 @@ class VideoTokenizer(nn.Module):
         patch_pixels = 3 * c.patch_size**2
         self.patch_embed = nn.Linear(patch_pixels, c.dim)
         self.encoder_pos = nn.Parameter(torch.randn(c.tokens_per_frame, c.dim) * 0.02)
-        self.encoder = STStack(c.dim, c.heads, c.encoder_layers, c.mlp_ratio, c.temporal_window)
+        pattern = FramePattern(window=c.temporal_window, same_position=True)
+        self.encoder = FrameStack(c.dim, c.heads, c.encoder_layers, c.mlp_ratio, pattern, learned_own_frame=False)
         self.to_latent = nn.Linear(c.dim, c.latent_channels)
         self.quantizer = FSQ(c.levels)
         self.from_latent = nn.Linear(c.latent_channels, c.dim)
         self.decoder_pos = nn.Parameter(torch.randn(c.tokens_per_frame, c.dim) * 0.02)
-        self.decoder = STStack(c.dim, c.heads, c.decoder_layers, c.mlp_ratio, c.temporal_window)
+        self.decoder = FrameStack(c.dim, c.heads, c.decoder_layers, c.mlp_ratio, pattern, learned_own_frame=False)
         self.to_pixels = nn.Linear(c.dim, patch_pixels)
         self.apply(_init_weights)
 
@@ -105,43 +108,37 @@ class VideoTokenizer(nn.Module):
         encoding = self.encode(frames)
         return TokenizerOutput(encoding, self.decode(encoding.quantized))
 
-    def stream(self, batch_size: int = 1) -> TokenizerStream:
-        """A frame-at-a-time encoder and decoder over this model (see :class:`TokenizerStream`)."""
-        return TokenizerStream(self, batch_size)
+    def stream(self, batch_size: int = 1, *, encoder: bool = True) -> TokenizerStream:
+        """A frame-at-a-time encoder and decoder over this model (see :class:`TokenizerStream`);
+        ``encoder=False``: a decoder only (no encoder cache is allocated)."""
+        return TokenizerStream(self, batch_size, encoder=encoder)
 
 
 class TokenizerStream:
-    """Encode or decode one new frame at a time, equal to the whole-clip result.
+    """Encode or decode one new frame at a time for ``batch_size`` streams, equal to the whole-clip result.
 
-    Encoder and decoder keep separate caches of the last ``temporal_window − 1`` frames' keys
-    and values, so a stream can decode generated tokens while encoding real frames, or only
-    one of the two. Use it under ``torch.inference_mode()``; the model must not be trained
-    while a stream is open (its time-bias masks are taken when the stream is made).
+    Encoder and decoder keep separate caches of the last ``temporal_window`` frames' keys and
+    values, allocated once, with a frame counter per stream on the device: a stream can decode
+    generated tokens while encoding real frames, or only one of the two, and a step reads
+    nothing back to the host. Use it under ``torch.inference_mode()``.
     """
 
-    def __init__(self, model: VideoTokenizer, batch_size: int = 1) -> None:
+    def __init__(self, model: VideoTokenizer, batch_size: int = 1, *, encoder: bool = True) -> None:
         self.model = model
         self.batch_size = batch_size
         param = model.decoder_pos
-        self._dtype, self._device = param.dtype, param.device
-        self._encoder_masks = model.encoder.step_masks(self._dtype)
-        self._decoder_masks = model.decoder.step_masks(self._dtype)
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget every earlier frame (the next frame is encoded or decoded as a clip's first)."""
-        model, tokens = self.model, self.model.config.tokens_per_frame
-        self._encoder_cache: StackCache = model.encoder.new_cache(
-            self.batch_size, tokens, self._dtype, self._device
+        tokens = model.config.tokens_per_frame
+        self.encoder_cache = (
+            model.encoder.new_cache(batch_size, tokens, param.dtype, param.device) if encoder else None
         )
-        self._decoder_cache: StackCache = model.decoder.new_cache(
-            self.batch_size, tokens, self._dtype, self._device
-        )
+        self.decoder_cache = model.decoder.new_cache(batch_size, tokens, param.dtype, param.device)
 
-    @property
-    def decoder_cache(self) -> StackCache:
-        """The decoder's cache of earlier frames (what a rewind must save and restore)."""
-        return self._decoder_cache
+    def reset(self, rows: Tensor | None = None) -> None:
+        """Forget every earlier frame of streams ``rows`` (all when None), in place: the next frame
+        is encoded or decoded as a clip's first."""
+        if self.encoder_cache is not None:
+            self.encoder_cache.reset(rows)
+        self.decoder_cache.reset(rows)
 
     def encode(self, frame: Tensor) -> TokenizerEncoding:
         """(B, 3, H, W) in [-1, 1] → encoding with T = 1."""
@@ -149,18 +146,29 @@ class TokenizerStream:
         self.model._check_frames(frames)
         if frames.shape[0] != self.batch_size:
             raise InputError(f"this stream was made for batch {self.batch_size}, got {frames.shape[0]}")
-        hidden = self.model.encoder.step(self.model._embed(frames), self._encoder_cache, self._encoder_masks)
-        return self.model._quantize(hidden)
+        if self.encoder_cache is None:
+            raise InputError("this stream was made without an encoder (encoder=False)")
+        hidden = self.model.encoder.step(self.model._embed(frames)[:, 0], self.encoder_cache)
+        return self.model._quantize(hidden.unsqueeze(1))
+
+    def _decoder_inputs(self, quantized: Tensor) -> Tensor:
+        return self.model.from_latent(quantized.to(self.model.decoder_pos.dtype)) + self.model.decoder_pos
 
     def decode(self, quantized: Tensor) -> Tensor:
         """(B, N, C) quantized values of one new frame → (B, 3, H, W)."""
-        model = self.model
-        hidden = model.from_latent(quantized.unsqueeze(1).to(self._dtype)) + model.decoder_pos
-        return model._unembed(model.decoder.step(hidden, self._decoder_cache, self._decoder_masks))[:, 0]
+        hidden = self.model.decoder.step(self._decoder_inputs(quantized), self.decoder_cache)
+        return self.model._unembed(hidden.unsqueeze(1))[:, 0]
 
     def decode_tokens(self, tokens: Tensor) -> Tensor:
         """(B, N) token ids of one new frame → (B, 3, H, W)."""
         return self.decode(self.model.quantizer.from_tokens(tokens))
+
+    def restart_decoder(self, quantized: Tensor, rows: Tensor | None = None) -> Tensor:
+        """Restart the decoder of streams ``rows`` (all when None) from the quantized values
+        (R, T, N, C) of T frames, decoded as one clip → (R, T, 3, H, W); the next :meth:`decode`
+        of those streams follows them as if they had been decoded one at a time."""
+        hidden = self.model.decoder(self._decoder_inputs(quantized), self.decoder_cache, rows)
+        return self.model._unembed(hidden)
 
 
 def _init_weights(module: nn.Module) -> None:
