@@ -66,10 +66,10 @@ def _play(args: argparse.Namespace) -> int:
     space, config = world.action_space, world.dynamics.config
     info = dataset_info(world.meta, tuple(space.names))
     fps = args.fps or info.fps
-    context = config.context_frames
+    context, history = config.context_frames, world.tokenizer.config.encoder_reach
     shadow = None
     if args.start_from is not None:
-        start = load_start(args.start_from, space=space, context_frames=context)
+        start = load_start(args.start_from, space=space, context_frames=context, history_frames=history)
     elif args.shadow:  # the model starts from the real engine's frames; no other start is read
         start = StartContext(np.zeros((1, world.image_size, world.image_size, 3), np.uint8), None, "-")
     else:
@@ -88,7 +88,7 @@ def _play(args: argparse.Namespace) -> int:
                 f"--shadow: the real {source_name} engine has the actions {list(engine.action_space.names)}, "
                 f"the model {list(space.names)}"
             )
-        shadow = Shadow(engine, seed=args.seed, context_frames=context)
+        shadow = Shadow(engine, seed=args.seed, context_frames=context, history_frames=history)
     source_info = {
         "generated_by": str(world.meta.get("checkpoint") or f"preset {args.preset} (random weights)"),
         "start": start.label,

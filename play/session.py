@@ -9,8 +9,9 @@ Design choices:
   restores the oldest one, and pressing again returns to the same point. The ring is bounded,
   so memory stays flat however long the session runs.
 - **Shadow**: the real engine steps beside the model with the same action each frame. Its last
-  ``context_frames`` frames and actions are kept, so *resync* restarts the model from the real
-  history (and does so by itself when the real episode ends). A real engine cannot rewind, so
+  ``context_frames`` frames and actions are kept (and ``history_frames`` frames before them, for
+  the tokenizer's encoder), so *resync* restarts the model from the real history (and does so by
+  itself when the real episode ends). A real engine cannot rewind, so
   rewind is off in shadow mode.
 - **Recording** starts and stops on demand (F5); rewind or reset while recording first commits
   the episode, so an episode is always one continuous stretch of play.
@@ -53,9 +54,10 @@ class Snapshot:
 class Shadow:
     """The real engine beside the model: same actions, its own frames, a short history for resyncs."""
 
-    def __init__(self, source: Source, *, seed: int, context_frames: int) -> None:
+    def __init__(self, source: Source, *, seed: int, context_frames: int, history_frames: int = 0) -> None:
         self.source, self.seed = source, seed
-        self.frames: collections.deque[np.ndarray] = collections.deque(maxlen=context_frames)
+        self.context_frames = context_frames
+        self.frames: collections.deque[np.ndarray] = collections.deque(maxlen=context_frames + history_frames)
         self.actions: collections.deque[np.ndarray] = collections.deque(maxlen=context_frames)
         self.frame = np.zeros(source.frame_shape, dtype=np.uint8)
         self.episodes = 0
@@ -80,9 +82,10 @@ class Shadow:
         return False
 
     def context(self) -> StartContext:
-        frames = np.stack(self.frames)
+        footage = np.stack(self.frames)
+        frames, history = footage[-self.context_frames :], footage[: -self.context_frames]
         actions = np.stack(list(self.actions)[-(len(frames) - 1) :]) if len(frames) > 1 else None
-        return StartContext(frames, actions, f"the real engine ({len(frames)} frames)")
+        return StartContext(frames, actions, f"the real engine ({len(frames)} frames)", history)
 
 
 def frame_psnr(generated: np.ndarray, real: np.ndarray) -> float:
@@ -142,7 +145,7 @@ class PlaySession:
         return np.concatenate((real, gap, self.frame), axis=1)
 
     def _restart(self, start: StartContext) -> None:
-        self.frame = self.world.reset(start.frames, start.actions)
+        self.frame = self.world.reset(start.frames, start.actions, history=start.history)
         self.frame_count = 0
         self._snapshots.clear()
         self._keep_snapshot()

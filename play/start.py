@@ -3,8 +3,10 @@
 Design choices:
 - ``--start-from`` is an image (any file OpenCV reads) or ``DATASET_DIR[:EPISODE[:FRAME]]``.
   From a dataset, the world reads the frames up to FRAME (at most the model's context window of
-  them) with the actions taken between them, so it starts *moving* the way the footage did.
-  EPISODE defaults to the first episode, FRAME to the last frame of a full context window.
+  them) with the actions taken between them, so it starts *moving* the way the footage did, and
+  the tokenizer also reads the frames before them (its ``encoder_reach``), so the context gets the
+  tokens training gave the same frames. EPISODE defaults to the first episode, FRAME to the last
+  frame of a full context window.
 - Without ``--start-from``: the checkpoint's training data (``meta.data``; its first held-out
   episode when one is recorded), else the start frames an exported world ships, else the first
   frame of the real engine and scenario it was trained on when the model has ViZDoom's buttons,
@@ -44,6 +46,7 @@ class StartContext:
     frames: np.ndarray  # (T, H, W, 3) uint8, T ≥ 1
     actions: np.ndarray | None  # (T − 1, A) float32; None: no key pressed
     label: str  # for the HUD and logs, e.g. "data/doom episode 18 frames 0-7"
+    history: np.ndarray | None = None  # (H′, H, W, 3) the footage's frames before ``frames``: encoder only
 
 
 @dataclass(frozen=True)
@@ -130,9 +133,16 @@ def load_image(path: Path) -> np.ndarray:
 
 
 def from_dataset(
-    root: Path, episode: int | None, frame: int | None, *, space: ActionSpace, context_frames: int
+    root: Path,
+    episode: int | None,
+    frame: int | None,
+    *,
+    space: ActionSpace,
+    context_frames: int,
+    history_frames: int = 0,
 ) -> StartContext:
-    """Frames ≤ ``frame`` of an episode (the last ``context_frames`` of them) and the actions between."""
+    """Frames ≤ ``frame`` of an episode (the last ``context_frames`` of them), the actions between them,
+    and up to ``history_frames`` frames before them (see :class:`StartContext`)."""
     from wm_video.data.reader import open_dataset
 
     dataset = open_dataset(root)
@@ -145,9 +155,10 @@ def from_dataset(
             f"{root}: episode {ref.index} has {ref.length} frames; frame {last} is not one of them"
         )
     first = max(0, last - context_frames + 1)
+    earliest = max(0, first - history_frames)
     frames: list[np.ndarray] = []
     for index, image in enumerate(dataset.iter_frames(ref)):
-        if index >= first:
+        if index >= earliest:
             frames.append(image)
         if index == last:
             break
@@ -161,14 +172,19 @@ def from_dataset(
             list(dataset.action_space.names),
             list(space.names),
         )
-    return StartContext(np.stack(frames), actions, f"{root} episode {ref.index} frames {first}-{last}")
+    footage = np.stack(frames)
+    label = f"{root} episode {ref.index} frames {first}-{last}"
+    return StartContext(footage[first - earliest :], actions, label, footage[: first - earliest])
 
 
-def load_start(spec: str, *, space: ActionSpace, context_frames: int) -> StartContext:
-    """``--start-from``: an image or ``DATASET_DIR[:EPISODE[:FRAME]]``."""
+def load_start(spec: str, *, space: ActionSpace, context_frames: int, history_frames: int = 0) -> StartContext:
+    """``--start-from``: an image or ``DATASET_DIR[:EPISODE[:FRAME]]`` (with up to ``history_frames``
+    earlier frames for the tokenizer, see :func:`from_dataset`)."""
     path, episode, frame = parse_start(spec)
     if path.is_dir():
-        return from_dataset(path, episode, frame, space=space, context_frames=context_frames)
+        return from_dataset(
+            path, episode, frame, space=space, context_frames=context_frames, history_frames=history_frames
+        )
     return StartContext(load_image(path)[None], None, str(path))
 
 

@@ -86,9 +86,8 @@ def test_the_shipped_world_never_samples_past_its_codebook(one_thread: None) -> 
 def test_the_shipped_world_plays_the_frames_it_played_before(one_thread: None) -> None:
     """Issue 17: the attention core changed (one module for tokenizer and trunk); the shipped world
     still plays what the code before the change played (tests/pinned_world.py wrote the reference)."""
-    from safetensors.numpy import load_file
-
     from pinned_world import REFERENCE, play_reference
+    from safetensors.numpy import load_file
 
     before, now = load_file(str(REFERENCE)), play_reference(DEFAULT_CHECKPOINT)
     np.testing.assert_array_equal(now["actions"], before["actions"])

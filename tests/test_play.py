@@ -29,9 +29,10 @@ from wm_video.engine import World
 from wm_video.errors import InputError
 from wm_video.play.keymap import COMMAND_KEYS, derive_keymap
 from wm_video.play.keys import KeyboardActions, resolve_key
-from wm_video.play.session import PlaySession
+from wm_video.play.session import PlaySession, Shadow
 from wm_video.play.start import StartContext, load_start, open_world, parse_start
 from wm_video.play.window import PlayWindow
+from wm_video.sources.base import Source, StepResult
 from wm_video.sources.vizdoom import ACTION_SPACE
 
 SPACE = ACTION_SPACE  # the default world's 8 buttons, as the tiny preset uses them
@@ -230,6 +231,39 @@ def test_headless_run_writes_exactly_n_frames_and_a_dataset_to_start_from(tmp_pa
     assert context.frames.shape == (6, 64, 64, 3)
     assert context.actions is not None
     np.testing.assert_array_equal(context.actions, recorded.actions(recorded.episodes[0])[:5])
+    # The frames before the context come along for the tokenizer's encoder (issue 17), fewer at the start.
+    footage = recorded.frames(recorded.episodes[0])
+    context = load_start(f"{data}:0:10", space=SPACE, context_frames=4, history_frames=3)
+    np.testing.assert_array_equal(context.frames, footage[7:11])
+    assert context.history is not None
+    np.testing.assert_array_equal(context.history, footage[4:7])
+    context = load_start(f"{data}:0:5", space=SPACE, context_frames=4, history_frames=3)
+    assert context.history is not None
+    np.testing.assert_array_equal(context.history, footage[:2])
+
+
+class CountingSource(Source):
+    """Frame t is filled with t (shadow mode's bookkeeping, without an engine)."""
+
+    action_space, fps, frame_shape, task = SPACE, 10.0, (8, 8, 3), "count"
+
+    def reset(self, seed: int) -> np.ndarray:
+        self.t = 0
+        return np.zeros(self.frame_shape, np.uint8)
+
+    def step(self, action: np.ndarray) -> StepResult:
+        self.t += 1
+        return StepResult(np.full(self.frame_shape, self.t, np.uint8), False)
+
+
+def test_a_shadow_resync_gives_the_frames_before_its_context_to_the_encoder() -> None:
+    shadow = Shadow(CountingSource(), seed=0, context_frames=3, history_frames=2)
+    shadow.reset()
+    for _ in range(9):
+        shadow.step(SPACE.zeros())
+    start = shadow.context()
+    assert start.frames[:, 0, 0, 0].tolist() == [7, 8, 9] and start.actions is not None
+    assert start.history is not None and start.history[:, 0, 0, 0].tolist() == [5, 6]
 
 
 def test_shadow_mode_steps_vizdoom_beside_the_model(tmp_path: Path, capsys) -> None:

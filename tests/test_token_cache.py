@@ -7,12 +7,15 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import TinyDataset
+from conftest import SPACE, TinyDataset
 
 from wm_video.data.cache import TrainingCache, load_cache
 from wm_video.data.sampler import ClipSampler
 from wm_video.data.tokens import load_token_cache, token_cache_key, tokenizer_fingerprint
+from wm_video.dynamics import DynamicsModel, dynamics_config
+from wm_video.engine import World
 from wm_video.errors import InputError
+from wm_video.eval.clips import clips_from_cache
 from wm_video.tokenizer import TokenizerConfig, VideoTokenizer
 from wm_video.tokenizer.pixels import to_model_pixels
 
@@ -141,3 +144,48 @@ def test_wrong_image_size_is_refused(tiny_dataset: TinyDataset, tokenizer: Video
     frames16 = load_cache(tiny_dataset.root, size=16, progress=False)
     with pytest.raises(InputError, match="16 px frames but the tokenizer takes 32 px"):
         load_token_cache(frames16, tokenizer, progress=False)
+
+
+def test_a_world_reset_mid_episode_gets_the_token_cache_tokens(
+    frames: TrainingCache, tokenizer: VideoTokenizer
+) -> None:
+    """Issue 17, bug 4: the token cache encodes each frame after up to ``encoder_reach`` earlier frames
+    of its episode, and a world reset encoded its context from scratch, so the context (and the sink)
+    the trunk read differed from training's. Given the frames before its context, a reset reads
+    exactly the cache's tokens; without them, other tokens."""
+    cache = load_token_cache(frames, tokenizer, progress=False)
+    episode, actions = frames.episode(2)  # 20 frames
+    tokens = torch.from_numpy(cache.episode(2)[0].astype(np.int64))
+    start, context = 9, 4  # 9 frames in: past the encoder's reach (2 layers × 2 frames back)
+    torch.manual_seed(0)
+    shape = dict(dim=32, heads=2, trunk_layers=2, head_layers=1, context_frames=3, sink_frames=1)
+    dynamics = DynamicsModel(dynamics_config("tiny", CONFIG, SPACE, **shape)).eval()
+    world = World(tokenizer, dynamics)
+    clip, taken = np.array(episode[start : start + context]), actions[start : start + context - 1]
+    with torch.inference_mode():
+        expected = dynamics.new_cache(1)  # the trunk's cache after reading the cache's tokens
+        embedding = dynamics.embed_actions(torch.from_numpy(taken)[None])
+        dynamics.context(tokens[None, start : start + context - 1], embedding, expected)
+
+    def trunk_reads_the_cache_tokens() -> bool:
+        same_cache = all(
+            torch.allclose(a, b, atol=1e-6) for a, b in zip(world.cache.tensors(), expected.tensors(), strict=True)
+        )
+        return same_cache and torch.equal(world.current[0], tokens[start + context - 1])
+
+    world.reset(clip, taken, history=np.array(episode[:start]))
+    assert trunk_reads_the_cache_tokens()
+    world.reset(clip, taken, history=[np.array(episode[start - 4 : start])])  # its reach is enough
+    assert trunk_reads_the_cache_tokens()
+    world.reset(clip, taken)
+    assert not trunk_reads_the_cache_tokens()
+
+
+def test_eval_clips_carry_the_frames_of_their_episode_before_them(frames: TrainingCache) -> None:
+    clips = clips_from_cache(frames, [0, 1, 2], 6, 5, seed=3, origin="test", history_frames=4)
+    assert clips.history is not None and len(clips.history) == 6
+    for b in range(6):
+        position = frames.episode_indices.tolist().index(int(clips.episodes[b]))
+        episode, start = frames.episode(position)[0], int(clips.starts[b])
+        np.testing.assert_array_equal(clips.frames[b], episode[start : start + 5])
+        np.testing.assert_array_equal(clips.history[b], episode[max(0, start - 4) : start])  # fewer near the start

@@ -45,7 +45,7 @@ from wm_video.dynamics import (
 )
 from wm_video.engine import World
 from wm_video.errors import EXIT_STOPPED, InputError
-from wm_video.eval.clips import EvalClips
+from wm_video.eval.clips import EvalClips, clip_history
 from wm_video.eval.rollouts import evaluate_clips
 from wm_video.tokenizer import VideoTokenizer
 from wm_video.train.common import save_comparison_grid
@@ -119,16 +119,24 @@ class Probe:
     consistency run's own measurements (:func:`wm_video.eval.rollouts.evaluate_clips`)."""
 
     def __init__(
-        self, tokens: TokenCache, frames: np.ndarray, episodes: Sequence[int], device: torch.device
+        self,
+        tokens: TokenCache,
+        frames: np.ndarray,
+        episodes: Sequence[int],
+        device: torch.device,
+        history_frames: int = 0,
     ) -> None:
         length = PROBE_CONTEXT + PROBE_HORIZON
         sampler = ClipSampler(tokens, length, seed=12345, episodes=episodes)
         picked = sampler.sample_batch(PROBE_CLIPS)
-        first_row = dict(zip(tokens.episode_indices.tolist(), tokens.episode_starts[:-1].tolist(), strict=True))
-        rows = [first_row[int(e)] + int(s) for e, s in zip(picked.episode, picked.start, strict=True)]
+        rows = tokens.rows_of(picked.episode, picked.start)
         self.frames = np.stack([frames[r : r + length] for r in rows])  # (B, T, H, W, 3) of the token rows
         self.actions = picked.actions.astype(np.float32)  # (B, T, A)
-        self.clips = EvalClips(self.frames, self.actions, picked.episode, picked.start, "held-out probe")
+        # The frames before each clip: the world resets read them, as the token cache did (issue 17).
+        self.history = clip_history(tokens, frames, picked.episode, picked.start, history_frames)
+        self.clips = EvalClips(
+            self.frames, self.actions, picked.episode, picked.start, "held-out probe", self.history
+        )
         rng = np.random.default_rng(12345)  # random actions: rows drawn from anywhere in the data
         self.random_actions = tokens.actions[rng.integers(0, tokens.num_frames, (PROBE_CLIPS, PROBE_HORIZON))]
 
@@ -154,7 +162,8 @@ class Probe:
         actions right (the first PROBE_CONTEXT frames are the real context on both sides)."""
         world = World(tokenizer, model, batch_size=PROBE_CLIPS)
         actions = self.actions
-        shown = [world.reset(self.frames[:, :PROBE_CONTEXT], actions[:, : PROBE_CONTEXT - 1])[0]]
+        context, taken = self.frames[:, :PROBE_CONTEXT], actions[:, : PROBE_CONTEXT - 1]
+        shown = [world.reset(context, taken, history=self.history)[0]]
         for t in range(PROBE_HORIZON):
             shown.append(world.step(actions[:, PROBE_CONTEXT - 1 + t])[0])
         generated = np.concatenate([self.frames[0, : PROBE_CONTEXT - 1], np.stack(shown)])  # (T, H, W, 3)
@@ -237,7 +246,8 @@ def train_dynamics(options: DynamicsTrainOptions) -> DynamicsTrainResult:
     probe_episodes = [e for e in split.heldout if lengths[e] >= probe_length] or [
         e for e in split.train if lengths[e] >= probe_length
     ]
-    probe = Probe(tokens, frames.frames, probe_episodes, session.device) if probe_episodes else None
+    reach = tokenizer.config.encoder_reach
+    probe = Probe(tokens, frames.frames, probe_episodes, session.device, reach) if probe_episodes else None
     scale = action_scale(tokens, len(space.buttons), train_episodes)
     config = dynamics_config(options.preset, tokenizer.config, space, scale)
     torch.manual_seed(o.seed)

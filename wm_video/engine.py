@@ -21,7 +21,7 @@ out, so the whole step (advance and render) traces into one graph (``compile=Tru
 Reset tokens equal training tokens: the token cache (:mod:`wm_video.data.tokens`) encodes each
 frame after up to ``encoder_layers × (temporal_window − 1)`` frames of its episode, and
 :meth:`World.reset` encodes its context frames by the same whole-clip encoder after the
-``history`` frames it is given (:func:`footage_tokens`). Footage from an episode's start (play's
+``history`` frames it is given (:meth:`~wm_video.tokenizer.VideoTokenizer.encode_footage`). Footage from an episode's start (play's
 shipped start frames, a live engine reset) needs none; a clip cut from the middle of an episode
 gives the frames before it; a single image has none, which is what training sees at an
 episode's first frame.
@@ -48,18 +48,8 @@ from wm_video.attention import KVCache
 from wm_video.dynamics import DynamicsModel, FrameSampler, SamplingConfig
 from wm_video.errors import InputError
 from wm_video.memory import FLOAT_BYTES, check_fits
-from wm_video.tokenizer import TokenizerEncoding, VideoTokenizer
-from wm_video.tokenizer.pixels import to_model_pixels, to_uint8_frames
-
-
-def footage_tokens(tokenizer: VideoTokenizer, frames: np.ndarray | Tensor, history: int = 0) -> TokenizerEncoding:
-    """Encode uint8 footage (B, T, H, W, 3) as the token cache does: one causal clip, every frame
-    after the frames before it; the first ``history`` frames are read but left out of the result."""
-    pixels = to_model_pixels(frames, tokenizer.decoder_pos.device).to(tokenizer.decoder_pos.dtype)
-    encoding = tokenizer.encode(pixels)
-    return TokenizerEncoding(
-        encoding.latents[:, history:], encoding.quantized[:, history:], encoding.tokens[:, history:]
-    )
+from wm_video.tokenizer import VideoTokenizer
+from wm_video.tokenizer.pixels import to_uint8_frames
 
 
 def check_pair(tokenizer: VideoTokenizer, dynamics: DynamicsModel) -> None:
@@ -196,6 +186,8 @@ class World:
                 f"; got {tuple(frames.shape)}"
             )
         size = self.image_size
+        if frames.shape[1] == 0:
+            return np.zeros((count, 0, size, size, 3), np.uint8)
         if frames.shape[2:4] != (size, size):
             resized = [
                 cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA)
@@ -232,7 +224,7 @@ class World:
         frames: np.ndarray,
         actions: np.ndarray | Tensor | None = None,
         *,
-        history: np.ndarray | None = None,
+        history: np.ndarray | Sequence[np.ndarray] | None = None,
         seed: int | Sequence[int] | None = None,
         worlds: Sequence[int] | None = None,
     ) -> np.ndarray:
@@ -241,10 +233,11 @@ class World:
         ``worlds`` (default: all) are restarted, each from its row of ``frames`` ((T, H, W, 3) for
         one world, else (R, T, H, W, 3)); the other worlds are not touched. ``actions`` (T − 1 or
         T rows; the T-th is ignored: :meth:`step` gives it) defaults to no key pressed.
-        ``history``: frames of the same footage before ``frames`` ((H′, …) or (R, H′, …)), read by
-        the tokenizer's encoder only, so that the context's tokens are those the token cache gave
-        the same frames in training (see the module docstring). ``seed``: an int s gives world b
-        the seed s + b, a sequence one seed per restarted world; None keeps their seeds.
+        ``history``: frames of the same footage before ``frames``, read by the tokenizer's encoder
+        only, so that the context gets the tokens the token cache gave the same frames in training
+        (see the module docstring): (H′, …) or (R, H′, …), or one array per world when their
+        lengths differ; only the last ``encoder_reach`` frames matter. ``seed``: an int s gives
+        world b the seed s + b, a sequence one seed per restarted world; None keeps their seeds.
         Returns the last context frame of each restarted world as the model shows it (uint8,
         like :meth:`step`: (H, W, 3) for a batch of one world).
         """
@@ -252,11 +245,6 @@ class World:
         count = len(chosen)
         clip = self._frames_in(frames, count, "context frames", 1)
         context = clip.shape[1]
-        earlier = 0
-        if history is not None:
-            before = self._frames_in(history, count, "history frames", 0)
-            earlier = before.shape[1]
-            clip = np.concatenate((before, clip), axis=1)
         if actions is None:
             taken = torch.zeros(count, context, self.dynamics.config.action_dim, device=self.device)
         else:
@@ -266,19 +254,34 @@ class World:
                     f"{context} context frames need {context - 1} actions (or {context}); got {rows}"
                 )
             taken = self._actions_in(actions, (count, rows))
+        seeds = None if seed is None else self._seeds_in(seed, chosen)
         rows_tensor = torch.tensor(chosen, dtype=torch.long, device=self.device)
-        encoding = footage_tokens(self.tokenizer, clip)  # (R, H′ + T, N): history first
+        encoding = self.tokenizer.encode_footage(clip, self._history_in(history, count))  # (R, T, N)
+        # The decoder restarts from the context's codes, as the tokenizer trained: clips from their first frame.
         shown = self.stream.restart_decoder(encoding.quantized, rows_tensor)[:, -1]
-        tokens = encoding.tokens[:, earlier:]  # (R, T, N), the context
+        tokens = encoding.tokens
         embedding = self.dynamics.embed_actions(taken[:, : context - 1])
         self.dynamics.context(tokens[:, :-1], embedding, self.cache, rows_tensor)
         self.current.index_copy_(0, rows_tensor, tokens[:, -1])
         self.counter.index_fill_(0, rows_tensor, 0)
-        if seed is not None:
-            self.seed.index_copy_(0, rows_tensor, self._seeds_in(seed, chosen))
+        if seeds is not None:
+            self.seed.index_copy_(0, rows_tensor, seeds)
         for w in chosen:
             self._started[w] = True
         return self._to_host(to_uint8_frames(shown))
+
+    def _history_in(self, history: np.ndarray | Sequence[np.ndarray] | None, count: int) -> list[np.ndarray] | None:
+        """One (H′_b, S, S, 3) array per restarted world, each its last ``encoder_reach`` frames at most."""
+        if history is None:
+            return None
+        if isinstance(history, np.ndarray):
+            rows = list(self._frames_in(history, count, "history frames", 0))
+        elif len(history) != count:
+            raise InputError(f"history for {count} world(s) needs {count} arrays of frames; got {len(history)}")
+        else:
+            rows = [self._frames_in(np.asarray(h), 1, "history frames", 0)[0] for h in history]
+        reach = self.tokenizer.config.encoder_reach
+        return [h[max(0, len(h) - reach) :] for h in rows]
 
     def _check_started(self) -> None:
         if not all(self._started):

@@ -138,6 +138,11 @@ class EpisodeRows:
     def episode_lengths(self) -> np.ndarray:
         return np.diff(self.episode_starts)
 
+    def rows_of(self, episodes: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        """The row of frame ``starts[i]`` of dataset episode ``episodes[i]`` (indices, not positions), (B,)."""
+        first_row = dict(zip(self.episode_indices.tolist(), self.episode_starts[:-1].tolist(), strict=True))
+        return np.array([first_row[int(e)] + int(s) for e, s in zip(episodes, starts, strict=True)], np.int64)
+
     def episode_rows(self, e: int) -> slice:
         """The rows of the e-th cached episode (position, not index)."""
         if not 0 <= e < self.num_episodes:

@@ -21,10 +21,13 @@ Design choices:
 - Built like the frame cache: in a temporary sibling folder, under the same lock file
   (:func:`~wm_video.data.cache.build_lock`), fsynced, renamed into place; the manifest is the
   completion marker, so a crash leaves nothing that loads, and the next build removes leftovers.
-- Only the encoder runs. An episode is encoded chunk by chunk (one episode per batch), each chunk
-  preceded by ``encoder_layers × (temporal_window − 1)`` earlier frames whose tokens are thrown
-  away: a token's time attention reaches ``temporal_window − 1`` frames back per block, so with
-  that context the chunks equal one pass over the whole episode while memory stays bounded.
+- Only the encoder runs (:meth:`~wm_video.tokenizer.VideoTokenizer.encode_footage`). An episode
+  is encoded chunk by chunk (one episode per batch), each chunk preceded by the tokenizer's
+  ``encoder_reach`` = ``encoder_layers × (temporal_window − 1)`` earlier frames whose tokens are
+  thrown away: a token's time attention reaches ``temporal_window − 1`` frames back per block, so
+  with that context the chunks equal one pass over the whole episode while memory stays bounded.
+  A world reset from frames of an episode encodes them after the same earlier frames
+  (:meth:`~wm_video.engine.World.reset`'s ``history``), so play starts from training's tokens.
 - Tokens are stored as uint16 when the codebook allows (the tiny preset has 4,375 codes): a
   quarter of int64 on disk and in every batch; the trainer widens them on the device.
 """
@@ -53,8 +56,7 @@ from wm_video.data.cache import (
 )
 from wm_video.errors import DatasetError, InputError
 from wm_video.fileio import atomic_write_json
-from wm_video.tokenizer import TokenizerConfig, VideoTokenizer
-from wm_video.tokenizer.pixels import to_model_pixels
+from wm_video.tokenizer import VideoTokenizer
 
 TOKEN_CACHE_VERSION = 1
 TOKENS_FILE = "tokens.bin"
@@ -74,11 +76,6 @@ def tokenizer_fingerprint(model: nn.Module) -> str:
 def token_dtype(codebook_size: int) -> np.dtype:
     """uint16 when every token fits, else int32."""
     return np.dtype(np.uint16 if codebook_size <= 2**16 else np.int32)
-
-
-def encoder_context_frames(config: TokenizerConfig) -> int:
-    """Earlier frames a frame's tokens depend on: each encoder block looks ``temporal_window − 1`` back."""
-    return config.encoder_layers * (config.temporal_window - 1)
 
 
 @dataclass(frozen=True)
@@ -149,13 +146,12 @@ def _encode_episode(
     tokenizer: VideoTokenizer, frames: np.ndarray, chunk_frames: int, device: torch.device
 ) -> Iterator[tuple[int, np.ndarray]]:
     """(start, tokens (T, N) int64) of an episode's uint8 frames (T, H, W, 3), chunk by chunk."""
-    context = encoder_context_frames(tokenizer.config)
-    dtype = next(tokenizer.parameters()).dtype
+    reach = tokenizer.config.encoder_reach
     for start in range(0, len(frames), chunk_frames):
-        first, stop = max(0, start - context), min(len(frames), start + chunk_frames)
-        pixels = to_model_pixels(np.array(frames[first:stop]), device).to(dtype)  # (T, 3, H, W), a copy
-        tokens = tokenizer.encode(pixels.unsqueeze(0)).tokens[0]  # (T, N)
-        yield start, tokens[start - first :].cpu().numpy()  # context frames' tokens thrown away
+        first, stop = max(0, start - reach), min(len(frames), start + chunk_frames)
+        chunk = torch.from_numpy(np.array(frames[first:stop])).to(device)[None]  # (1, T, H, W, 3), a copy
+        tokens = tokenizer.encode_footage(chunk[:, start - first :], chunk[:, : start - first]).tokens
+        yield start, tokens[0].cpu().numpy()
 
 
 def _tokenize_into(

@@ -6,6 +6,9 @@ Design choices:
   action t being the keys held while the engine made frame t + 1 (as ``collect`` records).
 - Dataset clips come from the frame cache (:func:`~wm_video.data.cache.load_cache`) through
   the training :class:`~wm_video.data.sampler.ClipSampler`, so a seed picks the same clips.
+  Each carries the frames of its episode before it (``history``, up to the tokenizer's
+  ``encoder_reach``): a world reset from the clip reads them, so its context gets the tokens the
+  token cache gave the same frames in training. Live clips start at an episode's first frame.
 - Live clips are played on the real engine under an action program (``explore``, ``random`` or
   a JSONL script): episode i is reset with ``seed + i`` for both the engine and the policy, and
   ViZDoom is deterministic for a seed and action sequence, so a seed gives the same frames.
@@ -22,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wm_video.data.cache import TrainingCache
+from wm_video.data.cache import EpisodeRows, TrainingCache
 from wm_video.data.sampler import ClipSampler
 from wm_video.errors import InputError
 from wm_video.sources import SOURCES, TRUTH_SOURCES, Source, make_source
@@ -46,6 +49,7 @@ class EvalClips:
     episodes: np.ndarray  # (B,) int64: dataset episode index, or the live episode's seed
     starts: np.ndarray  # (B,) int64: first frame within the episode
     origin: str  # one line for the report: where the clips came from
+    history: tuple[np.ndarray, ...] | None = None  # per clip (H′_b, H, W, 3): its episode's frames before it
 
     def __post_init__(self) -> None:
         if (
@@ -68,11 +72,29 @@ class EvalClips:
 
 
 def clips_from_cache(
-    cache: TrainingCache, episodes: list[int], count: int, length: int, *, seed: int, origin: str
+    cache: TrainingCache,
+    episodes: list[int],
+    count: int,
+    length: int,
+    *,
+    seed: int,
+    origin: str,
+    history_frames: int = 0,
 ) -> EvalClips:
-    """``count`` clips of ``length`` frames from ``episodes`` of a frame cache, chosen by ``seed``."""
+    """``count`` clips of ``length`` frames from ``episodes`` of a frame cache, chosen by ``seed``,
+    each with up to ``history_frames`` frames of its episode before it."""
     batch = ClipSampler(cache, length, seed=seed, episodes=episodes).sample_batch(count)
-    return EvalClips(batch.frames, batch.actions.astype(np.float32), batch.episode, batch.start, origin)
+    history = clip_history(cache, cache.frames, batch.episode, batch.start, history_frames)
+    return EvalClips(batch.frames, batch.actions.astype(np.float32), batch.episode, batch.start, origin, history)
+
+
+def clip_history(
+    table: EpisodeRows, pixels: np.ndarray, episodes: np.ndarray, starts: np.ndarray, frames: int
+) -> tuple[np.ndarray, ...]:
+    """Per clip (episode index, first frame), the last ``frames`` frames of its episode before it
+    (fewer near the episode's start), from ``pixels`` (N, H, W, 3): the frame rows of ``table``."""
+    rows = table.rows_of(episodes, starts)
+    return tuple(np.array(pixels[row - min(frames, int(s)) : row]) for row, s in zip(rows, starts, strict=True))
 
 
 @dataclass(frozen=True)

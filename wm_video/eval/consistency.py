@@ -252,7 +252,13 @@ def run_consistency(
         )
     else:
         clips = clips_from_cache(
-            cache, eval_episodes, config.clips, length, seed=config.seed, origin=f"dataset {data}, {which}"
+            cache,
+            eval_episodes,
+            config.clips,
+            length,
+            seed=config.seed,
+            origin=f"dataset {data}, {which}",
+            history_frames=max(m.tokenizer.config.encoder_reach for m in models),  # as the token cache
         )
     rng = np.random.default_rng(config.seed)
     random_actions = cache.actions[rng.integers(0, cache.num_frames, (clips.count, horizon))]  # (B, H, A)

@@ -181,6 +181,7 @@ def loop_closure(
         starts = [warm_start(source, seed + i, config) for i in range(config.starts)]
         context_frames = np.stack([f[-context:] for f, _ in starts])  # (B, C, H, W, 3)
         context_actions = np.stack([a[-context:-1] for _, a in starts])  # (B, C − 1, A)
+        history = np.stack([f[:-context] for f, _ in starts])  # (B, warm-up − C, H, W, 3), encoder only
         start_frames = context_frames[:, -1]
         engine_final: dict[str, np.ndarray] = {}
         for name, program in programs.items():
@@ -197,7 +198,7 @@ def loop_closure(
         for name, program in programs.items():
             batch_program = np.broadcast_to(program, (config.starts, *program.shape)).copy()
             model_final = rollout(
-                world, context_frames, context_actions, batch_program, seed=seed, stop=stop
+                world, context_frames, context_actions, batch_program, seed=seed, history=history, stop=stop
             )[:, -1]
             engine_psnr, engine_ssim = frame_scores(engine_final[name], start_frames)
             model_psnr, model_ssim = frame_scores(model_final, start_frames)

@@ -15,6 +15,9 @@ Design choices:
   tokenizer's own reconstruction of the real tokens (the ceiling) and simply repeating frame t
   (what a model that learnt nothing about motion would score). It reads the first
   ``context_frames + 1`` frames of each clip: the model's whole window.
+- Clips are encoded after the frames of their episode before them (:attr:`EvalClips.history`),
+  in teacher forcing and in the worlds' resets alike, so the model reads the tokens it was
+  trained on (the token cache's).
 - This is the one implementation of these measurements: ``wm-video eval`` (the consistency run),
   ``wm-video eval dynamics`` (its quick preset) and the training program's held-out probe all
   call :func:`evaluate_clips`.
@@ -22,7 +25,7 @@ Design choices:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +40,7 @@ from wm_video.eval.clips import EvalClips, check_stop
 from wm_video.metrics import psnr, ssim
 from wm_video.threads import timed
 from wm_video.tokenizer import VideoTokenizer
-from wm_video.tokenizer.pixels import to_model_pixels, to_uint8_frames
+from wm_video.tokenizer.pixels import to_uint8_frames
 
 CONTROL_STEP = 4  # Genie reports ΔtPSNR at t = 4
 PSNR_CAP_DB = 100.0  # an exact frame scores this, so that a mean stays finite
@@ -128,13 +131,14 @@ def rollout(
     actions: np.ndarray,
     *,
     seed: int,
+    history: Sequence[np.ndarray] | np.ndarray | None = None,
     stop: Callable[[], bool] | None = None,
     progress: bool = False,
     label: str = "rollout",
 ) -> np.ndarray:
-    """From real frames (B, C, H, W, 3) and the C − 1 actions between them, generate one frame per
-    row of ``actions`` (B, S, A) → uint8 (B, S, H, W, 3)."""
-    world.reset(context_frames, context_actions, seed=seed)
+    """From real frames (B, C, H, W, 3) and the C − 1 actions between them (after ``history``, see
+    :meth:`World.reset`), generate one frame per row of ``actions`` (B, S, A) → uint8 (B, S, H, W, 3)."""
+    world.reset(context_frames, context_actions, history=history, seed=seed)
     steps = actions.shape[1]
     out = np.empty((world.batch_size, steps, world.image_size, world.image_size, 3), dtype=np.uint8)
     for t in tqdm(range(steps), desc=label, unit="step", disable=not progress, leave=False):
@@ -146,9 +150,15 @@ def rollout(
 
 @torch.inference_mode()
 def teacher_forced(
-    tokenizer: VideoTokenizer, dynamics: DynamicsModel, frames: np.ndarray, actions: np.ndarray, seed: int
+    tokenizer: VideoTokenizer,
+    dynamics: DynamicsModel,
+    frames: np.ndarray,
+    actions: np.ndarray,
+    seed: int,
+    history: Sequence[np.ndarray] | None = None,
 ) -> tuple[TeacherForcedScores, np.ndarray]:
-    """Score clips of real uint8 frames (B, T, H, W, 3) and actions (B, T, A), T ≤ the model's window + 1.
+    """Score clips of real uint8 frames (B, T, H, W, 3) and actions (B, T, A), T ≤ the model's window + 1,
+    encoded after their ``history`` (the frames before each clip).
 
     Returns the scores and the generated frames 1 … T − 1, uint8 (B, T − 1, H, W, 3).
     """
@@ -156,8 +166,7 @@ def teacher_forced(
     if length < 2 or actions.shape[:2] != (batch, length):
         raise InputError(f"need clips of ≥ 2 frames with one action per frame; got {frames.shape}, {actions.shape}")
     device = dynamics.trunk_pos.device
-    pixels = to_model_pixels(frames, device).to(tokenizer.decoder_pos.dtype)  # (B, T, 3, H, W)
-    tokens = tokenizer.encode(pixels).tokens.long()  # (B, T, N)
+    tokens = tokenizer.encode_footage(frames, history).tokens.long()  # (B, T, N)
     count = tokens.shape[2]
     embedding = dynamics.embed_actions(torch.from_numpy(actions[:, :-1]).to(device))
     state = dynamics.context(tokens[:, :-1], embedding)  # (B, T − 1, N, D)
@@ -212,7 +221,7 @@ def evaluate_clips(
     teacher_length = min(clips.length, dynamics.config.context_frames + 1)
     check_stop(stop)
     teacher, teacher_generated = teacher_forced(
-        tokenizer, dynamics, frames[:, :teacher_length], actions[:, :teacher_length], seed
+        tokenizer, dynamics, frames[:, :teacher_length], actions[:, :teacher_length], seed, clips.history
     )
     world = World(tokenizer, dynamics, batch_size=clips.count, seed=seed)
     context_frames, context_actions = frames[:, :context], actions[:, : context - 1]
@@ -223,6 +232,7 @@ def evaluate_clips(
         context_actions,
         actions[:, context - 1 : -1],
         seed=seed,
+        history=clips.history,
         stop=stop,
         progress=progress,
         label="drift (real actions)",
@@ -233,6 +243,7 @@ def evaluate_clips(
         context_actions,
         random_actions,
         seed=seed,
+        history=clips.history,
         stop=stop,
         progress=progress,
         label="control (random actions)",

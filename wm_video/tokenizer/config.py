@@ -67,6 +67,11 @@ class TokenizerConfig:
         return self.grid_size**2
 
     @property
+    def encoder_reach(self) -> int:
+        """Earlier frames a frame's tokens depend on: each encoder block looks ``temporal_window − 1`` back."""
+        return self.encoder_layers * (self.temporal_window - 1)
+
+    @property
     def latent_channels(self) -> int:
         """Channels of a quantized latent (one per FSQ level)."""
         return len(self.levels)

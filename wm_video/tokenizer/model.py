@@ -21,8 +21,10 @@ Pixels are (B, T, 3, H, W) floats in [-1, 1]; :mod:`.pixels` converts from uint8
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import astuple, dataclass
 
+import numpy as np
 import torch
 from einops import rearrange
 from torch import Tensor, nn
@@ -31,6 +33,7 @@ from wm_video.attention import FramePattern, FrameStack
 from wm_video.errors import InputError
 from wm_video.tokenizer.config import TokenizerConfig
 from wm_video.tokenizer.fsq import FSQ
+from wm_video.tokenizer.pixels import to_model_pixels
 
 
 @dataclass
@@ -94,6 +97,32 @@ class VideoTokenizer(nn.Module):
         """(B, T, 3, H, W) in [-1, 1] → tokens of every frame, each from it and earlier frames."""
         self._check_frames(frames)
         return self._quantize(self.encoder(self._embed(frames)))
+
+    def encode_footage(
+        self,
+        frames: np.ndarray | Tensor,
+        history: np.ndarray | Tensor | Sequence[np.ndarray | Tensor] | None = None,
+    ) -> TokenizerEncoding:
+        """uint8 footage (B, T, H, W, 3) → its encoding, every frame encoded after the frames before it:
+        those of ``history`` (the footage's earlier frames, read and not returned: (B, H′, H, W, 3), or
+        one (H′_b, H, W, 3) array per clip when their lengths differ), then its own earlier ones.
+
+        This is how the token cache encodes an episode (:mod:`wm_video.data.tokens`) and how a world
+        encodes its context (:meth:`wm_video.engine.World.reset`): the same frames after the same
+        ``encoder_reach`` earlier ones get the same tokens.
+        """
+        clips = torch.as_tensor(frames)
+        before = [torch.as_tensor(h) for h in history] if history is not None else [clips[:, :0][0]] * len(clips)
+        if len({len(h) for h in before}) > 1:  # lengths differ: clip by clip
+            parts = [self.encode_footage(clip[None], h[None]) for clip, h in zip(clips, before, strict=True)]
+            return TokenizerEncoding(*(torch.cat(p) for p in zip(*(astuple(e) for e in parts), strict=True)))
+        earlier = len(before[0])
+        footage = torch.cat((torch.stack(before).to(clips.device), clips), dim=1)
+        param = self.decoder_pos
+        encoding = self.encode(to_model_pixels(footage, param.device).to(param.dtype))
+        return TokenizerEncoding(
+            encoding.latents[:, earlier:], encoding.quantized[:, earlier:], encoding.tokens[:, earlier:]
+        )
 
     def decode(self, quantized: Tensor) -> Tensor:
         """(B, T, N, C) quantized values → (B, T, 3, H, W) frames, each from its and earlier codes."""
