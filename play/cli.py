@@ -12,7 +12,9 @@ from pathlib import Path
 
 from wm_video.cli_args import (
     Commands,
+    add_compile_flag,
     add_device_flag,
+    add_dtype_flag,
     add_progress_flag,
     add_threads_flag,
     counted,
@@ -62,6 +64,8 @@ def _play(args: argparse.Namespace) -> int:
         device=device,
         seed=args.seed,
         temperature=args.temperature,
+        dtype=args.dtype,
+        compile=args.compile,
     )
     space, config = world.action_space, world.dynamics.config
     info = dataset_info(world.meta, tuple(space.names))
@@ -171,6 +175,8 @@ def register(commands: Commands) -> None:
         help="tokenizer checkpoint (default: the one the checkpoint names)",
     )
     add_device_flag(group)
+    add_dtype_flag(group)
+    add_compile_flag(group)
     group.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     add_threads_flag(group)
     group.add_argument(

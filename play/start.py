@@ -235,21 +235,26 @@ def open_world(
     device: str = "cpu",
     seed: int = 0,
     temperature: float | None = None,
+    dtype: str = "fp32",
+    compile: bool = False,
 ) -> World:
     """The :class:`~wm_video.engine.World` to play: a checkpoint, or a preset with random weights.
 
     With neither, the shipped default (:data:`DEFAULT_CHECKPOINT`); if that is not there yet, an
     error says what to pass instead. A preset builds its tokenizer and dynamics model with
-    weights drawn from ``seed``, for the default world's 8 ViZDoom buttons.
+    weights drawn from ``seed``, for the default world's 8 ViZDoom buttons. ``dtype`` (``fp32``,
+    ``bf16``, ``fp16``) and ``compile`` as :func:`~wm_video.engine.load_world` takes them.
     """
     import torch
 
+    from wm_video.device import resolve_dtype
     from wm_video.dynamics import DynamicsModel, SamplingConfig, dynamics_config
     from wm_video.engine import load_world
     from wm_video.sources.vizdoom import ACTION_SPACE
     from wm_video.tokenizer import VideoTokenizer, tokenizer_preset
 
     sampling = SamplingConfig(temperature=temperature) if temperature is not None else None
+    options: dict[str, Any] = dict(sampling=sampling, seed=seed, compile=compile)
     if checkpoint is None and preset is None:
         # A missing or empty folder means nothing shipped yet; anything else is for the loader to judge.
         if not DEFAULT_CHECKPOINT.is_dir() or not any(DEFAULT_CHECKPOINT.iterdir()):
@@ -259,11 +264,12 @@ def open_world(
             )
         checkpoint = DEFAULT_CHECKPOINT
     if checkpoint is not None:
-        return load_world(checkpoint, tokenizer=tokenizer, device=device, sampling=sampling, seed=seed)
+        return load_world(checkpoint, tokenizer=tokenizer, device=device, dtype=dtype, **options)
     assert preset is not None
     torch.manual_seed(seed)
     tokenizer_model = VideoTokenizer(tokenizer_preset(preset))
     dynamics = DynamicsModel(dynamics_config(preset, tokenizer_model.config, ACTION_SPACE))
-    world = World(tokenizer_model.to(device), dynamics.to(device), sampling=sampling, seed=seed)
+    float_type = resolve_dtype(dtype, device)
+    world = World(tokenizer_model.to(device, float_type), dynamics.to(device, float_type), **options)
     world.meta = {"preset": preset, "random_weights": True}
     return world

@@ -65,7 +65,7 @@ def test_cuda_without_a_device_is_refused() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"dtype": "float16"}, "only benchmarked on CUDA"),
+        ({"dtype": "float16"}, "only on CUDA"),
         ({"dtype": "float64"}, "unknown dtype"),
         ({"preset": "huge"}, "unknown tokenizer preset"),
         ({"preset": None}, "preset or a checkpoint"),

@@ -182,7 +182,7 @@ def test_threads_are_restored(small_presets: None) -> None:
         ({"steps": 0}, "steps must be"),
         ({"warmup": -1}, "warmup must be"),
         ({"dtype": "float64"}, "unknown dtype"),
-        ({"dtype": "float16"}, "only benchmarked on CUDA"),
+        ({"dtype": "float16"}, "only on CUDA"),
         ({"checkpoint": Path("/nonexistent")}, "does not exist"),
     ],
 )

@@ -227,6 +227,17 @@ def test_one_way_to_say_device_and_threads(capsys) -> None:
         assert "chosen by timing" in flat, argv
 
 
+def test_one_way_to_say_dtype_and_compile(capsys) -> None:
+    """Issue 17: every program that steps worlds takes the same --dtype {fp32,bf16,fp16} and --compile."""
+    for argv in (["play"], ["eval"], ["eval", "dynamics"], ["bench"]):
+        _, out, _ = run_cli([*argv, "--help"], capsys)
+        flat = " ".join(out.split())
+        assert "--dtype {fp32,bf16,fp16}" in flat and "the models' float type" in flat, argv
+        assert "compile each world's whole step" in flat, argv
+    code, out, err = run_cli(["play", "--headless", "--preset", "tiny", "--frames", "1", "--dtype", "fp16"], capsys)
+    assert code == 2 and out == "" and err.strip().splitlines()[-1].endswith("use fp32 or bf16")
+
+
 @pytest.mark.parametrize(
     "argv",
     [

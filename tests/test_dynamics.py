@@ -298,17 +298,6 @@ def test_world_is_deterministic_for_a_seed() -> None:
     assert np.array_equal(np.stack(again), np.stack([world.step(a) for a in actions]))
 
 
-def test_world_step_traces_as_one_graph() -> None:
-    """No host sync and no data-dependent Python in a step: it traces into one graph."""
-    eager, compiled = make_world(seed=3), make_world(seed=3)
-    compiled._advance = torch.compile(compiled._advance_eager, backend="eager", fullgraph=True)
-    action = np.array([1.0, 0.0, 0.5], dtype=np.float32)
-    for world in (eager, compiled):
-        world.reset(context_frames(2))
-    for _ in range(5):
-        assert torch.equal(eager.advance(action), compiled.advance(action))
-
-
 def test_world_batch_and_input_errors() -> None:
     world = make_world()
     with pytest.raises(InputError, match="reset"):

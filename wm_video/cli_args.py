@@ -83,6 +83,30 @@ def add_device_flag(group: FlagTarget) -> None:
     )
 
 
+def add_dtype_flag(group: FlagTarget) -> None:
+    """``--dtype``, the same in every program that runs a world (resolved by
+    :func:`wm_video.device.resolve_dtype`)."""
+    from wm_video.device import DTYPE_NAMES
+
+    group.add_argument(
+        "--dtype",
+        choices=list(DTYPE_NAMES),
+        default="fp32",
+        help="the models' float type: fp32 (default), bf16 or fp16 (fp16 needs a GPU; on a CPU without "
+        "AMX bf16 is slower than fp32)",
+    )
+
+
+def add_compile_flag(group: FlagTarget) -> None:
+    """``--compile``, the same in every program that steps worlds (``World(compile=True)``)."""
+    group.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile each world's whole step with torch.compile (a minute or more before the first frame; "
+        "on a GPU the step is also captured as a CUDA graph)",
+    )
+
+
 def add_threads_flag(group: FlagTarget) -> None:
     """``--threads``, the same in every program that runs torch (see :mod:`wm_video.threads`)."""
     group.add_argument(

@@ -33,7 +33,8 @@ can rewind; ``restore`` writes into the existing tensors, so captured graphs sta
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,8 @@ class World:
 
     ``seed`` s gives world b the seed s + b. ``compile``: False (eager), True (the whole step
     through ``torch.compile(fullgraph=True)``; on CUDA captured as CUDA graphs) or a
-    ``torch.compile`` mode (``"default"``, ``"reduce-overhead"``, ``"max-autotune"``).
+    ``torch.compile`` mode (``"default"``, ``"reduce-overhead"``, ``"max-autotune"``); None: as
+    :func:`compiled_worlds` says (eager outside it).
     """
 
     def __init__(
@@ -115,7 +117,7 @@ class World:
         batch_size: int = 1,
         sampling: SamplingConfig | None = None,
         seed: int = 0,
-        compile: bool | str = False,
+        compile: bool | str | None = None,
     ) -> None:
         check_pair(tokenizer, dynamics)
         if batch_size < 1:
@@ -134,7 +136,7 @@ class World:
         self._started = [False] * batch_size  # which worlds were reset (on the host)
         #: What the checkpoint says about itself (``meta`` of checkpoint.json; empty for fresh models).
         self.meta: dict[str, Any] = {}
-        self.compile_mode = _compile_mode(compile, self.device)
+        self.compile_mode = _compile_mode(_COMPILE_DEFAULT[-1] if compile is None else compile, self.device)
         self._advance, self._render, self._step = self._advance_eager, self._render_eager, self._step_eager
         if self.compile_mode is not None:
             for tensor in self._state():  # written in place every step: fixed addresses for CUDA graphs
@@ -360,6 +362,20 @@ class World:
         return array[0] if self.batch_size == 1 else array
 
 
+_COMPILE_DEFAULT: list[bool | str] = [False]  # what World(compile=None) does; see compiled_worlds()
+
+
+@contextmanager
+def compiled_worlds(compile: bool | str) -> Iterator[None]:
+    """Inside, every :class:`World` made without its own ``compile`` compiles so (``eval --compile``:
+    the evaluation makes its worlds in several places)."""
+    _COMPILE_DEFAULT.append(compile)
+    try:
+        yield
+    finally:
+        _COMPILE_DEFAULT.pop()
+
+
 def _compile_mode(compile: bool | str, device: torch.device) -> str | None:
     """``World(compile=...)`` → a ``torch.compile`` mode, or None for eager."""
     if compile is False or compile == "none":
@@ -376,6 +392,7 @@ def load_world(
     *,
     tokenizer: Path | None = None,
     device: str | torch.device = "cpu",
+    dtype: str = "fp32",
     batch_size: int = 1,
     sampling: SamplingConfig | None = None,
     seed: int = 0,
@@ -383,14 +400,22 @@ def load_world(
 ) -> World:
     """A world from a dynamics checkpoint (run folder or step folder) and its tokenizer.
 
-    The tokenizer defaults to the one recorded in the checkpoint (``meta.tokenizer``).
+    The tokenizer defaults to the one recorded in the checkpoint (``meta.tokenizer``). ``dtype``:
+    ``fp32``, ``bf16`` or ``fp16`` (:func:`~wm_video.device.resolve_dtype`), the models' float type.
     """
     from wm_video.checkpoint import load_dynamics, load_tokenizer, recorded_tokenizer
+    from wm_video.device import resolve_dtype
 
+    float_type = resolve_dtype(dtype, str(device))
     dynamics, saved = load_dynamics(checkpoint, device=device)
     tokenizer_model, _ = load_tokenizer(tokenizer or recorded_tokenizer(saved), device=device)
     world = World(
-        tokenizer_model, dynamics, batch_size=batch_size, sampling=sampling, seed=seed, compile=compile
+        tokenizer_model.to(dtype=float_type),
+        dynamics.to(dtype=float_type),
+        batch_size=batch_size,
+        sampling=sampling,
+        seed=seed,
+        compile=compile,
     )
     world.meta = {**saved.meta, "checkpoint": str(saved.path)}
     return world

@@ -7,7 +7,9 @@ from pathlib import Path
 
 from wm_video.cli_args import (
     Commands,
+    add_compile_flag,
     add_device_flag,
+    add_dtype_flag,
     add_progress_flag,
     add_threads_flag,
     device_and_threads,
@@ -101,15 +103,13 @@ def register(commands: Commands) -> None:
     )
     group = bench.add_argument_group("run")
     add_device_flag(group)
-    group.add_argument(
-        "--dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="default float32"
-    )
+    add_dtype_flag(group)
     group.add_argument("--steps", type=positive_int, default=300, help="timed steps per loop (default 300)")
     group.add_argument(
         "--warmup", type=int, default=30, help="untimed steps first, at least the context window (default 30)"
     )
     add_threads_flag(group)
-    group.add_argument("--compile", action="store_true", help="torch.compile the dynamics step, as play can")
+    add_compile_flag(group)
     group.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
     add_progress_flag(group)
     bench.set_defaults(handler=_bench_world, command_name="bench")
@@ -136,9 +136,7 @@ def register(commands: Commands) -> None:
     group.add_argument("--checkpoint", type=Path, default=None, help="a trained run or checkpoint instead")
     group = p.add_argument_group("run")
     add_device_flag(group)
-    group.add_argument(
-        "--dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="default float32"
-    )
+    add_dtype_flag(group)
     group.add_argument(
         "--steps", type=positive_int, default=300, help="timed frames per operation (default 300)"
     )

@@ -32,16 +32,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from wm_video.device import resolve_device
+from wm_video.device import resolve_device, resolve_dtype
 from wm_video.errors import InputError
 from wm_video.threads import settle
 from wm_video.tokenizer import TokenizerConfig, VideoTokenizer, tokenizer_preset
-
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
 
 
 @dataclass(frozen=True)
@@ -155,14 +149,9 @@ def check_timing_options(steps: int, warmup: int, threads: int | None) -> None:
 
 
 def check_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
-    if dtype not in DTYPES:
-        raise InputError(f"unknown dtype {dtype!r}; choose one of {list(DTYPES)}")
-    where = torch.device(resolve_device(device))
-    if dtype == "float16" and where.type != "cuda":
-        raise InputError(
-            "float16 is only benchmarked on CUDA (CPU float16 kernels are slow or missing); use bfloat16"
-        )
-    return where, DTYPES[dtype]
+    """The device and dtype a benchmark runs with (see :mod:`wm_video.device`)."""
+    where = resolve_device(device)
+    return torch.device(where), resolve_dtype(dtype, where)
 
 
 def device_name(where: torch.device) -> str:
@@ -276,7 +265,7 @@ def bench_tokenizer(
             device=str(where),
             device_name=device_name(where),
             torch_version=torch.__version__,
-            dtype=dtype,
+            dtype=str(torch_dtype).removeprefix("torch."),
             threads=torch.get_num_threads(),
             params_encoder=count_parameters(model.encoder),
             params_decoder=count_parameters(model.decoder),

@@ -71,7 +71,7 @@ class WorldBenchResult:
     torch_version: str
     dtype: str
     threads: int  # torch intra-op threads during the run
-    compiled: bool  # World(compile=True): the advance step went through torch.compile
+    compiled: bool  # World(compile=True): advance, render and the whole step went through torch.compile
     params_trunk: int  # dynamics parameters used once per frame: action MLP, token embedding, trunk
     params_head: int  # dynamics parameters used once per pass: head embedding, condition, blocks, logits
     params_decoder: int  # tokenizer decoder side: from_latent, positions, decoder stack, to_pixels
@@ -384,7 +384,7 @@ def bench_world(
             device=str(where),
             device_name=device_name(where),
             torch_version=torch.__version__,
-            dtype=dtype,
+            dtype=str(torch_dtype).removeprefix("torch."),
             threads=torch.get_num_threads(),
             compiled=compile,
             params_trunk=_count(_trunk_side(dynamics)),

@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING
 from wm_video.cli_args import (
     Commands,
     add_cache_dir_flag,
+    add_compile_flag,
     add_device_flag,
+    add_dtype_flag,
     add_progress_flag,
     add_threads_flag,
     device_and_threads,
@@ -50,6 +52,7 @@ def _consistency(
 
     from wm_video.data.cache import load_cache
     from wm_video.data.split import choose_episodes
+    from wm_video.engine import compiled_worlds
     from wm_video.eval.clips import EvalInterrupted
     from wm_video.eval.consistency import load_models, run_consistency
 
@@ -60,6 +63,7 @@ def _consistency(
         tokenizer=args.tokenizer,
         device=device,
         raw_weights=args.raw_weights,
+        dtype=args.dtype,
     )
     data = args.data or models[0].meta.get("data")
     if data is None:
@@ -72,7 +76,7 @@ def _consistency(
         chosen, _ = choose_episodes(cache.episode_indices.tolist(), args.episodes)
         config = dataclasses.replace(config, episodes=tuple(chosen))
     try:
-        with StopFlag() as stop:
+        with StopFlag() as stop, compiled_worlds(args.compile):
             result = run_consistency(
                 models,
                 cache,
@@ -230,9 +234,13 @@ def _clip_flags(parser: argparse.ArgumentParser, horizon_help: str) -> None:
     group.add_argument("--seed", type=int, default=0, help="which clips, and the sampling noise (default 0)")
 
 
-def _run_flags(parser: argparse.ArgumentParser, *, json: bool) -> None:
+def _run_flags(parser: argparse.ArgumentParser, *, json: bool, worlds: bool = True) -> None:
+    """``worlds``: the run steps generated worlds (``--dtype``, ``--compile``)."""
     group = parser.add_argument_group("run")
     add_device_flag(group)
+    if worlds:
+        add_dtype_flag(group)
+        add_compile_flag(group)
     add_threads_flag(group)
     add_progress_flag(group)
     if json:
@@ -317,7 +325,7 @@ def register(commands: Commands) -> None:
     group.add_argument(
         "--chunk-frames", type=positive_int, default=64, help="frames decoded per forward pass (default 64)"
     )
-    _run_flags(t, json=True)
+    _run_flags(t, json=True, worlds=False)
     t.set_defaults(handler=_eval_tokenizer, command_name="eval tokenizer")
 
     d = quick.add_parser(

@@ -523,10 +523,14 @@ def load_models(
     tokenizer: Path | None,
     device: str,
     raw_weights: bool = False,
+    dtype: str = "fp32",
 ) -> list[Model]:
-    """The checkpoint under test and the optional baseline, each with the tokenizer it records."""
+    """The checkpoint under test and the optional baseline, each with the tokenizer it records,
+    in ``dtype`` (``fp32``, ``bf16``, ``fp16``)."""
     from wm_video.checkpoint import load_dynamics, load_tokenizer, recorded_tokenizer
+    from wm_video.device import resolve_dtype
 
+    float_type = resolve_dtype(dtype, device)
     models = []
     for label, path in (("model", checkpoint), ("baseline", baseline)):
         if path is None:
@@ -534,6 +538,7 @@ def load_models(
         dynamics, saved = load_dynamics(path, device=device, ema=not raw_weights)
         recorded = (tokenizer if label == "model" else None) or recorded_tokenizer(saved)
         tokenizer_model, _ = load_tokenizer(recorded, device=device)
+        tokenizer_model, dynamics = tokenizer_model.to(dtype=float_type), dynamics.to(dtype=float_type)
         models.append(
             Model(label, saved.path, saved.step, str(recorded), tokenizer_model, dynamics, saved.meta)
         )
