@@ -153,6 +153,30 @@ def test_no_host_reads_between_log_steps(tmp_path: Path, monkeypatch: pytest.Mon
     assert record["step"] == 4 and record["skipped_nonfinite"] == 1 and np.isfinite(record["grad_norm"])
 
 
+def test_logged_throughput_waits_for_the_device_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A log step reads the scalars back (waiting for the queued device work) before it times the
+    window, so frames/s counts the device's time too, not only the time to queue the steps."""
+    import wm_video.train.session as session_module
+
+    events: list[str] = []
+    tolist, throughput = torch.Tensor.tolist, session_module.throughput
+
+    def read(self: torch.Tensor) -> Any:
+        events.append("read")
+        return tolist(self)
+
+    def rates(*args: Any, **kwargs: Any) -> dict[str, float]:
+        events.append("rates")
+        return throughput(*args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "tolist", read)
+    monkeypatch.setattr(session_module, "throughput", rates)
+    tiny_run(tmp_path / "run", 4, log_every=2, save_every=4)
+    assert [e for e in events if e in ("read", "rates")][:4] == ["read", "rates", "read", "rates"], events
+
+
 def test_a_compiled_step_trains_as_the_eager_one(tmp_path: Path) -> None:
     """torch.compile (inductor) on the step; its random draws come from torch's generator as in eager
     mode. About 10 s with inductor's cache warm, up to a minute cold on a busy 2-core CPU."""

@@ -343,12 +343,9 @@ class TrainingSession:
         at = self.start_step
         forward = step
         if o.compile:
-            import torch._inductor.config
-
-            # Random ops draw from torch's generator as in eager mode: a compiled run resumes exactly
-            # and matches an eager one.
-            torch._inductor.config.fallback_random = True
-            forward = torch.compile(step, dynamic=False)
+            # fallback_random: random ops draw from torch's generator as in eager mode, so a compiled
+            # run resumes exactly and matches an eager one.
+            forward = torch.compile(step, dynamic=False, options={"fallback_random": True})
         frames_per_step = frames_per_batch * o.grad_accum * self.world_size
         flops_per_frame = train_flops_per_frame(matmul_parameters(self.core), tokens_per_frame)
         peak = peak_flops(self.device)
@@ -376,16 +373,16 @@ class TrainingSession:
                     bar.update(1)
                     logs = at % o.log_every == 0 or at == o.max_steps
                     if logs:
-                        seconds = time.perf_counter() - window_start
+                        scalars = self._read(result, grad_norm, watch)  # waits for the device
                         rates = throughput(
                             window_frames,
-                            seconds,
+                            time.perf_counter() - window_start,
                             tokens_per_frame=tokens_per_frame,
                             flops_per_frame=flops_per_frame,
                             peak=peak,
                             world=self.world_size,
                         )
-                        self._log(at, result, grad_norm, watch, rates, bar)
+                        self._log(at, scalars, rates, bar)
                         window_start, window_frames = time.perf_counter(), 0
                     if (
                         probe is not None
@@ -435,31 +432,30 @@ class TrainingSession:
         self.ema.update(self.core, step + 1, skip=nonfinite)
         return grad_norm
 
-    def _log(
-        self,
-        step: int,
-        result: StepResult,
-        grad_norm: Tensor | None,
-        watch: NonFiniteWatch,
-        rates: dict[str, float],
-        bar: tqdm,
-    ) -> None:
-        """The log step: read the step's scalars and the skip counts from the device, in one transfer."""
-        names = ["loss", *result.metrics, "grad_norm"]
+    def _read(self, result: StepResult, grad_norm: Tensor | None, watch: NonFiniteWatch) -> dict[str, float]:
+        """At a log step: the step's loss and metrics, the gradient norm and the window's skip counts,
+        read from the device in one transfer (the only place the loop waits for it)."""
+        names = ["loss", *result.metrics, "grad_norm", "skipped_nonfinite", "longest_skip_run"]
         norm = grad_norm if grad_norm is not None else torch.full((), float("nan"), device=self.device)
-        scalars = [result.loss.detach(), *result.metrics.values(), norm, *watch.values()]
-        *values, skipped, longest = torch.stack([t.float().reshape(()) for t in scalars]).tolist()
+        tensors = [result.loss.detach(), *result.metrics.values(), norm, *watch.values()]
+        values = torch.stack([t.float().reshape(()) for t in tensors]).tolist()
         watch.new_window()
-        metrics = {**dict(zip(names, values, strict=True)), "lr": self.options.lr_at(step - 1), **rates}
+        return dict(zip(names, values, strict=True))
+
+    def _log(self, step: int, scalars: dict[str, float], rates: dict[str, float], bar: tqdm) -> None:
+        """Log a step's scalars (the skip count only when there were skips); stop the run when too
+        many steps in a row were skipped."""
+        longest = int(scalars.pop("longest_skip_run"))
+        skipped = int(scalars.pop("skipped_nonfinite"))
+        metrics = {**scalars, "lr": self.options.lr_at(step - 1), **rates}
         if skipped:
             metrics["skipped_nonfinite"] = skipped
         self.logger.log(step, metrics)
-        bar.set_postfix(
-            {name: f"{metrics[name]:.4g}" for name in names[:-1]} | {"fps": f"{rates['frames_per_s']:.0f}"}
-        )
+        shown = {name: f"{value:.4g}" for name, value in scalars.items() if name != "grad_norm"}
+        bar.set_postfix(shown | {"fps": f"{rates['frames_per_s']:.0f}"})
         if longest >= MAX_SKIPPED_STEPS:
             raise InputError(
-                f"{int(longest)} optimizer steps in a row had non-finite gradients; stopping at step {step}. "
+                f"{longest} optimizer steps in a row had non-finite gradients; stopping at step {step}. "
                 f"Lower --lr or check the data; {self.out} keeps the last good checkpoint"
             )
 
