@@ -83,7 +83,7 @@ def add_device_flag(group: FlagTarget) -> None:
     )
 
 
-def add_dtype_flag(group: FlagTarget) -> None:
+def add_dtype_flag(group: FlagTarget, default: str = "fp32") -> None:
     """``--dtype``, the same in every program that runs a world (resolved by
     :func:`wm_video.device.resolve_dtype`)."""
     from wm_video.device import DTYPE_NAMES
@@ -91,9 +91,9 @@ def add_dtype_flag(group: FlagTarget) -> None:
     group.add_argument(
         "--dtype",
         choices=list(DTYPE_NAMES),
-        default="fp32",
-        help="the models' float type: fp32 (default), bf16 or fp16 (fp16 needs a GPU; on a CPU without "
-        "AMX bf16 is slower than fp32)",
+        default=default,
+        help=f"the models' float type: fp32, bf16 or fp16 (default {default}; fp16 needs a GPU; on a CPU "
+        "without AMX bf16 is slower than fp32)",
     )
 
 

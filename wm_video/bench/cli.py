@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from wm_video.cli_args import (
     Commands,
@@ -16,9 +17,15 @@ from wm_video.cli_args import (
     positive_int,
 )
 
+if TYPE_CHECKING:
+    from wm_video.bench.gpu import GpuBenchResult
+    from wm_video.bench.world import WorldBenchResult
+
 #: `wm-video bench --preset` choices: the keys of wm_video.dynamics.DYNAMICS_PRESETS, written out so
 #: `--help` does not import torch (tests/test_bench_world.py checks they agree).
 WORLD_PRESETS = ("tiny", "base")
+#: `wm-video bench gpu --modes` choices: the keys of wm_video.bench.gpu.MODES (checked by tests/test_bench_gpu.py).
+GPU_BENCH_MODES = ("eager", "compiled", "graphs")
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -55,9 +62,19 @@ def _bench_tokenizer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(result: WorldBenchResult | GpuBenchResult, json_path: Path | None) -> int:
+    """Print the table; with ``--json``, also write the figures there."""
+    from wm_video.fileio import atomic_write_json
+
+    print(result.format())
+    if json_path is not None:
+        atomic_write_json(json_path, result.to_dict())
+        print(f"report: {json_path}")
+    return 0
+
+
 def _bench_world(args: argparse.Namespace) -> int:
     from wm_video.bench.world import bench_world
-    from wm_video.fileio import atomic_write_json
 
     device = device_and_threads(args)  # the threads are chosen during the warm-up
     result = bench_world(
@@ -71,11 +88,27 @@ def _bench_world(args: argparse.Namespace) -> int:
         compile=args.compile,
         progress=not args.no_progress,
     )
-    print(result.format())
-    if args.json is not None:
-        atomic_write_json(args.json, result.to_dict())
-        print(f"report: {args.json}")
-    return 0
+    return _report(result, args.json)
+
+
+def _bench_gpu(args: argparse.Namespace) -> int:
+    from wm_video.bench.gpu import bench_gpu
+
+    device = device_and_threads(args)
+    result = bench_gpu(
+        presets=args.presets,
+        batches=args.batches,
+        modes=args.modes,
+        device=device,
+        dtype=args.dtype,
+        steps=args.steps,
+        warmup=args.warmup,
+        train_steps=args.train_steps,
+        train_batch=args.train_batch,
+        threads=args.threads,
+        progress=not args.no_progress,
+    )
+    return _report(result, args.json)
 
 
 def register(commands: Commands) -> None:
@@ -144,3 +177,61 @@ def register(commands: Commands) -> None:
     add_threads_flag(group)
     add_progress_flag(group)
     p.set_defaults(handler=_bench_tokenizer, command_name="bench tokenizer")
+    p = benches.add_parser(
+        "gpu",
+        help="the GPU check: world step eager/compiled/CUDA graphs, training tokens/s and MFU",
+        description="World step of each preset at each batch, eager, compiled and captured as CUDA "
+        "graphs (frames/s of all worlds together), then --train-steps training steps of each preset's "
+        "tokenizer and dynamics model on a small generated dataset (tokens/s, frames/s, MFU), with peak "
+        "memory and issue 17's targets. The defaults are the GPU check (minutes on one H100/H200); on a "
+        "CPU pass small shapes, e.g. --presets tiny --batches 1 --modes eager --steps 5 --train-steps 4 "
+        "--train-batch 1 --dtype fp32. A mode the device cannot run is a row saying why.",
+    )
+    group = p.add_argument_group("what")
+    group.add_argument(
+        "--presets",
+        nargs="+",
+        choices=WORLD_PRESETS,
+        default=list(WORLD_PRESETS),
+        help="model presets, random weights (default: tiny base)",
+    )
+    group.add_argument(
+        "--batches",
+        nargs="+",
+        type=positive_int,
+        default=[1, 256],
+        help="worlds stepped together (default: 1 256)",
+    )
+    group.add_argument(
+        "--modes",
+        nargs="+",
+        choices=GPU_BENCH_MODES,
+        default=list(GPU_BENCH_MODES),
+        help="how the world step runs: eager, compiled (torch.compile), graphs (compiled and captured as "
+        "CUDA graphs; CUDA only) (default: all three; with compiled, training compiles its step too)",
+    )
+    group = p.add_argument_group("run")
+    add_device_flag(group)
+    add_dtype_flag(group, default="bf16")
+    group.add_argument(
+        "--steps", type=positive_int, default=100, help="timed world steps per row (default 100)"
+    )
+    group.add_argument(
+        "--warmup",
+        type=int,
+        default=20,
+        help="untimed world steps first, at least the context window; compiling happens here (default 20)",
+    )
+    group.add_argument(
+        "--train-steps",
+        type=int,
+        default=200,
+        help="training steps per model; 0 skips training (default 200)",
+    )
+    group.add_argument(
+        "--train-batch", type=positive_int, default=8, help="clips per training step (default 8)"
+    )
+    add_threads_flag(group)
+    group.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
+    add_progress_flag(group)
+    p.set_defaults(handler=_bench_gpu, command_name="bench gpu")

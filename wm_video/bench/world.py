@@ -265,6 +265,31 @@ def random_actions(config: DynamicsConfig, count: int, generator: torch.Generato
     return torch.cat((buttons, deltas), dim=1)
 
 
+def start_world(
+    tokenizer: VideoTokenizer, dynamics: DynamicsModel, *, batch_size: int, compile: bool | str
+) -> tuple[World, Callable[[], Tensor]]:
+    """A :class:`World` of ``batch_size`` worlds reset from ``CONTEXT_FRAMES`` random frames each, and
+    a function returning the next (B, A) random valid actions on the device (64 steps' worth, cycled)."""
+    world = World(tokenizer, dynamics, batch_size=batch_size, compile=compile)
+    config = dynamics.config
+    generator = torch.Generator().manual_seed(0)
+    size = world.image_size
+    frames = torch.randint(
+        0, 256, (batch_size, CONTEXT_FRAMES, size, size, 3), dtype=torch.uint8, generator=generator
+    )
+    taken = random_actions(config, batch_size * (CONTEXT_FRAMES - 1), generator)
+    world.reset(frames.numpy(), taken.view(batch_size, CONTEXT_FRAMES - 1, -1).numpy(), seed=0)
+    actions = random_actions(config, 64 * batch_size, generator).view(64, batch_size, -1).to(world.device)
+    return world, itertools.cycle(actions).__next__
+
+
+def warmup_steps(world: World, warmup: int) -> int:
+    """Untimed steps before timing: ``warmup``, and at least enough to fill the trunk's KV ring
+    (context + sink frames) and the decoder's temporal window, as in play."""
+    config = world.dynamics.config
+    return max(warmup, config.context_frames + config.sink_frames, world.tokenizer.config.temporal_window - 1)
+
+
 # -- timing ----------------------------------------------------------------------------------------
 def time_parts(
     parts: Sequence[Callable[[], object]], steps: int, cuda: bool, label: str, progress: bool
@@ -346,21 +371,9 @@ def bench_world(
         dynamics = dynamics.to(device=where, dtype=torch_dtype).eval()
         if cuda:
             torch.cuda.reset_peak_memory_stats(where)
-        world = World(tokenizer_model, dynamics, compile=compile)
+        world, next_action = start_world(tokenizer_model, dynamics, batch_size=1, compile=compile)
         config = dynamics.config
-
-        generator = torch.Generator().manual_seed(0)
-        size = world.image_size
-        frames = torch.randint(
-            0, 256, (CONTEXT_FRAMES, size, size, 3), dtype=torch.uint8, generator=generator
-        )
-        world.reset(frames.numpy(), random_actions(config, CONTEXT_FRAMES - 1, generator).numpy(), seed=0)
-        actions = random_actions(config, 64, generator).to(where)  # (64, A), cycled through
-        next_action = itertools.cycle(actions).__next__
-        untimed = max(
-            warmup, config.context_frames + config.sink_frames, tokenizer_model.config.temporal_window - 1
-        )
-        untimed = settle(lambda: world.step(next_action()), "step", untimed)  # and choose the threads
+        untimed = settle(lambda: world.step(next_action()), "step", warmup_steps(world, warmup))
 
         parts = _StepParts(world, next_action)
         with torch.inference_mode():
@@ -390,7 +403,7 @@ def bench_world(
             params_trunk=_count(_trunk_side(dynamics)),
             params_head=_count(_head_side(dynamics)),
             params_decoder=_count([*decoder_side, tokenizer_model.decoder_pos]),
-            image_size=size,
+            image_size=world.image_size,
             tokens_per_frame=config.tokens_per_frame,
             passes=world.sampler.passes,
             context_frames=config.context_frames,
