@@ -214,6 +214,27 @@ def check_session_options(o: SessionOptions) -> None:
     check_output_folder(o.out, "--out (the run folder)")
 
 
+CHANGE_REFERENCES = ("previous", "median")  # as wm_video.tokenizer.loss.CHANGE_REFERENCES (kept torch-free here)
+
+
+def add_change_flags(group: argparse._ActionsContainer, default_weight: float = 0.0) -> None:
+    """The tokenizer-loss flags that weight the pixels where frames change (small moving objects)."""
+    group.add_argument(
+        "--change-weight",
+        type=float,
+        default=default_weight,
+        help="extra reconstruction-loss weight on pixels that differ from --change-reference, so small "
+        f"moving objects (a ball, a paddle) are kept; 0: a plain mean over pixels (default {default_weight:g})",
+    )
+    group.add_argument(
+        "--change-reference",
+        choices=CHANGE_REFERENCES,
+        default="previous",
+        help="what a changed pixel differs from: the previous frame, or the training frames' median "
+        "(the static background of a fixed-camera game) (default previous)",
+    )
+
+
 FINETUNE_DEFAULTS = SessionOptions(out=Path("run"), lr=1e-4, warmup_steps=50, eval_every=250, save_every=250)
 
 

@@ -23,16 +23,18 @@ import torch
 from tqdm import tqdm
 
 from wm_video.checkpoint import load_tokenizer, resolve_checkpoint
+from wm_video.data.background import median_frame
 from wm_video.data.cache import TrainingCache, load_cache
 from wm_video.data.lerobot import read_info
 from wm_video.data.sampler import ClipSampler
 from wm_video.data.split import DEFAULT_HOLDOUT, split_episodes
 from wm_video.errors import EXIT_STOPPED, InputError
 from wm_video.metrics import psnr
-from wm_video.tokenizer import TOKENIZER_PRESETS, VideoTokenizer, tokenizer_preset
+from wm_video.tokenizer import TOKENIZER_PRESETS, TokenizerConfig, VideoTokenizer, tokenizer_preset
 from wm_video.tokenizer.loss import ReconstructionLossConfig, reconstruction_loss
 from wm_video.tokenizer.pixels import to_model_pixels, to_uint8_frames
 from wm_video.train.common import save_comparison_grid
+from wm_video.train.options import add_change_flags
 from wm_video.train.prefetch import Batch
 from wm_video.train.session import (
     SessionOptions,
@@ -53,8 +55,11 @@ class TokenizerTrainOptions:
     preset: str = "tiny"
     clip_len: int = 8
     l1_weight: float = 0.2
+    change_weight: float = 0.0  # extra loss weight where frames change (wm_video.tokenizer.loss); 0: none
+    change_reference: str = "previous"  # what "change" is measured against: "previous" or "median" frame
     holdout: float = DEFAULT_HOLDOUT
     init: Path | None = None  # start from this tokenizer checkpoint (its config and EMA weights): fine-tuning
+    config: TokenizerConfig | None = None  # the model's shape when not from init; None: the preset's
 
 
 @dataclass(frozen=True)
@@ -83,9 +88,14 @@ def _episodes_with_clips(cache: TrainingCache, episodes: Sequence[int], clip_len
 
 def train_tokenizer(options: TokenizerTrainOptions) -> TokenizerTrainResult:
     initial = load_tokenizer(options.init)[0].train() if options.init is not None else None
-    config = initial.config if initial is not None else tokenizer_preset(options.preset)
+    config = initial.config if initial is not None else options.config or tokenizer_preset(options.preset)
     if options.clip_len < 1:
         raise InputError(f"--clip-len must be ≥ 1, got {options.clip_len}")
+    loss_config = ReconstructionLossConfig(
+        l1_weight=options.l1_weight,
+        change_weight=options.change_weight,
+        change_reference=options.change_reference,
+    )
     read_info(options.data)  # a clear error for a missing or foreign folder before the run folder is made
     session = TrainingSession(
         kind="tokenizer",
@@ -95,6 +105,8 @@ def train_tokenizer(options: TokenizerTrainOptions) -> TokenizerTrainResult:
             "preset": options.preset,
             "clip_len": options.clip_len,
             "l1_weight": options.l1_weight,
+            "change_weight": options.change_weight,
+            "change_reference": options.change_reference,
             "holdout": options.holdout,
             **({"init": str(resolve_checkpoint(options.init))} if options.init is not None else {}),
         },
@@ -130,7 +142,11 @@ def train_tokenizer(options: TokenizerTrainOptions) -> TokenizerTrainResult:
     )
     torch.manual_seed(o.seed)
     model, _, ema, _ = session.prepare(initial or VideoTokenizer(config), config.to_dict(), sampler)
-    loss_config = ReconstructionLossConfig(l1_weight=options.l1_weight)
+    median = (
+        to_model_pixels(torch.from_numpy(median_frame(cache, train_episodes)), session.device)
+        if loss_config.needs_median
+        else None
+    )  # (3, H, W)
     meta = {
         "data": str(options.data),
         "holdout": options.holdout,
@@ -154,7 +170,7 @@ def train_tokenizer(options: TokenizerTrainOptions) -> TokenizerTrainResult:
 
     def step_loss(batch: Batch) -> StepResult:
         frames = to_model_pixels(batch["frames"], session.device)  # (B, T, 3, H, W) in [-1, 1]
-        losses = reconstruction_loss(model(frames).reconstruction, frames, loss_config)
+        losses = reconstruction_loss(model(frames).reconstruction, frames, loss_config, median)
         mse = losses.mse.detach()
         return StepResult(losses.total, {"mse": mse, "train_psnr": 10 * torch.log10(4.0 / mse)})
 
@@ -198,6 +214,7 @@ def build_parser(prog: str = "wm-video train tokenizer") -> argparse.ArgumentPar
     data.add_argument(
         "--l1-weight", type=float, default=0.2, help="weight of the L1 term beside MSE (default 0.2)"
     )
+    add_change_flags(data)
     data.add_argument(
         "--holdout",
         type=float,
@@ -218,6 +235,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "wm-video train tokenize
             preset=args.preset,
             clip_len=args.clip_len,
             l1_weight=args.l1_weight,
+            change_weight=args.change_weight,
+            change_reference=args.change_reference,
             holdout=args.holdout,
         )
         result = train_tokenizer(options)
