@@ -1,8 +1,8 @@
 """``wm-video eval``: score trained models on held-out footage.
 
 ``wm-video eval`` is the consistency run of a dynamics checkpoint, written as a report folder;
-``eval tokenizer`` and ``eval dynamics`` are quick checks printed to the terminal, each with its
-own ``--help``. ``eval dynamics`` is a preset of the consistency run (its first parts, a short
+``eval tokenizer``, ``eval dynamics`` and ``eval sprites`` are quick checks printed to the terminal,
+each with its own ``--help``. ``eval dynamics`` is a preset of the consistency run (its first parts, a short
 horizon), so both give the same numbers for the same clips.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from wm_video.cli_args import (
     Commands,
@@ -29,6 +29,7 @@ from wm_video.fileio import check_output_folder
 from wm_video.signals import StopFlag
 
 if TYPE_CHECKING:
+    from wm_video.checkpoint import Checkpoint
     from wm_video.eval.consistency import ConsistencyConfig, ConsistencyResult, Model
 
 #: The soak's default length: ConsistencyConfig's, written out so that `--help` does not import torch
@@ -40,6 +41,18 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def _print_quick_report(args: argparse.Namespace, checkpoint: Checkpoint, data: object, which: str, report: Any) -> None:
+    """Print a quick check's report (``report.format()``), and write it as JSON with ``--json``."""
+    from wm_video.fileio import atomic_write_json
+
+    weights = "raw" if args.raw_weights else "EMA"
+    print(f"{checkpoint.path} (step {checkpoint.step}, {weights} weights) on {data}: {which}")
+    print(report.format())
+    if args.json is not None:
+        atomic_write_json(
+            args.json, {"checkpoint": str(checkpoint.path), "step": checkpoint.step, **report.to_dict()}
+        )
+        print(f"report: {args.json}")
 
 
 def _consistency(
@@ -162,7 +175,6 @@ def _eval_tokenizer(args: argparse.Namespace) -> int:
     from wm_video.data.cache import load_cache
     from wm_video.data.split import choose_episodes
     from wm_video.eval import evaluate_tokenizer
-    from wm_video.fileio import atomic_write_json
 
     device = device_and_threads(args, _stderr)
     model, checkpoint = load_tokenizer(args.checkpoint, device=device, ema=not args.raw_weights)
@@ -187,14 +199,66 @@ def _eval_tokenizer(args: argparse.Namespace) -> int:
             progress=progress,
             stop=lambda: stop.requested,
         )
-    weights = "raw" if args.raw_weights else "EMA"
-    print(f"{checkpoint.path} (step {checkpoint.step}, {weights} weights) on {data}: {which}")
-    print(report.format())
-    if args.json is not None:
-        atomic_write_json(
-            args.json, {"checkpoint": str(checkpoint.path), "step": checkpoint.step, **report.to_dict()}
+    _print_quick_report(args, checkpoint, data, which, report)
+    return EXIT_STOPPED if stop.requested else 0
+
+
+def _eval_sprites(args: argparse.Namespace) -> int:
+    from wm_video.checkpoint import load_checkpoint, load_tokenizer, recorded_tokenizer
+    from wm_video.data.cache import load_cache
+    from wm_video.data.split import choose_episodes, split_episodes
+    from wm_video.engine import load_world
+    from wm_video.eval.clips import engine_of_dataset
+    from wm_video.eval.sprites import dataset_game, evaluate_sprites
+
+    device = device_and_threads(args, _stderr)
+    checkpoint = load_checkpoint(args.checkpoint, with_training_state=False)
+    world = None
+    if checkpoint.kind == "dynamics":
+        world = load_world(
+            args.checkpoint, tokenizer=args.tokenizer, device=device, batch_size=args.clips, seed=args.seed
         )
-        print(f"report: {args.json}")
+        tokenizer = world.tokenizer
+        tokenizer_path = args.tokenizer or recorded_tokenizer(checkpoint)
+        tokenizer_meta = load_checkpoint(tokenizer_path, with_training_state=False).meta
+    else:
+        tokenizer, _ = load_tokenizer(args.checkpoint, device=device, ema=not args.raw_weights)
+        tokenizer_meta = checkpoint.meta
+    data = args.data or checkpoint.meta.get("data") or tokenizer_meta.get("data")
+    if data is None:
+        raise InputError(f"{checkpoint.path}: the checkpoint does not name its dataset; pass --data DIR")
+    game = args.game or dataset_game(Path(data))
+    if game is None:
+        raise InputError(f"{data}: not an Atari dataset written by `wm-video collect`; name the game with --game")
+    progress = not args.no_progress
+    cache = load_cache(
+        Path(data), size=tokenizer.config.image_size, cache_root=args.cache_dir, progress=progress
+    )
+    holdout = checkpoint.meta.get("holdout", tokenizer_meta.get("holdout"))
+    everything = cache.episode_indices.tolist()
+    episodes, which = choose_episodes(everything, args.episodes, all_episodes=args.all_episodes, holdout=holdout)
+    train = list(split_episodes(everything, 0.1 if holdout is None else float(holdout)).train) or everything
+    engine = engine_of_dataset(Path(data), cache.size)
+    if world is not None and engine is None:
+        _stderr(f"note: {data} does not record its engine; the motion check is skipped")
+    with StopFlag() as stop:
+        report = evaluate_sprites(
+            tokenizer,
+            cache,
+            game=game,
+            train_episodes=train,
+            episodes=episodes,
+            max_frames=args.max_frames,
+            world=world if engine is not None else None,
+            open_engine=engine.open if engine is not None else None,
+            engine_seed=engine.seed if engine is not None else 0,
+            clips=args.clips,
+            context=args.context,
+            horizon=args.horizon or 8,
+            seed=args.seed,
+            stop=lambda: stop.requested,
+        )
+    _print_quick_report(args, checkpoint, data, which, report)
     return EXIT_STOPPED if stop.requested else 0
 
 
@@ -212,7 +276,7 @@ def _model_flags(parser: argparse.ArgumentParser, what: str, *, required: bool =
         "--data", type=Path, default=None, help="dataset folder (default: the one it was trained on)"
     )
     add_cache_dir_flag(group)
-    if what == "dynamics":
+    if "dynamics" in what:
         group.add_argument(
             "--tokenizer", type=Path, default=None, help="tokenizer (default: the one it was trained with)"
         )
@@ -248,7 +312,7 @@ def _run_flags(parser: argparse.ArgumentParser, *, json: bool, worlds: bool = Tr
 
 
 def register(commands: Commands) -> None:
-    """Add ``wm-video eval`` with its quick checks ``eval tokenizer`` and ``eval dynamics``."""
+    """Add ``wm-video eval`` with its quick checks ``eval tokenizer``, ``eval dynamics`` and ``eval sprites``."""
     p = commands.add_parser(
         "eval",
         help="score a trained world: the full consistency run as a report, or a quick check (WHAT)",
@@ -340,3 +404,28 @@ def register(commands: Commands) -> None:
     _clip_flags(d, "frames generated per rollout (default 16)")
     _run_flags(d, json=True)
     d.set_defaults(handler=_eval_dynamics, command_name="eval dynamics")
+
+    s = quick.add_parser(
+        "sprites",
+        help="Atari: are the paddle and ball kept by the tokenizer, and does the player move under the keys "
+        "as in the real game",
+        description="Find the game's sprites (paddle, ball) with a pixel detector fitted to the training "
+        "episodes, and count how often the tokenizer's reconstructions of held-out frames keep them. Given "
+        "a dynamics checkpoint, also press each button from held-out states in the world and in the real "
+        "engine (recorded by `wm-video collect`) and compare how far the player moves.",
+    )
+    _model_flags(s, "tokenizer or dynamics")
+    _clip_flags(s, "frames the button is held in the motion check (default 8)")
+    group = s.add_argument_group("sprites")
+    group.add_argument(
+        "--game",
+        default=None,
+        help="the Atari game whose sprites to look for (Breakout, Pong; default: the one the dataset "
+        "was collected from)",
+    )
+    group.add_argument("--all-episodes", action="store_true", help="every episode of the dataset")
+    group.add_argument(
+        "--max-frames", type=positive_int, default=None, help="at most this many frames per episode"
+    )
+    _run_flags(s, json=True)
+    s.set_defaults(handler=_eval_sprites, command_name="eval sprites")

@@ -105,6 +105,7 @@ class EngineSpec:
     scenario: str | None
     size: int
     frame_skip: int | None = None
+    seed: int = 0  # a collected dataset's base seed: its episode i was played from seed + i
 
     def __str__(self) -> str:
         return f"{self.source}:{self.scenario}" if self.scenario else self.source
@@ -136,9 +137,16 @@ def engine_of_dataset(root: Path, size: int) -> EngineSpec | None:
         return None
     if not isinstance(recorded, dict) or recorded.get("source") not in SOURCES:
         return None
-    skip = recorded.get("frame_skip")
+    # ViZDoom records "scenario" and "frame_skip", Atari "game" and "frameskip" (their config fields)
+    scenario = recorded.get("scenario") or recorded.get("game")
+    skip = recorded.get("frame_skip", recorded.get("frameskip"))
+    seed = recorded.get("seed")
     return EngineSpec(
-        str(recorded["source"]), recorded.get("scenario"), size, int(skip) if isinstance(skip, int) else None
+        str(recorded["source"]),
+        str(scenario) if scenario else None,
+        size,
+        int(skip) if isinstance(skip, int) else None,
+        int(seed) if isinstance(seed, int) else 0,
     )
 
 
