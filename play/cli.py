@@ -189,8 +189,8 @@ def register(commands: Commands) -> None:
         "--start-from",
         default=None,
         metavar="IMAGE|DATASET_DIR[:EPISODE[:FRAME]]",
-        help="start from a picture or a recorded frame (default: the checkpoint's data or shipped start, "
-        "else the real game)",
+        help="start from a picture or a recorded frame; EPISODE defaults to the dataset's first held-out "
+        "one (default: the checkpoint's data or shipped start, else the real game)",
     )
     group.add_argument(
         "--fps", type=positive_float, default=None, help="pace (default: the world's own fps, 17.5 for Doom)"

@@ -5,8 +5,9 @@ Design choices:
   From a dataset, the world reads the frames up to FRAME (at most the model's context window of
   them) with the actions taken between them, so it starts *moving* the way the footage did, and
   the tokenizer also reads the frames before them (its ``encoder_reach``), so the context gets the
-  tokens training gave the same frames. EPISODE defaults to the first episode, FRAME to the last
-  frame of a full context window.
+  tokens training gave the same frames. EPISODE defaults to the first held-out episode (training
+  holds out the last 10 % of a dataset's episodes, so this is footage the world did not learn
+  from), FRAME to the last frame of a full context window.
 - Without ``--start-from``: the checkpoint's training data (``meta.data``; its first held-out
   episode when one is recorded), else the start frames an exported world ships, else the first
   frame of the real engine and scenario it was trained on when the model has ViZDoom's buttons,
@@ -148,7 +149,12 @@ def from_dataset(
     dataset = open_dataset(root)
     if not dataset.episodes:
         raise InputError(f"{root}: the dataset holds no episode to start from")
-    ref = dataset.episode(episode) if episode is not None else dataset.episodes[0]
+    if episode is None:  # the first held-out episode: footage the world did not train on
+        from wm_video.data.split import split_episodes
+
+        indices = [ref.index for ref in dataset.episodes]
+        episode = (split_episodes(indices).heldout or indices)[0]
+    ref = dataset.episode(episode)
     last = min(ref.length, context_frames) - 1 if frame is None else frame
     if last >= ref.length:
         raise InputError(

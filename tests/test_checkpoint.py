@@ -168,6 +168,20 @@ def test_retention_keeps_newest_and_survives_a_crash(tmp_path, monkeypatch):
     assert load_checkpoint(tmp_path).step == 4
 
 
+def test_only_the_newest_checkpoint_keeps_the_training_state(tmp_path):
+    """Older kept checkpoints stay loadable for eval and play but drop the optimizer state, which only
+    a resume (always from the newest) reads: a run folder weighs about half as much."""
+    state = {"optimizer": {"exp_avg": torch.ones(1000)}, "step": 1}
+    for step in (1, 2, 3):
+        save(tmp_path, step, keep=3, ema_weights=tiny_model(9).state_dict(), training_state=state)
+    older, newest = (tmp_path / "checkpoints" / f"step-{s:08d}" for s in (1, 3))
+    assert not (older / "training.safetensors").exists() and (newest / "training.safetensors").exists()
+    assert load_checkpoint(older).training_state is None
+    assert load_checkpoint(older).ema_weights is not None
+    assert torch.equal(load_checkpoint(tmp_path).training_state["optimizer"]["exp_avg"], torch.ones(1000))
+    load_tokenizer(older)  # still a checkpoint to evaluate or play
+
+
 def test_saving_the_same_step_again_replaces_it(tmp_path):
     save(tmp_path, 3, tiny_model(0))
     save(tmp_path, 3, tiny_model(1))

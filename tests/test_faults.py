@@ -713,6 +713,7 @@ def test_a_damaged_newest_checkpoint_is_passed_over_and_the_log_keeps_no_repeat(
     assert resumed.status == 0, resumed.err
     assert "warning:" in resumed.err and str(newest) in resumed.err and "step-00000001" in resumed.err
     assert "from step 1" in resumed.out
+    assert "step-00000001 keeps no training state" in resumed.out  # only the newest one keeps it
     assert load_file(out / "checkpoints" / "step-00000003" / "model.safetensors")
     assert logged_steps(out) == [1, 2, 3]  # step 2 was done again, and is logged once
 

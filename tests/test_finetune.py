@@ -3,6 +3,7 @@ actions matched by name keep their embedding, so the model reads them exactly as
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -139,9 +140,13 @@ def test_finetune_command_adapts_a_world_to_new_footage(
         str(tmp_path / "ft"),
     ]
     command += ["--tokenizer-steps", "2", "--dynamics-steps", "2", *common]
-    assert cli_main(command) == 0
+    tokenizer_loss = ["--change-weight", "20", "--change-reference", "median", "--tokenizer-lr", "3e-4"]
+    assert cli_main([*command, *tokenizer_loss, "--threads", "1"]) == 0
     out = capsys.readouterr().out
     assert "phase 1/2" in out and "phase 2/2" in out and "actions kept: forward, mouse_dx; new: jump" in out
+    phase1 = json.loads((tmp_path / "ft" / "tokenizer" / "run.json").read_text())
+    assert (phase1["program"]["change_weight"], phase1["program"]["change_reference"]) == (20.0, "median")
+    assert phase1["session"]["lr"] == 3e-4 and torch.get_num_threads() == 1
 
     tokenizer = load_checkpoint(tmp_path / "ft" / "tokenizer", kind="tokenizer")
     assert tokenizer.step == 2 and tokenizer.config == TOKENIZER.to_dict()
@@ -161,8 +166,16 @@ def test_finetune_command_adapts_a_world_to_new_footage(
     world.reset(frames, np.zeros((2, 3), np.float32))
     assert world.step(np.array([1.0, 1.0, 0.5], np.float32)).shape == (32, 32, 3)
 
-    assert cli_main(command) == 0  # run again: both phases are done and resume to nothing new
-    assert capsys.readouterr().out.count("resuming") == 2
+    # the --out folder itself opens the fine-tuned world, in play and eval alike
+    assert resolve_checkpoint(tmp_path / "ft") == resolve_checkpoint(tmp_path / "ft" / "dynamics")
+    assert resolve_checkpoint(tmp_path / "ft", "tokenizer") == resolve_checkpoint(tmp_path / "ft" / "tokenizer")
+    capsys.readouterr()
+    assert cli_main(["play", "--checkpoint", str(tmp_path / "ft"), "--headless", "--frames", "2"]) == 0
+    assert "played 2 frames" in capsys.readouterr().out
+
+    assert cli_main(command) == 0  # run again: the dynamics phase has begun, so its tokenizer stays
+    out = capsys.readouterr().out
+    assert "phase 1/2 done" in out and out.count("resuming") == 1
     assert load_checkpoint(tmp_path / "ft" / "dynamics").step == 2
 
     bad = [
@@ -176,3 +189,56 @@ def test_finetune_command_adapts_a_world_to_new_footage(
     ]
     assert cli_main(bad) == 2
     assert "is a tokenizer checkpoint; expected a dynamics checkpoint" in capsys.readouterr().err
+
+
+def _source_world(tmp_path: Path) -> Path:
+    """A dynamics checkpoint with random weights that names its tokenizer (what `finetune --from` takes)."""
+    torch.manual_seed(0)
+    save_checkpoint(
+        tmp_path / "tokenizer", kind="tokenizer", config=TOKENIZER.to_dict(), step=0,
+        weights=VideoTokenizer(TOKENIZER).state_dict(),
+    )  # fmt: skip
+    config = source_config(("forward", "turn_left", "mouse_dx"), 2, (1.0, 1.0, 1.0))
+    save_checkpoint(
+        tmp_path / "source", kind="dynamics", config=config.to_dict(), step=1,
+        weights=DynamicsModel(config).state_dict(), meta={"tokenizer": str(tmp_path / "tokenizer")},
+    )  # fmt: skip
+    return tmp_path / "source"
+
+
+@pytest.mark.parametrize(("by_signal", "second_phase"), [(False, True), (True, False)])
+def test_max_minutes_is_one_budget_for_both_phases(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, by_signal: bool, second_phase: bool
+) -> None:
+    """The tokenizer phase gets its share of --max-minutes (steps 100 of 400: 2.5 of 10 minutes); when
+    it runs out, the dynamics phase starts with what is left. Ctrl-C or SIGTERM ends the command."""
+    import wm_video.train.finetune as ft
+    from wm_video.train.dynamics import DynamicsTrainResult
+    from wm_video.train.options import SessionOptions
+    from wm_video.train.tokenizer import TokenizerTrainResult
+
+    seen: dict[str, SessionOptions] = {}
+
+    def fake_tokenizer(options: ft.TokenizerTrainOptions) -> TokenizerTrainResult:
+        seen["tokenizer"] = options.session
+        return TokenizerTrainResult(options.session.out, 40, None, 151.0, True, by_signal)  # stopped early
+
+    def fake_dynamics(options: ft.DynamicsTrainOptions) -> DynamicsTrainResult:
+        seen["dynamics"] = options.session
+        return DynamicsTrainResult(options.session.out, 5, {}, 1.0, False)
+
+    monkeypatch.setattr(ft, "train_tokenizer", fake_tokenizer)
+    monkeypatch.setattr(ft, "train_dynamics", fake_dynamics)
+    options = ft.FinetuneOptions(
+        data=tmp_path / "data",
+        source=_source_world(tmp_path),
+        session=SessionOptions(out=tmp_path / "ft", max_minutes=10.0),
+        tokenizer_steps=100,
+        dynamics_steps=300,
+    )
+    result = ft.finetune(options)
+    assert seen["tokenizer"].max_minutes == pytest.approx(2.5)
+    assert ("dynamics" in seen) == second_phase and result.stopped_early != second_phase
+    assert result.stopped_by_signal == by_signal
+    if second_phase:
+        assert 9.0 < seen["dynamics"].max_minutes <= 10.0  # what is left of the whole budget

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 import pygame
 import pytest
+from conftest import TinyDataset
 
 from wm_video.cli import main
 from wm_video.data.reader import open_dataset
@@ -213,6 +214,13 @@ def test_start_from_specs(tmp_path: Path) -> None:
         parse_start(str(tmp_path / "missing:1:2"))
     with pytest.raises(InputError, match="dataset folder"):
         parse_start(f"{image}:0:3")
+
+
+def test_start_from_a_dataset_defaults_to_a_held_out_episode(tiny_dataset: TinyDataset) -> None:
+    context = load_start(str(tiny_dataset.root), space=SPACE, context_frames=8)  # episodes 0, 1, 2
+    assert context.label == f"{tiny_dataset.root} episode 2 frames 0-7"  # 2 is held out, not 0
+    np.testing.assert_array_equal(context.frames, tiny_dataset.frames[2][:8])
+    assert load_start(f"{tiny_dataset.root}:0", space=SPACE, context_frames=8).label.endswith("episode 0 frames 0-7")
 
 
 # -- the command ---------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import Any
 from wm_video.checkpoint import Checkpoint, load_checkpoint, recorded_tokenizer, resolve_checkpoint
 from wm_video.dynamics import CorruptionConfig
 from wm_video.errors import EXIT_STOPPED, InputError
+from wm_video.tokenizer import TokenizerConfig
 from wm_video.train.cli import DESCRIPTION
 from wm_video.train.dynamics import DynamicsTrainOptions, train_dynamics
 from wm_video.train.options import SessionOptions, add_finetune_flags, session_options
@@ -41,6 +43,10 @@ class FinetuneOptions:
     tokenizer_steps: int = 500
     dynamics_steps: int = 2000
     clip_len: int | None = None  # dynamics clip length; None: the source run's
+    tokenizer_lr: float | None = None  # None: the session's lr
+    change_weight: float = 0.0  # the tokenizer loss's weight on changed pixels (wm_video.tokenizer.loss)
+    change_reference: str = "previous"
+    fresh_tokenizer: bool = False  # train a tokenizer of the world's shape from scratch instead
 
 
 @dataclass(frozen=True)
@@ -58,40 +64,82 @@ def _program_option(checkpoint: Checkpoint, key: str, default: Any) -> Any:
     return checkpoint.meta.get("run", {}).get("program", {}).get(key, default)
 
 
+def _dynamics_started(run: Path) -> Checkpoint | None:
+    """RUN/dynamics's newest checkpoint, if the dynamics phase has saved one."""
+    try:
+        return load_checkpoint(run, kind="dynamics", with_training_state=False)
+    except InputError:
+        return None
+
+
 def finetune(options: FinetuneOptions) -> FinetuneResult:
+    """Both phases. ``--max-minutes`` is the budget of the whole command: the tokenizer phase may use
+    its share (tokenizer steps / all steps) and the dynamics phase the rest; a tokenizer phase that
+    runs out of its share hands over to the dynamics phase with the tokenizer it reached. Once the
+    dynamics phase has saved a checkpoint, its tokenizer is fixed: running the command again skips
+    the tokenizer phase and continues the dynamics model."""
     for name in ("tokenizer_steps", "dynamics_steps"):
         if getattr(options, name) < 0 or (name == "dynamics_steps" and options.dynamics_steps < 1):
             raise InputError(f"--{name.replace('_', '-')} must be ≥ {int(name == 'dynamics_steps')}")
+    started = time.monotonic()
+    budget = options.session.max_minutes
     source = load_checkpoint(options.source, kind="dynamics", with_training_state=False)
     tokenizer = recorded_tokenizer(source)
     tokenizer_checkpoint = load_checkpoint(tokenizer, kind="tokenizer", with_training_state=False)
     out = Path(options.session.out)
     tokenizer_step: int | None = None
-    if options.tokenizer_steps > 0:
+    begun = _dynamics_started(out / "dynamics")
+    if begun is not None and options.tokenizer_steps > 0:
+        tokenizer = recorded_tokenizer(begun)
         print(
-            f"phase 1/2: fine-tuning the tokenizer {resolve_checkpoint(tokenizer)} on {options.data}",
+            f"phase 1/2 done: {out / 'dynamics'} trains on the tokenizer {tokenizer}; continuing the dynamics model",
             flush=True,
         )
+    elif options.tokenizer_steps > 0:
+        origin = (
+            "a fresh tokenizer of its shape"
+            if options.fresh_tokenizer
+            else f"the tokenizer {resolve_checkpoint(tokenizer)}"
+        )
+        print(f"phase 1/2: training {origin} on {options.data}", flush=True)
+        share = options.tokenizer_steps / (options.tokenizer_steps + options.dynamics_steps)
         phase1 = train_tokenizer(
             TokenizerTrainOptions(
                 data=options.data,
-                session=replace(options.session, out=out / "tokenizer", max_steps=options.tokenizer_steps),
+                session=replace(
+                    options.session,
+                    out=out / "tokenizer",
+                    max_steps=options.tokenizer_steps,
+                    lr=options.tokenizer_lr or options.session.lr,
+                    max_minutes=None if budget is None else budget * share,
+                ),
                 clip_len=int(_program_option(tokenizer_checkpoint, "clip_len", 8)),
-                init=tokenizer,
+                change_weight=options.change_weight,
+                change_reference=options.change_reference,
+                init=None if options.fresh_tokenizer else tokenizer,
+                config=TokenizerConfig.from_dict(tokenizer_checkpoint.config)
+                if options.fresh_tokenizer
+                else None,
             )
         )
-        if phase1.stopped_early:
-            return FinetuneResult(
-                out / "tokenizer", out / "dynamics", phase1.step, None, True, phase1.stopped_by_signal
-            )
+        if phase1.stopped_by_signal:  # a stop for time hands over to the dynamics phase
+            return FinetuneResult(out / "tokenizer", out / "dynamics", phase1.step, None, True, True)
         tokenizer, tokenizer_step = out / "tokenizer", phase1.step
+    left = None if budget is None else budget - (time.monotonic() - started) / 60
+    if left is not None and left <= 0:
+        print(
+            "no time left for phase 2/2; run the same command again to train the dynamics model", flush=True
+        )
+        return FinetuneResult(tokenizer, out / "dynamics", tokenizer_step, None, True)
     corruption = _program_option(source, "corruption", {})
     print(f"phase 2/2: fine-tuning the dynamics model {source.path} on {options.data}", flush=True)
     phase2 = train_dynamics(
         DynamicsTrainOptions(
             data=options.data,
             tokenizer=tokenizer,
-            session=replace(options.session, out=out / "dynamics", max_steps=options.dynamics_steps),
+            session=replace(
+                options.session, out=out / "dynamics", max_steps=options.dynamics_steps, max_minutes=left
+            ),
             clip_len=options.clip_len or int(_program_option(source, "clip_len", 16)),
             holdout=float(_program_option(source, "holdout", 0.1)),
             corruption=CorruptionConfig(**corruption) if corruption else CorruptionConfig(),
@@ -126,12 +174,17 @@ def run_finetune(args: argparse.Namespace, prog: str = "wm-video finetune") -> i
                 tokenizer_steps=args.tokenizer_steps,
                 dynamics_steps=args.dynamics_steps,
                 clip_len=args.clip_len,
+                tokenizer_lr=args.tokenizer_lr,
+                change_weight=args.change_weight,
+                change_reference=args.change_reference,
+                fresh_tokenizer=args.fresh_tokenizer,
             )
         )
         if not result.stopped_early:
+            out = args.out
             print(
                 f"fine-tuned world: {result.dynamics} (tokenizer {result.tokenizer}); play it with "
-                f"`wm-video play --checkpoint {result.dynamics}`"
+                f"`wm-video play --checkpoint {out}`, score it with `wm-video eval dynamics --checkpoint {out}`"
             )
         return EXIT_STOPPED if result.stopped_by_signal else 0
 

@@ -221,7 +221,7 @@ def add_change_flags(group: argparse._ActionsContainer, default_weight: float = 
     """The tokenizer-loss flags that weight the pixels where frames change (small moving objects)."""
     group.add_argument(
         "--change-weight",
-        type=float,
+        type=non_negative_float,
         default=default_weight,
         help="extra reconstruction-loss weight on pixels that differ from --change-reference, so small "
         f"moving objects (a ball, a paddle) are kept; 0: a plain mean over pixels (default {default_weight:g})",
@@ -239,7 +239,7 @@ FINETUNE_DEFAULTS = SessionOptions(out=Path("run"), lr=1e-4, warmup_steps=50, ev
 
 
 def add_finetune_flags(parser: argparse.ArgumentParser) -> None:
-    """The flags of ``wm-video finetune``: what to fine-tune, then the session flags."""
+    """The flags of ``wm-video finetune``: what to fine-tune, the tokenizer phase, then the session flags."""
     what = parser.add_argument_group("what to fine-tune")
     what.add_argument("--data", type=Path, required=True, help="the new footage (LeRobot v3.0/v2.1 folder)")
     what.add_argument(
@@ -256,4 +256,17 @@ def add_finetune_flags(parser: argparse.ArgumentParser) -> None:
     what.add_argument(
         "--clip-len", type=int, default=None, help="dynamics clip length (default: the source run's)"
     )
+    tokenizer = parser.add_argument_group("tokenizer phase")
+    tokenizer.add_argument(
+        "--tokenizer-lr",
+        type=positive_float,
+        default=None,
+        help="peak learning rate of the tokenizer phase (default: --lr)",
+    )
+    tokenizer.add_argument(
+        "--fresh-tokenizer",
+        action="store_true",
+        help="train a tokenizer of the world's shape from scratch instead of fine-tuning the world's",
+    )
+    add_change_flags(tokenizer)
     add_session_flags(parser, FINETUNE_DEFAULTS, with_max_steps=False)

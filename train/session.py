@@ -271,6 +271,12 @@ class TrainingSession:
         if checkpoint.ema_weights is not None:
             ema.load_state_dict(checkpoint.ema_weights)
         state = checkpoint.training_state or {}
+        if not state and self.is_main:  # an older checkpoint, loaded because the newest is damaged
+            print(
+                f"note: {path.name} keeps no training state (only a run's newest checkpoint does): the "
+                "optimizer, random states and clip order start afresh",
+                flush=True,
+            )
         if "optimizer" in state:
             optimizer.load_state_dict(state["optimizer"])
         if "sampler" in state:

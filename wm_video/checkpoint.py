@@ -324,7 +324,12 @@ def save_checkpoint(
     meta: dict[str, Any] | None = None,
     keep: int | None = 3,
 ) -> Path:
-    """Write RUN/checkpoints/step-NNNNNNNN atomically, move ``last`` to it, then prune; return it."""
+    """Write RUN/checkpoints/step-NNNNNNNN atomically, move ``last`` to it, then prune; return it.
+
+    Pruning, only once the new checkpoint is complete: all but the ``keep`` newest are deleted, and
+    the older ones kept lose their training state (``training.safetensors``: optimizer moments,
+    sampler, RNG), which only a resume reads, and a run resumes from its newest checkpoint.
+    """
     if not isinstance(step, int) or step < 0:
         raise InputError(f"checkpoint step must be an integer ≥ 0, got {step!r}")
     if keep is not None and keep < 1:
@@ -367,11 +372,31 @@ def save_checkpoint(
             ) from err
         raise
 
+    older = [p for p in _complete_steps(checkpoints) if _step_of(p) < step]
     if keep is not None:  # older ones only: a newer one is a damaged leftover of a run resumed before it
-        older = [p for p in _complete_steps(checkpoints) if _step_of(p) < step]
-        for old_dir in older[: max(0, len(older) - (keep - 1))]:
+        removed = max(0, len(older) - (keep - 1))
+        for old_dir in older[:removed]:
             _remove_dir(old_dir)
+        older = older[removed:]
+    for old_dir in older:  # only the newest checkpoint keeps what a resume needs
+        _drop_training_state(old_dir)
     return final
+
+
+def _drop_training_state(step_dir: Path) -> None:
+    """Make an older checkpoint inference-only: weights and EMA stay, the optimizer state and the rest
+    of the training state go (a run resumes from its newest checkpoint, which keeps them). The
+    description is rewritten first, so a crash in between leaves at worst an unused file."""
+    training_file = step_dir / "training.safetensors"
+    if not training_file.exists():
+        return
+    try:
+        document = json.loads((step_dir / "checkpoint.json").read_text())
+        document["training_state"] = None
+        atomic_write_json(step_dir / "checkpoint.json", document)
+        training_file.unlink()
+    except (OSError, ValueError):
+        return  # left as it was: still a complete checkpoint
 
 
 def _fill_step_dir(
@@ -432,7 +457,10 @@ def _candidates(path: Path, kind: str | None) -> list[Path]:
     """The complete step directories ``path`` may mean, the one to load first; older fallbacks after it.
 
     A run dir or checkpoints/ dir means its ``last`` checkpoint, then every other complete one,
-    newest first; a step directory or a world's part means itself alone.
+    newest first; a step directory or a world's part means itself alone. A world folder (``wm-video
+    export``: ``world.json`` beside ``dynamics/`` and ``tokenizer/``) and a fine-tune folder
+    (``wm-video finetune --out``: the runs ``dynamics/`` and ``tokenizer/``) mean their ``kind``
+    sub-folder, the dynamics model when no kind is asked for.
     """
     path = Path(path)
     if not path.exists():
@@ -444,6 +472,12 @@ def _candidates(path: Path, kind: str | None) -> list[Path]:
         if not _is_complete(path / part):
             raise InputError(f"{path}: an exported world without a complete {part}/ checkpoint")
         return [path / part]
+    if not (path / "checkpoints").is_dir() and (path / "dynamics").is_dir():
+        # a `wm-video finetune --out` folder: RUN/tokenizer and RUN/dynamics are its two runs
+        part = kind or "dynamics"
+        if not (path / part).is_dir():
+            raise InputError(f"{path}: a fine-tune folder without a {part}/ run")
+        return _candidates(path / part, kind)
     if (path / "checkpoint.json").exists() or _STEP_DIR.fullmatch(path.name):
         raise InputError(
             f"{path}: incomplete checkpoint (no {COMPLETE_MARKER} marker: its save was interrupted)"
