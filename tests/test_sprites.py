@@ -133,3 +133,54 @@ def test_atari_datasets_record_game_and_frame_skip(tmp_path: Path) -> None:
     engine = engine_of_dataset(tmp_path, 64)
     assert engine is not None and (engine.scenario, engine.frame_skip, engine.seed) == ("ALE/Pong-v5", 3, 7)
     assert dataset_game(tmp_path) == "Pong"
+
+
+def test_eval_sprites_command(tmp_path: Path, capsys: pytest.CaptureFixture[str], one_thread: None) -> None:
+    """`wm-video eval sprites` on a tokenizer (reconstructions only) and on a world (motion too, a strip)."""
+    pytest.importorskip("ale_py")
+    from conftest import MICRO_TOKENIZER, save_random_tokenizer
+
+    from wm_video.checkpoint import save_checkpoint
+    from wm_video.cli import main
+    from wm_video.dynamics import DynamicsConfig, DynamicsModel
+    from wm_video.sources.atari import AtariConfig, AtariSource
+
+    data = tmp_path / "breakout"
+    collect(data, source="atari", scenario="Breakout", episodes=3, steps=40, workers=1, size=32, progress=False)
+    tokenizer = save_random_tokenizer(tmp_path / "tokenizer", MICRO_TOKENIZER)
+    with AtariSource(AtariConfig(size=32)) as source:
+        space = source.action_space
+    config = DynamicsConfig(
+        dim=32, heads=2, trunk_layers=1, head_layers=1, context_frames=3, grid_size=4,
+        levels=MICRO_TOKENIZER.levels, action_names=space.names, action_buttons=len(space.buttons),
+    )  # fmt: skip
+    save_checkpoint(
+        tmp_path / "world", kind="dynamics", config=config.to_dict(), step=1,
+        weights=DynamicsModel(config).state_dict(), meta={"tokenizer": str(tokenizer), "data": str(data)},
+    )  # fmt: skip
+    common = ["--data", str(data), "--threads", "1", "--json", str(tmp_path / "report.json")]
+    assert main(["eval", "sprites", "--checkpoint", str(tokenizer), *common]) == 0
+    out = capsys.readouterr().out
+    assert "sprites of Breakout" in out and "kept by the tokenizer" in out and "player motion" not in out
+
+    strip = tmp_path / "strip.png"
+    argv = ["eval", "sprites", "--checkpoint", str(tmp_path / "world"), "--clips", "2", "--horizon", "3"]
+    assert main([*argv, *common, "--strip", str(strip)]) == 0
+    out = capsys.readouterr().out
+    assert "player motion" in out and "left" in out and "right" in out
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [m["button"] for m in report["motion"]] == ["left", "right"]
+    assert set(report["generated_rates"]) == {"paddle", "ball"}
+    import cv2
+
+    assert cv2.imread(str(strip)).shape[0] == 3 * (4 * 32 + 3 * 2)  # 4 rows (real, world per button)
+
+    bad = make_other_dataset(tmp_path / "other")
+    assert main(["eval", "sprites", "--checkpoint", str(tokenizer), "--data", str(bad)]) == 2
+    assert "name the game with --game" in capsys.readouterr().err
+
+
+def make_other_dataset(root: Path) -> Path:
+    from conftest import make_dataset
+
+    return make_dataset(root, [10, 10]).root

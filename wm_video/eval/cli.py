@@ -257,8 +257,11 @@ def _eval_sprites(args: argparse.Namespace) -> int:
             horizon=args.horizon or 8,
             seed=args.seed,
             stop=lambda: stop.requested,
+            strip=args.strip,
         )
     _print_quick_report(args, checkpoint, data, which, report)
+    if args.strip is not None and report.motion:
+        print(f"strip: {args.strip} (per button: the real engine above, the world below)")
     return EXIT_STOPPED if stop.requested else 0
 
 
@@ -422,6 +425,12 @@ def register(commands: Commands) -> None:
         default=None,
         help="the Atari game whose sprites to look for (Breakout, Pong; default: the one the dataset "
         "was collected from)",
+    )
+    group.add_argument(
+        "--strip",
+        type=Path,
+        default=None,
+        help="write a PNG of the first motion branch per button: the real engine's frames above the world's",
     )
     group.add_argument("--all-episodes", action="store_true", help="every episode of the dataset")
     group.add_argument(

@@ -275,10 +275,13 @@ class SpriteReport:
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON; NaN (nothing to count) becomes null."""
+        from wm_video.eval.tokenizer import finite_or_none
+
         data = asdict(self)
         data["tokenizer"] = {k: {**asdict(v), "rate": v.rate} for k, v in self.tokenizer.items()}
         data["motion"] = [{**asdict(m), "speed_ratio": m.speed_ratio} for m in self.motion]
-        return data
+        return dict(finite_or_none(data))
 
     def format(self) -> str:
         names = list(self.real_rates)
@@ -360,10 +363,13 @@ def evaluate_sprites(
     horizon: int = 8,
     seed: int = 0,
     stop: Callable[[], bool] | None = None,
+    strip: Path | None = None,
 ) -> SpriteReport:
     """Presence in ``episodes`` (held-out) and in ``tokenizer``'s reconstructions of them; with a
     ``world`` (a :class:`~wm_video.engine.World` of batch ``clips``) and the dataset's engine
-    (``open_engine``; episode i replays from ``engine_seed + i``), the motion check too.
+    (``open_engine``; episode i replays from ``engine_seed + i``), the motion check too, and with
+    ``strip`` a PNG of its first ``strip_clips`` branches: per button, the real engine's frames above
+    the world's.
 
     The detector's background is the median of ``train_episodes``.
     """
@@ -395,7 +401,7 @@ def evaluate_sprites(
     )
     player = detector.player
     if world is not None and open_engine is not None and player is not None:
-        _motion(
+        rows = _motion(
             report,
             detector,
             player,
@@ -410,8 +416,25 @@ def evaluate_sprites(
             seed,
             stop,
         )
+        if strip is not None:
+            from wm_video.fileio import atomic_write_png
+
+            atomic_write_png(strip, strip_image(rows))
     report.seconds = time.perf_counter() - started
     return report
+
+
+def strip_image(rows: Sequence[np.ndarray], scale: int = 3, gap: int = 2) -> np.ndarray:
+    """Rows of frames, each (T, S, S, 3) uint8, as one image: frames side by side, rows stacked,
+    white gaps, scaled up ``scale`` times (nearest neighbour, so single pixels stay visible)."""
+    length, size = rows[0].shape[0], rows[0].shape[1]
+    image = np.full((len(rows) * (size + gap) - gap, length * (size + gap) - gap, 3), 255, np.uint8)
+    for r, frames in enumerate(rows):
+        for t, frame in enumerate(frames):
+            image[r * (size + gap) : r * (size + gap) + size, t * (size + gap) : t * (size + gap) + size] = (
+                frame
+            )
+    return cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
 
 
 def _motion(
@@ -428,7 +451,9 @@ def _motion(
     horizon: int,
     seed: int,
     stop: Callable[[], bool] | None,
-) -> None:
+) -> list[np.ndarray]:
+    """Fills ``report.motion`` and ``report.generated_rates``; returns the first branch of each button
+    as rows (real, generated) of (horizon + 1) frames."""
     from wm_video.data.sampler import ClipSampler
     from wm_video.eval.clips import check_stop
 
@@ -438,6 +463,7 @@ def _motion(
     axis = 0 if player.axis == "x" else 1
     generated_seen = {s.name: 0 for s in detector.sprites}
     generated_total = 0
+    rows: list[np.ndarray] = []
     for button in player.buttons:
         held = held_actions(names, button, horizon)
         real = []
@@ -460,6 +486,7 @@ def _motion(
             detector.position(real_frames, player), detector.position(generated_frames, player), axis
         )
         report.motion.append(ButtonMotion(button, moving, agrees, real_speed, generated_speed))
+        rows += [real_frames[0], generated_frames[0]]
         for sprite in detector.sprites:
             generated_seen[sprite.name] += int(detector.present(generated_frames[:, 1:], sprite).sum())
         generated_total += clips * horizon
@@ -468,3 +495,4 @@ def _motion(
         f"{clips} held-out frames × {horizon} frames with one button held, {player.name} along {player.axis}, "
         "against the real engine from the same state"
     )
+    return rows

@@ -118,7 +118,7 @@ class TokenizerReport:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able fields; a value that is not finite (NaN when no frame was evaluated) is None."""
-        return _finite_or_none(asdict(self))
+        return finite_or_none(asdict(self))
 
     def format(self) -> str:
         """A readable multi-line table."""
@@ -299,11 +299,11 @@ def _ranges(values: Sequence[int]) -> str:
     return ", ".join(parts)
 
 
-def _finite_or_none(value: Any) -> Any:
+def finite_or_none(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {key: _finite_or_none(item) for key, item in value.items()}
+        return {key: finite_or_none(item) for key, item in value.items()}
     if isinstance(value, list):
-        return [_finite_or_none(item) for item in value]
+        return [finite_or_none(item) for item in value]
     return value
