@@ -64,14 +64,15 @@ def test_losing_the_ball_costs_far_more_with_the_weighting() -> None:
     torch.testing.assert_close(weighted.mse, plain.mse)  # the logged MSE (PSNR) stays unweighted
 
 
-def test_change_map_saturates_at_the_threshold() -> None:
+def test_change_map_ignores_noise_and_saturates_at_the_threshold() -> None:
     target = torch.zeros(1, 1, 3, 8, 8)
-    target[0, 0, 0, 4, 4] = 0.05
+    target[0, 0, 2, 6, 1] = 0.09  # codec noise: under half the threshold, unchanged
+    target[0, 0, 0, 4, 4] = 0.15  # half way up the ramp
     target[0, 0, 1, 1, 1] = 0.5
-    changed = change_map(target, torch.zeros_like(target), threshold=0.1)
+    changed = change_map(target, torch.zeros_like(target), threshold=0.2)
     assert changed[0, 0, 0, 4, 4] == pytest.approx(0.5) and changed[0, 0, 0, 1, 1] == 1.0
     assert changed[0, 0, 0, 0, 0] == 1.0  # widened by one pixel
-    assert changed[0, 0, 0, 7, 7] == 0.0
+    assert changed[0, 0, 0, 6, 1] == 0.0 and changed[0, 0, 0, 7, 7] == 0.0
 
 
 @pytest.mark.parametrize(
