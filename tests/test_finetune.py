@@ -141,12 +141,14 @@ def test_finetune_command_adapts_a_world_to_new_footage(
     ]
     command += ["--tokenizer-steps", "2", "--dynamics-steps", "2", *common]
     tokenizer_loss = ["--change-weight", "20", "--change-reference", "median", "--tokenizer-lr", "3e-4"]
+    tokenizer_loss += ["--tokenizer-batch-size", "3"]
     assert cli_main([*command, *tokenizer_loss, "--threads", "1"]) == 0
     out = capsys.readouterr().out
     assert "phase 1/2" in out and "phase 2/2" in out and "actions kept: forward, mouse_dx; new: jump" in out
     phase1 = json.loads((tmp_path / "ft" / "tokenizer" / "run.json").read_text())
     assert (phase1["program"]["change_weight"], phase1["program"]["change_reference"]) == (20.0, "median")
-    assert phase1["session"]["lr"] == 3e-4 and torch.get_num_threads() == 1
+    assert phase1["session"]["lr"] == 3e-4 and phase1["session"]["batch_size"] == 3
+    assert torch.get_num_threads() == 1
 
     tokenizer = load_checkpoint(tmp_path / "ft" / "tokenizer", kind="tokenizer")
     assert tokenizer.step == 2 and tokenizer.config == TOKENIZER.to_dict()

@@ -44,6 +44,7 @@ class FinetuneOptions:
     dynamics_steps: int = 2000
     clip_len: int | None = None  # dynamics clip length; None: the source run's
     tokenizer_lr: float | None = None  # None: the session's lr
+    tokenizer_batch_size: int | None = None  # None: the session's batch size
     change_weight: float = 0.0  # the tokenizer loss's weight on changed pixels (wm_video.tokenizer.loss)
     change_reference: str = "previous"
     fresh_tokenizer: bool = False  # train a tokenizer of the world's shape from scratch instead
@@ -111,6 +112,7 @@ def finetune(options: FinetuneOptions) -> FinetuneResult:
                     out=out / "tokenizer",
                     max_steps=options.tokenizer_steps,
                     lr=options.tokenizer_lr or options.session.lr,
+                    batch_size=options.tokenizer_batch_size or options.session.batch_size,
                     max_minutes=None if budget is None else budget * share,
                 ),
                 clip_len=int(_program_option(tokenizer_checkpoint, "clip_len", 8)),
@@ -175,6 +177,7 @@ def run_finetune(args: argparse.Namespace, prog: str = "wm-video finetune") -> i
                 dynamics_steps=args.dynamics_steps,
                 clip_len=args.clip_len,
                 tokenizer_lr=args.tokenizer_lr,
+                tokenizer_batch_size=args.tokenizer_batch_size,
                 change_weight=args.change_weight,
                 change_reference=args.change_reference,
                 fresh_tokenizer=args.fresh_tokenizer,

@@ -264,6 +264,12 @@ def add_finetune_flags(parser: argparse.ArgumentParser) -> None:
         help="peak learning rate of the tokenizer phase (default: --lr)",
     )
     tokenizer.add_argument(
+        "--tokenizer-batch-size",
+        type=int,
+        default=8,
+        help="clips per process per step in the tokenizer phase (default 8; --batch-size is the dynamics phase's)",
+    )
+    tokenizer.add_argument(
         "--fresh-tokenizer",
         action="store_true",
         help="train a tokenizer of the world's shape from scratch instead of fine-tuning the world's",
