@@ -24,9 +24,17 @@ def _train(data: Path, out: Path, steps: int, *extra: str) -> int:
     )  # fmt: skip
 
 
-def test_train_logs_saves_and_resumes(tiny_dataset: TinyDataset, tmp_path: Path) -> None:
+def test_train_logs_saves_and_resumes(
+    tiny_dataset: TinyDataset, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run = tmp_path / "run"
     assert _train(tiny_dataset.root, run, 3) == 0
+    out = capsys.readouterr().out  # --no-progress: each --log-every line reaches the terminal (issue 21)
+    assert [line.split(":")[0] for line in out.splitlines() if line.startswith("step ") and "loss" in line] == [
+        "step 1/3",
+        "step 2/3",
+        "step 3/3",
+    ]
     records = read_log(run)
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]
     assert all(r["frames_per_s"] > 0 and r["loss"] > 0 for r in records if "loss" in r)

@@ -458,7 +458,11 @@ class TrainingSession:
             metrics["skipped_nonfinite"] = skipped
         self.logger.log(step, metrics)
         shown = {name: f"{value:.4g}" for name, value in scalars.items() if name != "grad_norm"}
-        bar.set_postfix(shown | {"fps": f"{rates['frames_per_s']:.0f}"})
+        shown["fps"] = f"{rates['frames_per_s']:.0f}"
+        bar.set_postfix(shown)
+        if self.is_main and not self.options.progress:  # no bar to show them: a line per log step
+            fields = ", ".join(f"{name} {value}" for name, value in shown.items())
+            print(f"step {step}/{self.options.max_steps}: {fields}", flush=True)
         if longest >= MAX_SKIPPED_STEPS:
             raise InputError(
                 f"{longest} optimizer steps in a row had non-finite gradients; stopping at step {step}. "
