@@ -244,3 +244,19 @@ def test_max_minutes_is_one_budget_for_both_phases(
     assert result.stopped_by_signal == by_signal
     if second_phase:
         assert 9.0 < seen["dynamics"].max_minutes <= 10.0  # what is left of the whole budget
+
+
+def test_the_recipe_in_help_parses_with_the_tokenizer_phase_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    """`finetune --help` ends with the README's recipe; its flags parse, and the tokenizer phase
+    weights changed pixels (--change-weight 50) at --tokenizer-lr 5e-4 unless told otherwise."""
+    from wm_video.train.cli import RECIPE
+    from wm_video.train.finetune import build_parser
+
+    with pytest.raises(SystemExit):
+        cli_main(["finetune", "--help"])
+    assert RECIPE.splitlines()[1].strip() in capsys.readouterr().out
+    command = " ".join(line.strip().rstrip("\\") for line in RECIPE.splitlines()[1:4]).split()
+    assert command[:2] == ["wm-video", "finetune"]
+    args = build_parser().parse_args(command[2:])
+    assert (args.tokenizer_steps, args.dynamics_steps, args.max_minutes) == (150, 100, 28.0)
+    assert (args.change_weight, args.change_reference, args.tokenizer_lr) == (50.0, "previous", 5e-4)

@@ -28,7 +28,7 @@ from wm_video.checkpoint import Checkpoint, load_checkpoint, recorded_tokenizer,
 from wm_video.dynamics import CorruptionConfig
 from wm_video.errors import EXIT_STOPPED, InputError
 from wm_video.tokenizer import TokenizerConfig
-from wm_video.train.cli import DESCRIPTION
+from wm_video.train.cli import DESCRIPTION, RECIPE
 from wm_video.train.dynamics import DynamicsTrainOptions, train_dynamics
 from wm_video.train.options import SessionOptions, add_finetune_flags, session_options
 from wm_video.train.session import run_training_program
@@ -43,9 +43,9 @@ class FinetuneOptions:
     tokenizer_steps: int = 500
     dynamics_steps: int = 2000
     clip_len: int | None = None  # dynamics clip length; None: the source run's
-    tokenizer_lr: float | None = None  # None: the session's lr
+    tokenizer_lr: float | None = 5e-4  # None: the session's lr
     tokenizer_batch_size: int | None = None  # None: the session's batch size
-    change_weight: float = 0.0  # the tokenizer loss's weight on changed pixels (wm_video.tokenizer.loss)
+    change_weight: float = 50.0  # the tokenizer loss's weight on changed pixels (wm_video.tokenizer.loss)
     change_reference: str = "previous"
     fresh_tokenizer: bool = False  # train a tokenizer of the world's shape from scratch instead
 
@@ -159,7 +159,9 @@ def finetune(options: FinetuneOptions) -> FinetuneResult:
 
 
 def build_parser(prog: str = "wm-video finetune") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
+    parser = argparse.ArgumentParser(
+        prog=prog, description=DESCRIPTION, epilog=RECIPE, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_finetune_flags(parser)
     return parser
 

@@ -18,6 +18,7 @@ from wm_video.cli_args import (
     finite_float,
     non_negative_float,
     positive_float,
+    positive_int,
 )
 from wm_video.errors import InputError
 from wm_video.fileio import check_output_folder
@@ -260,12 +261,12 @@ def add_finetune_flags(parser: argparse.ArgumentParser) -> None:
     tokenizer.add_argument(
         "--tokenizer-lr",
         type=positive_float,
-        default=None,
-        help="peak learning rate of the tokenizer phase (default: --lr)",
+        default=5e-4,
+        help="peak learning rate of the tokenizer phase (default 5e-4; --lr is the dynamics phase's)",
     )
     tokenizer.add_argument(
         "--tokenizer-batch-size",
-        type=int,
+        type=positive_int,
         default=8,
         help="clips per process per step in the tokenizer phase (default 8; --batch-size is the dynamics phase's)",
     )
@@ -274,5 +275,5 @@ def add_finetune_flags(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="train a tokenizer of the world's shape from scratch instead of fine-tuning the world's",
     )
-    add_change_flags(tokenizer)
+    add_change_flags(tokenizer, default_weight=50.0)
     add_session_flags(parser, FINETUNE_DEFAULTS, with_max_steps=False)
