@@ -273,7 +273,7 @@ def _model_flags(parser: argparse.ArgumentParser, what: str, *, required: bool =
         type=Path,
         required=required,
         default=None,
-        help=f"{what} run or checkpoint step folder (or an exported world)" + ("" if required else "; required"),
+        help=f"{what} run or checkpoint step folder (or an exported world, or a `finetune --out` folder)" + ("" if required else "; required"),
     )
     group.add_argument(
         "--data", type=Path, default=None, help="dataset folder (default: the one it was trained on)"
