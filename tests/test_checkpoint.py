@@ -168,14 +168,15 @@ def test_retention_keeps_newest_and_survives_a_crash(tmp_path, monkeypatch):
     assert load_checkpoint(tmp_path).step == 4
 
 
-def test_only_the_newest_checkpoint_keeps_the_training_state(tmp_path):
+def test_only_the_two_newest_checkpoints_keep_the_training_state(tmp_path):
     """Older kept checkpoints stay loadable for eval and play but drop the optimizer state, which only
-    a resume (always from the newest) reads: a run folder weighs about half as much."""
+    a resume reads: from the newest, or the one before it when the newest is damaged."""
     state = {"optimizer": {"exp_avg": torch.ones(1000)}, "step": 1}
-    for step in (1, 2, 3):
-        save(tmp_path, step, keep=3, ema_weights=tiny_model(9).state_dict(), training_state=state)
-    older, newest = (tmp_path / "checkpoints" / f"step-{s:08d}" for s in (1, 3))
-    assert not (older / "training.safetensors").exists() and (newest / "training.safetensors").exists()
+    for step in (1, 2, 3, 4):
+        save(tmp_path, step, keep=4, ema_weights=tiny_model(9).state_dict(), training_state=state)
+    steps = [tmp_path / "checkpoints" / f"step-{s:08d}" for s in (1, 2, 3, 4)]
+    assert [(d / "training.safetensors").exists() for d in steps] == [False, False, True, True]
+    older = steps[0]
     assert load_checkpoint(older).training_state is None
     assert load_checkpoint(older).ema_weights is not None
     assert torch.equal(load_checkpoint(tmp_path).training_state["optimizer"]["exp_avg"], torch.ones(1000))

@@ -713,9 +713,25 @@ def test_a_damaged_newest_checkpoint_is_passed_over_and_the_log_keeps_no_repeat(
     assert resumed.status == 0, resumed.err
     assert "warning:" in resumed.err and str(newest) in resumed.err and "step-00000001" in resumed.err
     assert "from step 1" in resumed.out
-    assert "step-00000001 keeps no training state" in resumed.out  # only the newest one keeps it
+    assert "keeps no training state" not in resumed.out  # the one before the newest keeps it
     assert load_file(out / "checkpoints" / "step-00000003" / "model.safetensors")
     assert logged_steps(out) == [1, 2, 3]  # step 2 was done again, and is logged once
+
+
+def test_a_resume_from_a_checkpoint_without_training_state_says_what_starts_afresh(
+    small_presets: None, pristine: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The two newest checkpoints both damaged: the third keeps only weights (issue 21's retention),
+    and the resume says the optimizer and clip order start afresh instead of passing it silently."""
+    out = tmp_path / "run"
+    assert train(pristine, out, 3, capsys).status == 0
+    for step in (2, 3):
+        damaged = out / "checkpoints" / f"step-{step:08d}" / "model.safetensors"
+        damaged.write_bytes(damaged.read_bytes()[:100])
+    resumed = train(pristine, out, 4, capsys)
+    assert resumed.status == 0, resumed.err
+    assert "from step 1" in resumed.out
+    assert "step-00000001 keeps no training state" in resumed.out and "start afresh" in resumed.out
 
 
 def test_a_crashed_run_resumed_logs_each_step_once(

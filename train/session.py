@@ -273,7 +273,7 @@ class TrainingSession:
         state = checkpoint.training_state or {}
         if not state and self.is_main:  # an older checkpoint, loaded because the newest is damaged
             print(
-                f"note: {path.name} keeps no training state (only a run's newest checkpoint does): the "
+                f"note: {path.name} keeps no training state (only a run's two newest checkpoints do): the "
                 "optimizer, random states and clip order start afresh",
                 flush=True,
             )

@@ -378,7 +378,9 @@ def save_checkpoint(
         for old_dir in older[:removed]:
             _remove_dir(old_dir)
         older = older[removed:]
-    for old_dir in older:  # only the newest checkpoint keeps what a resume needs
+    # what a resume needs stays in this one and the one before it (a resume passes over a damaged
+    # newest checkpoint to that one); older ones keep their weights for eval and play
+    for old_dir in older[:-1]:
         _drop_training_state(old_dir)
     return final
 
