@@ -203,10 +203,16 @@ def test_plot_draws_the_curves_of_a_log(tmp_path: Path, capsys: pytest.CaptureFi
     assert "no training log" in capsys.readouterr().err
 
 
-def test_tf32_is_switched_on_for_gpus_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    use_tf32(torch.device("cpu"))
-    assert not torch.backends.cuda.matmul.allow_tf32
-    use_tf32(torch.device("cuda"))
-    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+def test_tf32_is_switched_on_for_gpus_only() -> None:
+    # Saved and restored by hand: these are torch's computed module attributes, which pytest's
+    # monkeypatch (9.2) restores with delattr and fails on.
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        use_tf32(torch.device("cpu"))
+        assert not torch.backends.cuda.matmul.allow_tf32
+        use_tf32(torch.device("cuda"))
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
