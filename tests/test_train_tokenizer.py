@@ -7,10 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TinyDataset
+from conftest import MICRO_DYNAMICS, MICRO_TOKENIZER, TinyDataset
 
 from wm_video.checkpoint import load_checkpoint, load_tokenizer
 from wm_video.cli import main as cli_main
+from wm_video.dynamics import DYNAMICS_PRESETS
+from wm_video.engine import load_world
+from wm_video.tokenizer import TOKENIZER_PRESETS
 from wm_video.train.common import read_log
 
 
@@ -95,3 +98,61 @@ def test_eval_tokenizer_command(
     assert "comma-separated episode indices" in capsys.readouterr().err
     assert cli_main(["eval", "tokenizer", "--checkpoint", str(tmp_path / "nothing")]) == 2
     assert "nothing" in capsys.readouterr().err
+
+
+def test_patch_size_and_levels_override_the_preset(
+    tiny_dataset: TinyDataset, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--patch-size 4 gives 4× the tokens of the preset's 8 and --levels more bits a token (issue 21:
+    a ball a pixel or two wide); a dynamics model trains on that tokenizer and the world plays."""
+    monkeypatch.setitem(TOKENIZER_PRESETS, "tiny", MICRO_TOKENIZER)  # 32 px, patch 8: 16 tokens/frame
+    monkeypatch.setitem(DYNAMICS_PRESETS, "tiny", MICRO_DYNAMICS)
+    run = tmp_path / "run"
+    assert _train(tiny_dataset.root, run, 2, "--patch-size", "4", "--levels", "8,8,8,5,5,5") == 0
+    assert "64 tokens/frame (1022 bits)" in capsys.readouterr().out
+    tokenizer, _ = load_tokenizer(run)
+    assert tokenizer.config.tokens_per_frame == 4 * MICRO_TOKENIZER.tokens_per_frame
+    assert tokenizer.config.levels == (8, 8, 8, 5, 5, 5) and tokenizer.config.dim == MICRO_TOKENIZER.dim
+    program = json.loads((run / "run.json").read_text())["program"]
+    assert (program["patch_size"], program["levels"]) == (4, [8, 8, 8, 5, 5, 5])
+
+    world_run = tmp_path / "world"
+    assert cli_main(
+        [
+            "train", "dynamics", "--data", str(tiny_dataset.root), "--tokenizer", str(run), "--out", str(world_run),
+            "--max-steps", "1", "--batch-size", "1", "--clip-len", "4", "--eval-every", "0", "--no-progress",
+        ]
+    ) == 0  # fmt: skip
+    world = load_world(world_run)
+    assert world.dynamics.config.grid_size == 8 and world.dynamics.config.levels == (8, 8, 8, 5, 5, 5)
+    frames, actions = tiny_dataset.frames[0], tiny_dataset.actions[0]
+    world.reset(frames[:3], actions[:2])
+    assert world.step(actions[2]).shape == (32, 32, 3)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--patch-size", "5"], "image_size 32 is not a multiple of patch_size 5"),
+        (["--patch-size", "0"], "--patch-size: must be ≥ 1"),
+        (["--levels", "8,1"], "--levels: each level must be ≥ 2"),
+        (["--levels", "8,x"], "--levels: must be comma-separated integers"),
+    ],
+)
+def test_bad_shape_flags_are_one_clear_line(
+    tiny_dataset: TinyDataset,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    flags: list[str],
+    message: str,
+) -> None:
+    monkeypatch.setitem(TOKENIZER_PRESETS, "tiny", MICRO_TOKENIZER)
+    try:
+        status = _train(tiny_dataset.root, tmp_path / "run", 1, *flags)
+    except SystemExit as stop:  # argparse rejects a flag's type itself
+        status = int(stop.code or 0)
+    assert status == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # argparse prints its usage above
+    assert error.startswith("wm-video train tokenizer: error: ") and message in error
+    assert not (tmp_path / "run").exists()

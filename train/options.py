@@ -236,6 +236,35 @@ def add_change_flags(group: argparse._ActionsContainer, default_weight: float = 
     )
 
 
+def fsq_levels(text: str) -> tuple[int, ...]:
+    """argparse type: comma-separated FSQ levels, each an integer ≥ 2 (``8,8,8,5,5,5``)."""
+    try:
+        levels = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated integers such as 8,8,8,5,5,5, got {text!r}") from None
+    if any(level < 2 for level in levels):
+        raise argparse.ArgumentTypeError(f"each level must be ≥ 2, got {text!r}")
+    return levels
+
+
+def add_tokenizer_shape_flags(group: argparse._ActionsContainer) -> None:
+    """``--patch-size`` and ``--levels``: a tokenizer shape other than its preset's (a fresh tokenizer only)."""
+    group.add_argument(
+        "--patch-size",
+        type=positive_int,
+        default=None,
+        help="pixels per token side, overriding the preset's (tiny: 8, 64 tokens a frame; 4 gives 256 tokens, "
+        "for objects a pixel or two wide); must divide the image size",
+    )
+    group.add_argument(
+        "--levels",
+        type=fsq_levels,
+        default=None,
+        help="FSQ levels per latent channel, comma-separated, overriding the preset's (tiny: 7,5,5,5,5, "
+        "12.1 bits a token; 8,8,8,5,5,5: 16.0 bits); codes per token = their product",
+    )
+
+
 FINETUNE_DEFAULTS = SessionOptions(out=Path("run"), lr=1e-4, warmup_steps=50, eval_every=250, save_every=250)
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -34,7 +34,7 @@ from wm_video.tokenizer import TOKENIZER_PRESETS, TokenizerConfig, VideoTokenize
 from wm_video.tokenizer.loss import ReconstructionLossConfig, reconstruction_loss
 from wm_video.tokenizer.pixels import to_model_pixels, to_uint8_frames
 from wm_video.train.common import save_comparison_grid
-from wm_video.train.options import add_change_flags
+from wm_video.train.options import add_change_flags, add_tokenizer_shape_flags
 from wm_video.train.prefetch import Batch
 from wm_video.train.session import (
     SessionOptions,
@@ -86,6 +86,17 @@ def _episodes_with_clips(cache: TrainingCache, episodes: Sequence[int], clip_len
     return [e for e in episodes if lengths[e] >= clip_len]
 
 
+def shaped_config(
+    config: TokenizerConfig, patch_size: int | None = None, levels: Sequence[int] | None = None
+) -> TokenizerConfig:
+    """``config`` with ``--patch-size`` and ``--levels`` where given (validated by the config itself)."""
+    return replace(
+        config,
+        patch_size=config.patch_size if patch_size is None else patch_size,
+        levels=config.levels if levels is None else tuple(levels),
+    )
+
+
 def train_tokenizer(options: TokenizerTrainOptions) -> TokenizerTrainResult:
     initial = load_tokenizer(options.init)[0].train() if options.init is not None else None
     config = initial.config if initial is not None else options.config or tokenizer_preset(options.preset)
@@ -108,6 +119,8 @@ def train_tokenizer(options: TokenizerTrainOptions) -> TokenizerTrainResult:
             "change_weight": options.change_weight,
             "change_reference": options.change_reference,
             "holdout": options.holdout,
+            "patch_size": config.patch_size,
+            "levels": list(config.levels),
             **({"init": str(resolve_checkpoint(options.init))} if options.init is not None else {}),
         },
     )
@@ -214,6 +227,7 @@ def build_parser(prog: str = "wm-video train tokenizer") -> argparse.ArgumentPar
     data.add_argument(
         "--l1-weight", type=float, default=0.2, help="weight of the L1 term beside MSE (default 0.2)"
     )
+    add_tokenizer_shape_flags(data)
     add_change_flags(data)
     data.add_argument(
         "--holdout",
@@ -238,6 +252,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "wm-video train tokenize
             change_weight=args.change_weight,
             change_reference=args.change_reference,
             holdout=args.holdout,
+            config=shaped_config(tokenizer_preset(args.preset), args.patch_size, args.levels),
         )
         result = train_tokenizer(options)
         if result.heldout_psnr is not None:
