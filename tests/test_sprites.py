@@ -146,7 +146,9 @@ def test_eval_sprites_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     from wm_video.sources.atari import AtariConfig, AtariSource
 
     data = tmp_path / "breakout"
-    collect(data, source="atari", scenario="Breakout", episodes=3, steps=40, workers=1, size=32, progress=False)
+    collect(
+        data, source="atari", scenario="Breakout", episodes=3, steps=40, workers=1, size=32, progress=False
+    )
     tokenizer = save_random_tokenizer(tmp_path / "tokenizer", MICRO_TOKENIZER)
     with AtariSource(AtariConfig(size=32)) as source:
         space = source.action_space
@@ -159,9 +161,23 @@ def test_eval_sprites_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         weights=DynamicsModel(config).state_dict(), meta={"tokenizer": str(tokenizer), "data": str(data)},
     )  # fmt: skip
     common = ["--data", str(data), "--threads", "1", "--json", str(tmp_path / "report.json")]
-    assert main(["eval", "sprites", "--checkpoint", str(tokenizer), *common]) == 0
+    import cv2
+
+    tokenizer_strip = tmp_path / "tokenizer-strip.png"
+    assert (
+        main(["eval", "sprites", "--checkpoint", str(tokenizer), *common, "--strip", str(tokenizer_strip)])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "sprites of Breakout" in out and "kept by the tokenizer" in out and "player motion" not in out
+    shown = json.loads((tmp_path / "report.json").read_text())["strip"]
+    assert "real above, the tokenizer's reconstructions below" in shown and f"strip: {tokenizer_strip}" in out
+    frames = int(shown.split()[0])
+    assert 1 <= frames <= 8
+    assert cv2.imread(str(tokenizer_strip)).shape[:2] == (
+        3 * (2 * 32 + 2),
+        3 * (frames * 32 + (frames - 1) * 2),
+    )
 
     strip = tmp_path / "strip.png"
     argv = ["eval", "sprites", "--checkpoint", str(tmp_path / "world"), "--clips", "2", "--horizon", "3"]
@@ -171,8 +187,6 @@ def test_eval_sprites_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     report = json.loads((tmp_path / "report.json").read_text())
     assert [m["button"] for m in report["motion"]] == ["left", "right"]
     assert set(report["generated_rates"]) == {"paddle", "ball"}
-    import cv2
-
     assert cv2.imread(str(strip)).shape[0] == 3 * (4 * 32 + 3 * 2)  # 4 rows (real, world per button)
 
     bad = make_other_dataset(tmp_path / "other")

@@ -260,8 +260,11 @@ def _eval_sprites(args: argparse.Namespace) -> int:
             strip=args.strip,
         )
     _print_quick_report(args, checkpoint, data, which, report)
-    if args.strip is not None and report.motion:
-        print(f"strip: {args.strip} (per button: the real engine above, the world below)")
+    if args.strip is not None:
+        if report.strip:
+            print(f"strip: {args.strip} ({report.strip})")
+        else:
+            _stderr(f"note: no strip written to {args.strip}: no held-out frame shows a sprite to draw")
     return EXIT_STOPPED if stop.requested else 0
 
 
@@ -430,7 +433,8 @@ def register(commands: Commands) -> None:
         "--strip",
         type=Path,
         default=None,
-        help="write a PNG of the first motion branch per button: the real engine's frames above the world's",
+        help="write a PNG of the first motion branch per button: the real engine's frames above the world's "
+        "(for a tokenizer, or without the motion check: 8 held-out frames with the ball above their reconstructions)",
     )
     group.add_argument("--all-episodes", action="store_true", help="every episode of the dataset")
     group.add_argument(

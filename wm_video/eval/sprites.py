@@ -272,6 +272,7 @@ class SpriteReport:
     generated_rates: dict[str, float] = field(default_factory=dict)  # share of generated frames with it
     motion: list[ButtonMotion] = field(default_factory=list)
     motion_setup: str = ""
+    strip: str = ""  # what the strip PNG shows; empty when none was written
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -368,8 +369,10 @@ def evaluate_sprites(
     """Presence in ``episodes`` (held-out) and in ``tokenizer``'s reconstructions of them; with a
     ``world`` (a :class:`~wm_video.engine.World` of batch ``clips``) and the dataset's engine
     (``open_engine``; episode i replays from ``engine_seed + i``), the motion check too, and with
-    ``strip`` a PNG of its first ``strip_clips`` branches: per button, the real engine's frames above
-    the world's.
+    ``strip`` a PNG of its first branch per button: the real engine's frames above the world's. Without
+    the motion check, the strip shows the first :data:`STRIP_FRAMES` held-out frames with a sprite
+    other than the player (the ball) above the tokenizer's reconstructions of them (the first frames
+    when none shows one).
 
     The detector's background is the median of ``train_episodes``.
     """
@@ -385,14 +388,26 @@ def evaluate_sprites(
     counts: dict[str, KeptCount] = {}
     real_seen = {s.name: 0 for s in detector.sprites}
     total = 0
+    small = [s for s in detector.sprites if s is not detector.player] or list(detector.sprites)
+    shown: list[
+        tuple[np.ndarray, np.ndarray]
+    ] = []  # (real, reconstruction) with a small sprite, for the strip
+    first: list[tuple[np.ndarray, np.ndarray]] = []  # the first frames, when no frame shows one
     for episode in episodes:
         check_stop(stop)
         frames = np.asarray(cache.episode(position[int(episode)])[0][:max_frames])
         reconstruction = reconstruct_episode(tokenizer, frames)
         add_counts(counts, kept(detector, frames, reconstruction))
-        for sprite in detector.sprites:
-            real_seen[sprite.name] += int(detector.present(frames, sprite).sum())
+        present = {sprite.name: detector.present(frames, sprite) for sprite in detector.sprites}
+        for name, seen in present.items():
+            real_seen[name] += int(seen.sum())
         total += len(frames)
+        if strip is not None and len(shown) < STRIP_FRAMES:
+            with_small = np.flatnonzero(np.any([present[s.name] for s in small], axis=0))
+            shown += [(frames[t], reconstruction[t]) for t in with_small[: STRIP_FRAMES - len(shown)]]
+            first += [
+                (frames[t], reconstruction[t]) for t in range(min(len(frames), STRIP_FRAMES - len(first)))
+            ]
     report = SpriteReport(
         game=game,
         frames=total,
@@ -420,8 +435,25 @@ def evaluate_sprites(
             from wm_video.fileio import atomic_write_png
 
             atomic_write_png(strip, strip_image(rows))
+            report.strip = "per button: the real engine above, the world below"
+    if strip is not None and not report.strip and first:
+        from wm_video.fileio import atomic_write_png
+
+        names = " or ".join(s.name for s in small)
+        what = f"with the {names}" if shown else f"(none shows the {names})"
+        pairs = shown or first
+        atomic_write_png(
+            strip, strip_image([np.stack([r for r, _ in pairs]), np.stack([g for _, g in pairs])])
+        )
+        report.strip = (
+            f"{len(pairs)} held-out frames {what}: real above, the tokenizer's reconstructions below"
+        )
     report.seconds = time.perf_counter() - started
     return report
+
+
+#: Frames in the tokenizer's strip (real above reconstruction), when there is no motion strip.
+STRIP_FRAMES = 8
 
 
 def strip_image(rows: Sequence[np.ndarray], scale: int = 3, gap: int = 2) -> np.ndarray:
