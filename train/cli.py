@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from wm_video.cli_args import Commands
 from wm_video.train.options import add_finetune_flags
@@ -21,6 +22,12 @@ RECIPE = """recipe (a new 64x64 game, e.g. Atari Breakout, on a 2-core CPU, at m
 The tokenizer phase's defaults (--tokenizer-lr 5e-4, --change-weight 50) weight its loss toward
 small moving objects; --max-minutes is the budget of both phases together. README.md, "Fine-tuning
 on your own footage", gives the figures this reaches (short of the quality targets on a CPU)."""
+#: How the fine-tune parser describes itself, as ``wm-video finetune`` and as ``python -m wm_video.train.finetune``.
+FINETUNE_TEXT: dict[str, Any] = {
+    "description": DESCRIPTION,
+    "epilog": RECIPE,
+    "formatter_class": argparse.RawDescriptionHelpFormatter,
+}
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -65,9 +72,7 @@ def register(commands: Commands) -> None:
     f = commands.add_parser(
         "finetune",
         help="adapt a trained world (tokenizer and dynamics) to new footage, another action set too",
-        description=DESCRIPTION,
-        epilog=RECIPE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **FINETUNE_TEXT,
     )
     add_finetune_flags(f)
     f.set_defaults(handler=_finetune)

@@ -28,7 +28,7 @@ from wm_video.checkpoint import Checkpoint, load_checkpoint, recorded_tokenizer,
 from wm_video.dynamics import CorruptionConfig
 from wm_video.errors import EXIT_STOPPED, InputError
 from wm_video.tokenizer import TokenizerConfig
-from wm_video.train.cli import DESCRIPTION, RECIPE
+from wm_video.train.cli import FINETUNE_TEXT
 from wm_video.train.dynamics import DynamicsTrainOptions, train_dynamics
 from wm_video.train.options import SessionOptions, add_finetune_flags, session_options
 from wm_video.train.session import run_training_program
@@ -159,9 +159,7 @@ def finetune(options: FinetuneOptions) -> FinetuneResult:
 
 
 def build_parser(prog: str = "wm-video finetune") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog, description=DESCRIPTION, epilog=RECIPE, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(prog=prog, **FINETUNE_TEXT)
     add_finetune_flags(parser)
     return parser
 
