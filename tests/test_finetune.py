@@ -260,3 +260,28 @@ def test_the_recipe_in_help_parses_with_the_tokenizer_phase_defaults(capsys: pyt
     args = build_parser().parse_args(command[2:])
     assert (args.tokenizer_steps, args.dynamics_steps, args.max_minutes) == (150, 100, 28.0)
     assert (args.change_weight, args.change_reference, args.tokenizer_lr) == (50.0, "previous", 5e-4)
+
+
+def test_train_commands_start_from_a_checkpoint_with_init(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`train tokenizer --init` and `train dynamics --init` fine-tune a world's parts one at a time
+    (the finetune command's two phases, each with all of its program's flags)."""
+    source = _source_world(tmp_path)
+    data = make_dataset(tmp_path / "data", [12, 12])
+    common = ["--max-steps", "1", "--batch-size", "2", "--eval-every", "0", "--no-progress", "--threads", "1"]
+    tokenizer_run = tmp_path / "tok"
+    command = ["train", "tokenizer", "--data", str(data.root), "--init", str(tmp_path / "tokenizer")]
+    assert cli_main([*command, "--out", str(tokenizer_run), "--clip-len", "3", *common]) == 0
+    tokenizer = load_checkpoint(tokenizer_run, kind="tokenizer")
+    assert tokenizer.config == TOKENIZER.to_dict()  # the init's shape, not the tiny preset's
+    assert tokenizer.meta["run"]["program"]["init"] == str(resolve_checkpoint(tmp_path / "tokenizer"))
+    command = ["train", "dynamics", "--data", str(data.root), "--tokenizer", str(tokenizer_run)]
+    assert cli_main([*command, "--init", str(source), "--out", str(tmp_path / "dyn"), "--clip-len", "4", *common]) == 0
+    dynamics = load_checkpoint(tmp_path / "dyn", kind="dynamics")
+    assert dynamics.config["dim"] == DYNAMICS.dim and dynamics.step == 1
+    assert dynamics.meta["finetuned_from"] == str(resolve_checkpoint(source).resolve())
+    capsys.readouterr()
+    shaped = ["--init", str(tmp_path / "tokenizer"), "--levels", "8,8,8,5,5,5", "--out", str(tmp_path / "x")]
+    assert cli_main(["train", "tokenizer", "--data", str(data.root), *shaped]) == 2
+    assert "--init keeps its checkpoint's shape" in capsys.readouterr().err

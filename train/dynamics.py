@@ -49,6 +49,7 @@ from wm_video.eval.clips import EvalClips, clip_history
 from wm_video.eval.rollouts import evaluate_clips
 from wm_video.tokenizer import VideoTokenizer
 from wm_video.train.common import save_comparison_grid
+from wm_video.train.options import add_init_flag
 from wm_video.train.prefetch import Batch
 from wm_video.train.remap import ActionMapping, remap_action_weights
 from wm_video.train.session import (
@@ -342,6 +343,7 @@ def build_parser(prog: str = "wm-video train dynamics") -> argparse.ArgumentPars
         default=DEFAULT_HOLDOUT,
         help="fraction of episodes held out, the last ones (default 0.1)",
     )
+    add_init_flag(data, "dynamics")
     robust = parser.add_argument_group("context corruption (robustness to the model's own mistakes)")
     defaults = CorruptionConfig()
     robust.add_argument(
@@ -372,6 +374,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "wm-video train dynamics
             clip_len=args.clip_len,
             holdout=args.holdout,
             corruption=CorruptionConfig(token_noise=args.token_noise, repeat_frames=args.repeat_frames),
+            init=args.init,
         )
         result = train_dynamics(options)
         if result.probe:

@@ -236,6 +236,19 @@ def add_change_flags(group: argparse._ActionsContainer, default_weight: float = 
     )
 
 
+def add_init_flag(group: argparse._ActionsContainer, kind: str) -> None:
+    """``--init``: start a run from another run's (or an exported world's) weights instead of at random."""
+    group.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        metavar="CHECKPOINT",
+        help=f"start from this {kind} run folder or checkpoint (its shape and EMA weights; the optimizer "
+        "starts fresh): fine-tuning an existing world on new data or with a new loss; a run that "
+        "already has a checkpoint in --out resumes that instead",
+    )
+
+
 def fsq_levels(text: str) -> tuple[int, ...]:
     """argparse type: comma-separated FSQ levels, each an integer ≥ 2 (``8,8,8,5,5,5``)."""
     try:

@@ -34,7 +34,7 @@ from wm_video.tokenizer import TOKENIZER_PRESETS, TokenizerConfig, VideoTokenize
 from wm_video.tokenizer.loss import ReconstructionLossConfig, reconstruction_loss
 from wm_video.tokenizer.pixels import to_model_pixels, to_uint8_frames
 from wm_video.train.common import save_comparison_grid
-from wm_video.train.options import add_change_flags, add_tokenizer_shape_flags
+from wm_video.train.options import add_change_flags, add_init_flag, add_tokenizer_shape_flags
 from wm_video.train.prefetch import Batch
 from wm_video.train.session import (
     SessionOptions,
@@ -228,6 +228,7 @@ def build_parser(prog: str = "wm-video train tokenizer") -> argparse.ArgumentPar
         "--l1-weight", type=float, default=0.2, help="weight of the L1 term beside MSE (default 0.2)"
     )
     add_tokenizer_shape_flags(data)
+    add_init_flag(data, "tokenizer")
     add_change_flags(data)
     data.add_argument(
         "--holdout",
@@ -243,6 +244,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "wm-video train tokenize
     args = build_parser(prog).parse_args(argv)
 
     def run() -> int:
+        if args.init is not None and (args.patch_size is not None or args.levels is not None):
+            raise InputError("--patch-size and --levels shape a fresh tokenizer; --init keeps its checkpoint's shape")
         options = TokenizerTrainOptions(
             data=args.data,
             session=session_options(args),
@@ -252,6 +255,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "wm-video train tokenize
             change_weight=args.change_weight,
             change_reference=args.change_reference,
             holdout=args.holdout,
+            init=args.init,
             config=shaped_config(tokenizer_preset(args.preset), args.patch_size, args.levels),
         )
         result = train_tokenizer(options)
