@@ -16,12 +16,14 @@ from wm_video.cli_args import (
     add_device_flag,
     add_dtype_flag,
     add_progress_flag,
+    add_sampling_flags,
     add_threads_flag,
     counted,
     device_and_threads,
     non_negative_float,
     positive_float,
     positive_int,
+    sampling_overrides,
 )
 
 #: Where F5 recordings and F12 screenshots go unless --out says otherwise: a folder of the user's,
@@ -63,7 +65,7 @@ def _play(args: argparse.Namespace) -> int:
         tokenizer=args.tokenizer,
         device=device,
         seed=args.seed,
-        temperature=args.temperature,
+        sampling=sampling_overrides(args),
         dtype=args.dtype,
         compile=args.compile,
     )
@@ -179,12 +181,7 @@ def register(commands: Commands) -> None:
     add_compile_flag(group)
     group.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     add_threads_flag(group)
-    group.add_argument(
-        "--temperature",
-        type=non_negative_float,
-        default=None,
-        help="sampling temperature (default 1; 0: most likely)",
-    )
+    add_sampling_flags(group)
     group.add_argument(
         "--start-from",
         default=None,

@@ -240,7 +240,7 @@ def open_world(
     tokenizer: Path | None = None,
     device: str = "cpu",
     seed: int = 0,
-    temperature: float | None = None,
+    sampling: dict[str, Any] | None = None,
     dtype: str = "fp32",
     compile: bool = False,
 ) -> World:
@@ -249,7 +249,8 @@ def open_world(
     With neither, the shipped default (:data:`DEFAULT_CHECKPOINT`); if that is not there yet, an
     error says what to pass instead. A preset builds its tokenizer and dynamics model with
     weights drawn from ``seed``, for the default world's 8 ViZDoom buttons. ``dtype`` (``fp32``,
-    ``bf16``, ``fp16``) and ``compile`` as :func:`~wm_video.engine.load_world` takes them.
+    ``bf16``, ``fp16``), ``compile`` and ``sampling`` (settings replacing the world's own) as
+    :func:`~wm_video.engine.load_world` takes them.
     """
     import torch
 
@@ -259,8 +260,7 @@ def open_world(
     from wm_video.sources.vizdoom import ACTION_SPACE
     from wm_video.tokenizer import VideoTokenizer, tokenizer_preset
 
-    sampling = SamplingConfig(temperature=temperature) if temperature is not None else None
-    options: dict[str, Any] = dict(sampling=sampling, seed=seed, compile=compile)
+    options: dict[str, Any] = dict(seed=seed, compile=compile)
     if checkpoint is None and preset is None:
         # A missing or empty folder means nothing shipped yet; anything else is for the loader to judge.
         if not DEFAULT_CHECKPOINT.is_dir() or not any(DEFAULT_CHECKPOINT.iterdir()):
@@ -270,12 +270,13 @@ def open_world(
             )
         checkpoint = DEFAULT_CHECKPOINT
     if checkpoint is not None:
-        return load_world(checkpoint, tokenizer=tokenizer, device=device, dtype=dtype, **options)
+        return load_world(checkpoint, tokenizer=tokenizer, device=device, dtype=dtype, sampling=sampling, **options)
     assert preset is not None
     torch.manual_seed(seed)
     tokenizer_model = VideoTokenizer(tokenizer_preset(preset))
     dynamics = DynamicsModel(dynamics_config(preset, tokenizer_model.config, ACTION_SPACE))
     float_type = resolve_dtype(dtype, device)
+    dynamics.sampling = SamplingConfig.from_dict(sampling or {}).to_dict()
     world = World(tokenizer_model.to(device, float_type), dynamics.to(device, float_type), **options)
     world.meta = {"preset": preset, "random_weights": True}
     return world

@@ -123,3 +123,37 @@ def test_export_command(
     assert "dynamics step 7, tokenizer step 0" in capsys.readouterr().out
     assert cli_main(["export", str(run), "--out", str(out)]) == 0  # exporting again replaces it
     assert load_checkpoint(out, kind="dynamics").meta["tokenizer"] == "../tokenizer"
+
+
+def test_a_world_keeps_its_sampling_settings(
+    tmp_path: Path, trained: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`export --temperature/--top-k/--passes` stores how the world draws its frames; play and eval
+    use it, and their own flags replace single settings."""
+    _, run = trained
+    out = tmp_path / "world"
+    assert cli_main(["export", str(run), "--out", str(out), "--temperature", "0.7", "--top-k", "3"]) == 0
+    stored = {"temperature": 0.7, "top_k": 3, "passes": None, "choice_noise": 1.0}
+    assert json.loads((out / "world.json").read_text())["sampling"] == stored
+    world = load_world(out)
+    assert (world.sampler.config.temperature, world.sampler.config.top_k) == (0.7, 3)
+    world = load_world(out, sampling={"temperature": 1.0, "passes": 2})
+    config = world.sampler.config
+    assert (config.temperature, config.top_k, config.passes, world.sampler.passes) == (1.0, 3, 2, 2)
+    assert load_world(run).sampler.config.temperature == 1.0  # a training run: the defaults
+
+    # the settings change the frames drawn (greedy versus sampled, same seed and start)
+    frames = np.random.default_rng(0).integers(0, 255, (6, 32, 32, 3), dtype=np.uint8)
+    actions = np.zeros((6, len(SPACE.names)), np.float32)
+    greedy = tmp_path / "greedy"
+    assert cli_main(["export", str(run), "--out", str(greedy), "--temperature", "0"]) == 0
+    assert not np.array_equal(play_frames(greedy, frames, actions), play_frames(out, frames, actions))
+
+    checkpoint = json.loads((out / "dynamics" / "checkpoint.json").read_text())
+    checkpoint["meta"]["sampling"] = {"temprature": 0.5}
+    (out / "dynamics" / "checkpoint.json").write_text(json.dumps(checkpoint))
+    with pytest.raises(InputError, match=r"checkpoint.json \(meta.sampling\): unknown sampling settings"):
+        load_world(out)
+    capsys.readouterr()
+    assert cli_main(["export", str(run), "--out", str(tmp_path / "x"), "--passes", "9"]) == 2
+    assert "passes must lie in 1..8" in capsys.readouterr().err

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from wm_video.cli_args import Commands
+from wm_video.cli_args import Commands, add_sampling_flags, sampling_overrides
 from wm_video.train.options import add_finetune_flags
 
 DESCRIPTION = (
@@ -53,7 +53,10 @@ def _plot(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from wm_video.export import describe, export_world
 
-    print(describe(export_world(args.checkpoint, args.out, tokenizer=args.tokenizer, dtype=args.dtype)))
+    result = export_world(
+        args.checkpoint, args.out, tokenizer=args.tokenizer, dtype=args.dtype, sampling=sampling_overrides(args)
+    )
+    print(describe(result))
     return 0
 
 
@@ -106,4 +109,5 @@ def register(commands: Commands) -> None:
         default="float16",
         help="how the weights are stored (default float16: half the size; loaded back as float32)",
     )
+    add_sampling_flags(export.add_argument_group("how the world draws its frames (stored in the world)"))
     export.set_defaults(handler=_export)

@@ -656,9 +656,15 @@ def load_tokenizer(
 def load_dynamics(
     path: Path, *, ema: bool = True, device: str | torch.device = "cpu"
 ) -> tuple[DynamicsModel, Checkpoint]:
-    """A dynamics model ready for inference (EMA weights when asked for and saved), and its checkpoint."""
-    from wm_video.dynamics import DynamicsModel
+    """A dynamics model ready for inference (EMA weights when asked for and saved), and its checkpoint;
+    the model's ``sampling`` holds the settings the checkpoint stores (``meta.sampling``, checked)."""
+    from wm_video.dynamics import DynamicsModel, SamplingConfig
 
     model, checkpoint = _load_for_inference(path, "dynamics", ema, device)
     assert isinstance(model, DynamicsModel)
+    stored = checkpoint.meta.get("sampling") or {}
+    where = f"{checkpoint.path / 'checkpoint.json'} (meta.sampling)"
+    if not isinstance(stored, dict):
+        raise InputError(f"{where}: expected an object of sampling settings, got {stored!r}")
+    model.sampling = SamplingConfig.from_dict(stored, where).to_dict()
     return model, checkpoint

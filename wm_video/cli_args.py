@@ -13,7 +13,7 @@ import argparse
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     Commands = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -116,6 +116,36 @@ def add_threads_flag(group: FlagTarget) -> None:
         help="torch CPU threads (default: chosen by timing 1, 2 … threads on the work itself while it "
         "runs, and re-checked when its speed changes; the choice is printed)",
     )
+
+
+def add_sampling_flags(group: FlagTarget) -> None:
+    """``--temperature``, ``--top-k`` and ``--passes``: how a world draws its frames, replacing the
+    world's own settings (what ``wm-video export`` stored; else temperature 1, no top-k and the
+    model's passes). The same in play, eval and export."""
+    group.add_argument(
+        "--temperature",
+        type=non_negative_float,
+        default=None,
+        help="sampling temperature (default: the world's own, else 1; 0: always the most likely token)",
+    )
+    group.add_argument(
+        "--top-k",
+        type=positive_int,
+        default=None,
+        help="draw each token digit from its k most likely levels only (default: the world's own, else all)",
+    )
+    group.add_argument(
+        "--passes",
+        type=positive_int,
+        default=None,
+        help="MaskGIT passes per frame, 1-8; more passes cost more model time per frame "
+        "(default: the world's own, else the model's)",
+    )
+
+
+def sampling_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The sampling settings given by :func:`add_sampling_flags`' flags (those not given are left out)."""
+    return {name: getattr(args, name) for name in ("temperature", "top_k", "passes") if getattr(args, name) is not None}
 
 
 def add_progress_flag(group: FlagTarget) -> None:

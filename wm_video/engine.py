@@ -33,7 +33,7 @@ can rewind; ``restore`` writes into the existing tensors, so captured graphs sta
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -394,7 +394,7 @@ def load_world(
     device: str | torch.device = "cpu",
     dtype: str = "fp32",
     batch_size: int = 1,
-    sampling: SamplingConfig | None = None,
+    sampling: Mapping[str, Any] | None = None,
     seed: int = 0,
     compile: bool | str = False,
 ) -> World:
@@ -402,18 +402,20 @@ def load_world(
 
     The tokenizer defaults to the one recorded in the checkpoint (``meta.tokenizer``). ``dtype``:
     ``fp32``, ``bf16`` or ``fp16`` (:func:`~wm_video.device.resolve_dtype`), the models' float type.
+    ``sampling``: :class:`SamplingConfig` settings that replace the world's own (what its checkpoint
+    stores, else the defaults), e.g. ``{"temperature": 0.8}``.
     """
     from wm_video.checkpoint import load_dynamics, load_tokenizer, recorded_tokenizer
     from wm_video.device import resolve_dtype
 
     float_type = resolve_dtype(dtype, str(device))
     dynamics, saved = load_dynamics(checkpoint, device=device)
+    dynamics.sampling = SamplingConfig.from_dict({**dynamics.sampling, **(sampling or {})}).to_dict()
     tokenizer_model, _ = load_tokenizer(tokenizer or recorded_tokenizer(saved), device=device)
     world = World(
         tokenizer_model.to(dtype=float_type),
         dynamics.to(dtype=float_type),
         batch_size=batch_size,
-        sampling=sampling,
         seed=seed,
         compile=compile,
     )

@@ -79,9 +79,21 @@ def _dataset_facts(data: Path | None, heldout: list[int], context_frames: int) -
 
 
 def export_world(
-    dynamics: Path, out: Path, *, tokenizer: Path | None = None, dtype: str = "float16"
+    dynamics: Path,
+    out: Path,
+    *,
+    tokenizer: Path | None = None,
+    dtype: str = "float16",
+    sampling: dict[str, Any] | None = None,
 ) -> ExportResult:
-    """Write the world of the dynamics checkpoint ``dynamics`` (and its tokenizer) into ``out``."""
+    """Write the world of the dynamics checkpoint ``dynamics`` (and its tokenizer) into ``out``.
+
+    ``sampling`` (:class:`~wm_video.dynamics.SamplingConfig` settings) becomes the world's own way
+    of drawing frames (``meta.sampling`` of the exported dynamics checkpoint, and ``world.json``),
+    on top of what the source stores; play and eval use it unless told otherwise.
+    """
+    from wm_video.dynamics import SamplingConfig
+
     if dtype not in DTYPES:
         raise InputError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     out = check_output_folder(Path(out))
@@ -93,6 +105,8 @@ def export_world(
     if out.exists() and any(out.iterdir()) and not (out / WORLD_FILE).is_file():
         raise InputError(f"{out}: exists and is not an exported world; choose an empty or new folder")
 
+    stored = source.meta.get("sampling") or {}
+    world_sampling = SamplingConfig.from_dict({**stored, **(sampling or {})}, "--temperature/--top-k/--passes")
     data = Path(source.meta["data"]) if source.meta.get("data") else None
     context = int(source.config.get("context_frames", 8))
     facts, start = _dataset_facts(data, list(source.meta.get("heldout_episodes") or []), context)
@@ -114,6 +128,7 @@ def export_world(
                 "tokenizer": "../tokenizer",
                 "tokenizer_fingerprint": tokenizer_fingerprint(shipped_tokenizer),
                 "shipped": facts,
+                "sampling": world_sampling.to_dict(),
             }
         weights = _inference_weights(
             saved.ema_weights if saved.ema_weights is not None else saved.weights, torch_dtype
@@ -139,6 +154,7 @@ def export_world(
             "dynamics": {"path": "dynamics", "from": str(source.path), "step": source.step},
             "tokenizer": {"path": "tokenizer", "from": str(token_source.path), "step": token_source.step},
             "weights_dtype": dtype,
+            "sampling": world_sampling.to_dict(),
             "start": facts.get("start_label"),
         },
     )

@@ -22,6 +22,8 @@ Shapes: tokens (B, T, N) int64 in [0, codebook); actions (B, T, A) float; hidden
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -38,6 +40,9 @@ class DynamicsModel(nn.Module):
     def __init__(self, config: DynamicsConfig) -> None:
         super().__init__()
         self.config = c = config
+        #: The world's own sampling settings (:class:`~wm_video.dynamics.SamplingConfig` fields; those
+        #: not named take its defaults): what an exported world stores in ``meta.sampling``.
+        self.sampling: dict[str, Any] = {}
         self.mask_id = c.codebook_size  # the head's input id of a token not yet decided
         self.action_embed = nn.Sequential(nn.Linear(c.action_dim, c.dim), nn.SiLU(), nn.Linear(c.dim, c.dim))
         self.token_embed = nn.Embedding(c.codebook_size, c.dim)

@@ -15,7 +15,9 @@ state to capture or save.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -42,6 +44,21 @@ class SamplingConfig:
             raise InputError(f"passes must lie in 1..8, got {self.passes}")
         if self.choice_noise < 0:
             raise InputError(f"choice noise must be ≥ 0, got {self.choice_noise}")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], where: str = "sampling") -> SamplingConfig:
+        """The settings a world stores (its checkpoint's ``meta.sampling``), checked: ``where`` names them."""
+        known = {field.name for field in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise InputError(f"{where}: unknown sampling settings {unknown}; known: {sorted(known)}")
+        try:
+            return cls(**values)
+        except (InputError, TypeError) as err:
+            raise InputError(f"{where}: {err}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def undecided_after(tokens_per_frame: int, passes: int) -> tuple[int, ...]:
@@ -90,10 +107,11 @@ def _gumbel(seed: Tensor, counter: Tensor, shape: tuple[int, ...], device: torch
 
 
 class FrameSampler:
-    """Decodes the next frame's tokens from trunk states with :class:`SamplingConfig`'s settings."""
+    """Decodes the next frame's tokens from trunk states with :class:`SamplingConfig`'s settings
+    (by default the model's own, ``model.sampling``: what its checkpoint stores)."""
 
     def __init__(self, model: DynamicsModel, config: SamplingConfig | None = None) -> None:
-        self.model, self.config = model, config or SamplingConfig()
+        self.model, self.config = model, config or SamplingConfig.from_dict(model.sampling)
         self.passes = self.config.passes or model.config.decode_passes
         self.undecided = undecided_after(model.config.tokens_per_frame, self.passes)
         # Channels padded to the widest level count: (C, Lmax) index into the ΣL logits, and

@@ -20,9 +20,11 @@ from wm_video.cli_args import (
     add_device_flag,
     add_dtype_flag,
     add_progress_flag,
+    add_sampling_flags,
     add_threads_flag,
     device_and_threads,
     positive_int,
+    sampling_overrides,
 )
 from wm_video.errors import EXIT_STOPPED, InputError
 from wm_video.fileio import check_output_folder
@@ -77,6 +79,7 @@ def _consistency(
         device=device,
         raw_weights=args.raw_weights,
         dtype=args.dtype,
+        sampling=sampling_overrides(args),
     )
     data = args.data or models[0].meta.get("data")
     if data is None:
@@ -216,7 +219,12 @@ def _eval_sprites(args: argparse.Namespace) -> int:
     world = None
     if checkpoint.kind == "dynamics":
         world = load_world(
-            args.checkpoint, tokenizer=args.tokenizer, device=device, batch_size=args.clips, seed=args.seed
+            args.checkpoint,
+            tokenizer=args.tokenizer,
+            device=device,
+            batch_size=args.clips,
+            seed=args.seed,
+            sampling=sampling_overrides(args),
         )
         tokenizer = world.tokenizer
         tokenizer_path = args.tokenizer or recorded_tokenizer(checkpoint)
@@ -311,6 +319,7 @@ def _run_flags(parser: argparse.ArgumentParser, *, json: bool, worlds: bool = Tr
     if worlds:
         add_dtype_flag(group)
         add_compile_flag(group)
+        add_sampling_flags(group)
     add_threads_flag(group)
     add_progress_flag(group)
     if json:

@@ -524,11 +524,14 @@ def load_models(
     device: str,
     raw_weights: bool = False,
     dtype: str = "fp32",
+    sampling: dict[str, Any] | None = None,
 ) -> list[Model]:
     """The checkpoint under test and the optional baseline, each with the tokenizer it records,
-    in ``dtype`` (``fp32``, ``bf16``, ``fp16``)."""
+    in ``dtype`` (``fp32``, ``bf16``, ``fp16``). ``sampling`` replaces the tested world's own
+    sampling settings (the baseline keeps its own)."""
     from wm_video.checkpoint import load_dynamics, load_tokenizer, recorded_tokenizer
     from wm_video.device import resolve_dtype
+    from wm_video.dynamics import SamplingConfig
 
     float_type = resolve_dtype(dtype, device)
     models = []
@@ -536,6 +539,8 @@ def load_models(
         if path is None:
             continue
         dynamics, saved = load_dynamics(path, device=device, ema=not raw_weights)
+        if label == "model" and sampling:
+            dynamics.sampling = SamplingConfig.from_dict({**dynamics.sampling, **sampling}).to_dict()
         recorded = (tokenizer if label == "model" else None) or recorded_tokenizer(saved)
         tokenizer_model, _ = load_tokenizer(recorded, device=device)
         tokenizer_model, dynamics = tokenizer_model.to(dtype=float_type), dynamics.to(dtype=float_type)

@@ -2,7 +2,7 @@
 
 It runs :func:`wm_video.eval.consistency.run_consistency` with only its first parts (teacher
 forcing, drift and controllability, :mod:`wm_video.eval.rollouts`; no inverse-dynamics model,
-no loop closure, no soak) on held-out clips with a 16-frame horizon, and prints a summary
+no loop closure, no soak, none of what a player sees) on held-out clips with a 16-frame horizon, and prints a summary
 instead of writing a report folder. The numbers are those the full run gives for the same clips,
 seed and horizon: one implementation of each measurement.
 
@@ -21,7 +21,7 @@ from typing import Any
 from wm_video.eval.consistency import ConsistencyConfig, ConsistencyResult
 
 QUICK_HORIZON = 16  # frames generated per rollout
-QUICK_SKIP = frozenset({"actions", "loops", "soak"})  # the parts the quick check leaves to `wm-video eval`
+QUICK_SKIP = frozenset({"actions", "loops", "soak", "player"})  # the parts the quick check leaves to `wm-video eval`
 
 
 def quick_config(
@@ -74,6 +74,7 @@ def summary_dict(result: ConsistencyResult) -> dict[str, Any]:
     return {
         "checkpoint": str(first.model.path),
         "step": first.model.step,
+        "sampling": first.model.dynamics.sampling,
         "data": str(result.data),
         "clips_from": result.clips.origin,
         "seed": result.config.seed,

@@ -59,6 +59,7 @@ def metrics_dict(result: ConsistencyResult) -> dict[str, Any]:
             "checkpoint": str(m.path),
             "step": m.step,
             "weights_sha256": m.weights_sha256,
+            "sampling": m.dynamics.sampling,
             "tokenizer": m.tokenizer_path,
             **r.clips.to_dict(),
             "action_accuracy": {k: v.to_dict() for k, v in r.actions.items()},
@@ -190,6 +191,15 @@ def _action_table(scores: dict[str, ActionScores], heldout: ActionScores | None)
     return rows
 
 
+
+def _sampling_text(sampling: dict[str, Any]) -> str:
+    """``temperature 1, top-k all, passes model's`` from a world's sampling settings."""
+    top_k, passes = sampling.get("top_k"), sampling.get("passes")
+    return (
+        f"temperature {sampling.get('temperature', 1.0):g}, top-k {top_k or 'all'}, "
+        f"passes {passes or 'the model’s'}"
+    )
+
 def render_markdown(result: ConsistencyResult, files: dict[str, str]) -> str:
     first = result.results[0]
     fps, horizon, context = result.fps, first.clips.horizon, first.clips.context
@@ -205,11 +215,13 @@ def render_markdown(result: ConsistencyResult, files: dict[str, str]) -> str:
             if result.incomplete
             else []
         ),
-        f"- checkpoint: `{first.model.path}` (step {first.model.step}, weights sha256 `{first.model.weights_sha256[:16]}…`)",
+        f"- checkpoint: `{first.model.path}` (step {first.model.step}, weights sha256 `{first.model.weights_sha256[:16]}…`; "
+        f"sampling {_sampling_text(first.model.dynamics.sampling)})",
     ]
     for r in result.results[1:]:
         lines.append(
-            f"- baseline: `{r.model.path}` (step {r.model.step}, weights sha256 `{r.model.weights_sha256[:16]}…`)"
+            f"- baseline: `{r.model.path}` (step {r.model.step}, weights sha256 `{r.model.weights_sha256[:16]}…`; "
+            f"sampling {_sampling_text(r.model.dynamics.sampling)})"
         )
     lines += [
         f"- clips: {result.clips.count} from {result.clips.origin}; {context} real context frames, then "
