@@ -112,7 +112,7 @@ def test_collect_appends_only_to_a_matching_dataset(two_episodes):
     [
         ({"scenario": "nowhere"}, "unknown ViZDoom scenario"),
         ({"source": "quake"}, "unknown source"),
-        ({"policy": "wander"}, "'explore', 'random' or the path"),
+        ({"policy": "wander"}, "'explore', 'random', 'hunt', the path"),
         ({"episodes": 0}, "episodes"),
         ({"workers": 0}, "workers"),
         ({"seed": -1}, "seed"),

@@ -133,5 +133,5 @@ def test_scripted_policy_rejects_bad_lines(tmp_path, lines, message):
 def test_load_policy_specs(tmp_path):
     assert isinstance(load_policy("explore", ACTION_SPACE), ExplorationPolicy)
     assert isinstance(load_policy("random", ACTION_SPACE), RandomPolicy)
-    with pytest.raises(InputError, match="'explore', 'random' or the path"):
+    with pytest.raises(InputError, match="'explore', 'random', 'hunt', the path"):
         load_policy(str(tmp_path / "missing.jsonl"), ACTION_SPACE)

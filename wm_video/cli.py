@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser(
         "collect",
-        help="record footage from a real game engine under an exploration policy",
+        help="record footage from a real game engine under an exploring, hunting, random or scripted policy",
         description="Record footage (and, from ViZDoom, the engine's ground truth: object labels, pose, "
         "health, ammo, kills, reward) into --out; or --relabel an existing ViZDoom dataset recorded "
         "without ground truth, if replaying its seeds and actions reproduces its frames exactly.",
@@ -253,7 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     group.add_argument("--workers", type=positive_int, default=2, help="engine processes (default 2)")
     group.add_argument(
-        "--policy", default="explore", help="explore (default), random, or a JSONL action script to replay"
+        "--policy",
+        default="explore",
+        help="who plays: explore (default: covers the map), random (sticky random presses), hunt (ViZDoom: "
+        "turns toward the monsters the engine's ground truth shows and shoots them, exploring when none "
+        "is in view), a JSONL action script to replay, or a per-episode mix like mix:hunt=0.6,explore=0.4 "
+        "(weights normalised; each episode's draw follows its seed and is recorded in the episode table)",
     )
     _add_video_flags(p)
     p.set_defaults(handler=_collect)

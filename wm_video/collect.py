@@ -54,7 +54,7 @@ from wm_video.errors import InputError
 from wm_video.signals import die_with_parent
 from wm_video.sources import DEFAULT_SOURCE, TRUTH_SOURCES, make_source
 from wm_video.sources.base import Source
-from wm_video.sources.policies import Policy, load_policy
+from wm_video.sources.policies import Policy, load_policy, policy_needs_truth
 from wm_video.sources.truth import FrameTruth
 
 
@@ -96,6 +96,7 @@ class _EpisodeOutput:
     video_path: Path
     actions: np.ndarray  # (T, action size) float32
     truth: EpisodeTruth | None = None
+    policy: str = ""  # the policy that played it (a mix's draw)
     error: str | None = None  # a worker's failure, formatted
     exception: BaseException | None = field(default=None, compare=False)
 
@@ -105,13 +106,21 @@ class _EpisodeRunner:
 
     def __init__(self, spec: _SourceSpec) -> None:
         self.spec = spec
+        # A policy that aims with the truth gets the engine's truth even when none is recorded
+        # (the labels buffer changes no rendered frame).
+        self.reads_truth = policy_needs_truth(spec.policy)
+        if self.reads_truth and spec.source not in TRUTH_SOURCES:
+            raise InputError(
+                f"policy {spec.policy!r}: hunt needs the engine's ground truth (the monsters in view), "
+                f"which only {sorted(TRUTH_SOURCES)} gives; source {spec.source!r} does not"
+            )
         self.source = make_source(
             spec.source,
             scenario=spec.scenario,
             size=spec.size,
             frame_skip=spec.frame_skip,
             **spec.source_options,
-            **({"ground_truth": True} if spec.ground_truth else {}),
+            **({"ground_truth": True} if spec.ground_truth or self.reads_truth else {}),
         )
         self.policy: Policy = load_policy(spec.policy, self.source.action_space)
 
@@ -123,10 +132,11 @@ class _EpisodeRunner:
         for _ in range(self.spec.steps):
             if self.policy.exhausted:
                 return
-            action = self.policy.act(frame)
+            known = _known(self.source) if truth is not None or self.reads_truth else None
+            action = self.policy.act(frame, known)
             actions.append(action)
-            if truth is not None:
-                truth.add_frame(_known(self.source))
+            if truth is not None and known is not None:
+                truth.add_frame(known)
             yield frame  # the encoder writes frame_t before the engine makes frame_t+1
             result = self.source.step(action)
             if truth is not None:
@@ -148,7 +158,11 @@ class _EpisodeRunner:
             raise RuntimeError(f"episode {job.episode}: encoded {frames} frames for {len(actions)} actions")
         episode_truth = truth.finish() if truth is not None else None
         return _EpisodeOutput(
-            job.episode, job.video_path, np.stack(actions).astype(np.float32), episode_truth
+            job.episode,
+            job.video_path,
+            np.stack(actions).astype(np.float32),
+            episode_truth,
+            self.policy.current,
         )
 
     def close(self) -> None:
@@ -182,7 +196,9 @@ def _worker_main(spec: _SourceSpec, jobs: Any, results: Any, parent: int) -> Non
         except Exception:
             sendable = None
         episode = job.episode if job is not None else -1
-        results.put(_EpisodeOutput(episode, Path(), np.zeros((0, 0)), None, traceback.format_exc(), sendable))
+        results.put(
+            _EpisodeOutput(episode, Path(), np.zeros((0, 0)), None, "", traceback.format_exc(), sendable)
+        )
     finally:
         if runner is not None:
             runner.close()
@@ -295,8 +311,9 @@ def collect(
 
     ``episodes`` is the total, not the number to add: an existing dataset is appended to
     (its fps, actions and frame shape must match), and one that already holds ``episodes``
-    is left as it is. Episode i uses seed ``seed + i``. ``policy`` is "explore", "random" or a
-    JSONL action script; ``source_options`` are extra config fields of the source (e.g.
+    is left as it is. Episode i uses seed ``seed + i``. ``policy`` is "explore", "random", "hunt"
+    (ViZDoom only), a JSONL action script or a per-episode mix "mix:hunt=0.6,explore=0.4"; each
+    episode's policy is recorded in its row of the episode table. ``source_options`` are extra config fields of the source (e.g.
     ``{"render_hud": True}``). ``ground_truth`` records what the engine knows per frame where the
     source gives it (ViZDoom; :mod:`wm_video.data.truth`). Ctrl-C stops the workers and keeps
     every committed episode, then raises KeyboardInterrupt.
@@ -341,7 +358,7 @@ def collect(
                 local.close()
                 pool = _WorkerPool(spec, min(workers, len(jobs)))
             for output in pool.run(jobs) if pool is not None else map(local.run, jobs):
-                writer.commit_episode(output.video_path, output.actions, output.truth)
+                writer.commit_episode(output.video_path, output.actions, output.truth, policy=output.policy)
                 written, frames = written + 1, frames + len(output.actions)
                 bar.total -= steps - len(output.actions)  # the episode ended early
                 bar.update(len(output.actions))
@@ -373,6 +390,8 @@ def _open_writer(out: Path, engine: Source, spec: _SourceSpec, seed: int) -> Dat
         "policy": spec.policy,
         "seed": seed,
     }
+    if "ground_truth" in info:  # recorded or not: the engine computes it for a hunt policy either way
+        info["ground_truth"] = spec.ground_truth
     return DatasetWriter(
         out,
         fps=engine.fps,

@@ -39,6 +39,8 @@ CHUNKS_SIZE = 1000
 DATA_PATH_V3 = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 VIDEO_PATH_V3 = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
 EPISODES_META_PATH = "meta/episodes/chunk-000/file-000.parquet"
+#: Our column of the episode table: the policy that played each episode ("explore", "hunt"…).
+POLICY_COLUMN = "policy"
 TIMESTAMP_TOLERANCE_S = 1e-4  # the tolerance LeRobot itself uses between timestamps and fps
 
 

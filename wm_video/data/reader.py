@@ -35,6 +35,7 @@ class EpisodeRef:
     from_timestamp: float  # where the episode starts inside its video file (v3.0 packs several)
     first_row: int  # global `index` of its first frame (dataset_from_index)
     end_row: int  # global `index` one past its last frame (dataset_to_index)
+    policy: str | None = None  # who played it, where the episode table says ("explore", "hunt"…)
 
 
 @lru_cache(maxsize=4)
@@ -174,6 +175,7 @@ class EpisodeDataset:
             from_timestamp=float(row[f"videos/{key}/from_timestamp"]),
             first_row=first,
             end_row=int(row.get("dataset_to_index", first + int(row["length"]))),
+            policy=str(row[lerobot.POLICY_COLUMN]) if row.get(lerobot.POLICY_COLUMN) else None,
         )
 
     def _read_v2_episodes(self) -> list[EpisodeRef]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +48,7 @@ class InspectReport:
     episodes: int = 0
     frames: int = 0
     episode_lengths: list[int] = field(default_factory=list)
+    policies: dict[str, int] = field(default_factory=dict)  # episodes per recorded policy
     actions: list[ActionSummary] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     decoded: bool = False
@@ -68,6 +69,12 @@ class InspectReport:
                 f"length      min {min(lengths)}   median {statistics.median(lengths):g}   max {max(lengths)}"
                 f"   ({_duration(self.frames / self.fps)} of footage)",
             ]
+        if self.policies:
+            shares = ", ".join(
+                f"{name} {count} ({100 * count / max(self.episodes, 1):.0f} %)"
+                for name, count in sorted(self.policies.items(), key=lambda item: (-item[1], item[0]))
+            )
+            lines.append(f"policies    {shares}")
         if self.actions:
             buttons = [a for a in self.actions if a.kind == "button"]
             deltas = [a for a in self.actions if a.kind == "delta"]
@@ -205,6 +212,9 @@ def validate_dataset(root: Path, *, decode: bool = True, progress: bool = False)
     report.resolution = ds.frame_shape[:2]
     report.episodes, report.frames = len(ds.episodes), ds.num_frames
     report.episode_lengths = [ep.length for ep in ds.episodes]
+    report.policies = dict(Counter(ep.policy or "not recorded" for ep in ds.episodes))
+    if set(report.policies) == {"not recorded"}:
+        report.policies = {}
     if not ds.episodes:
         report.problems.append(f"{root}: the dataset holds no episodes")
         return report

@@ -33,6 +33,13 @@ def _write_parquet(path: Path, table: pa.Table) -> None:
     atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
+def episodes_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """The episode table from its rows; a column some rows lack (an episode appended by a program
+    that records no policy, or before it did) is null there rather than dropped."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    return pa.Table.from_pylist([{key: row.get(key) for key in columns} for row in rows])
+
+
 def tasks_table(tasks: list[str]) -> pa.Table:
     """meta/tasks.parquet as LeRobot reads it with pandas: the task string is the index."""
     table = pa.table(
@@ -230,10 +237,16 @@ class DatasetWriter:
         return EpisodeRecorder(self)
 
     def commit_episode(
-        self, video_file: Path, actions: np.ndarray, ground_truth: truth.EpisodeTruth | None = None
+        self,
+        video_file: Path,
+        actions: np.ndarray,
+        ground_truth: truth.EpisodeTruth | None = None,
+        *,
+        policy: str = "",
     ) -> int:
         """Move an encoded episode video into the dataset with its actions (and, in a dataset that
-        records it, its ground truth); returns its index."""
+        records it, its ground truth); returns its index. ``policy`` (who played the episode) goes
+        into its row of the episode table as "policy"."""
         actions = np.asarray(actions, dtype=np.float32)
         if (ground_truth is not None) != self.ground_truth or (
             ground_truth is not None and len(ground_truth) != len(actions)
@@ -279,6 +292,7 @@ class DatasetWriter:
             f"videos/{self.video_key}/to_timestamp": length / self.fps,
             "meta/episodes/chunk_index": 0,
             "meta/episodes/file_index": 0,
+            **({lerobot.POLICY_COLUMN: policy} if policy else {}),
         }
         with signals_deferred():  # Ctrl-C or SIGTERM wait until the metadata agrees again
             os.replace(video_file, video_path)
@@ -289,9 +303,7 @@ class DatasetWriter:
                 data_path,
                 frames_table(actions, fps=self.fps, episode_index=index, first_index=first, extra=extra),
             )
-            _write_parquet(
-                self.root / lerobot.EPISODES_META_PATH, pa.Table.from_pylist([*self.episodes, row])
-            )
+            _write_parquet(self.root / lerobot.EPISODES_META_PATH, episodes_table([*self.episodes, row]))
             self.episodes.append(row)  # committed: the episode table on disk holds it
             self._update_stats(actions)
             self._write_info()

@@ -15,6 +15,15 @@ Design choices:
 - Buttons are looked up by NAME: FPS names (forward, turn_left, ...; see sources/vizdoom.py)
   get the intents above, joystick names (up, down, left, right, fire; sources/atari.py)
   get held directions with fire, anything else falls back to sticky uniform presses.
+- :class:`HuntPolicy` also reads what the engine knows about the frame (the object table of
+  :mod:`wm_video.sources.truth`, boxes in output pixels): it turns toward the tallest monster in
+  view (the nearest, roughly), holds attack once it is near the centre, and in between strafes,
+  advances, backs off or holds its fire for a while, so footage shows monsters approach, get
+  shot and die, and the player get hit. With no monster in view it explores (turning first
+  toward the side where it last saw one). Policies that read the truth say so (``needs_truth``)
+  and are handed it by ``act(frame, truth)``; the others ignore it.
+- :class:`MixPolicy` (``mix:hunt=0.6,explore=0.4``) draws one policy per episode from the
+  episode's seed (its own stream, apart from the policy's) and names it in ``current``.
 - :class:`ScriptedPolicy` replays a JSONL file, one object per step:
   ``{"buttons": ["forward", "turn_left"], "deltas": {"mouse_dx": 3.0}}`` ("deltas" optional).
   The whole file is checked when loaded; errors name the file and line.
@@ -23,14 +32,19 @@ Design choices:
 from __future__ import annotations
 
 import json
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from wm_video.actions import ActionSpace
 from wm_video.errors import InputError
+
+if TYPE_CHECKING:
+    from wm_video.sources.truth import FrameTruth
 
 _FPS_NEEDS = frozenset({"forward", "turn_left", "turn_right"})
 _JOYSTICK = ("up", "down", "left", "right")
@@ -39,13 +53,24 @@ _JOYSTICK = ("up", "down", "left", "right")
 class Policy(ABC):
     """Chooses one action vector per frame."""
 
+    #: True when ``act`` needs the engine's ground truth of the frame (ViZDoom's object table).
+    needs_truth: bool = False
+    #: The spec this policy was loaded from ("explore", "hunt", a script's path), set by load_policy.
+    spec: str = ""
+
     @abstractmethod
     def reset(self, seed: int) -> None:
         """Start a new episode, reproducible for ``seed``."""
 
     @abstractmethod
-    def act(self, frame: np.ndarray) -> np.ndarray:
-        """The action (float32 vector in the policy's space) to take at ``frame`` (H, W, 3) uint8."""
+    def act(self, frame: np.ndarray, truth: FrameTruth | None = None) -> np.ndarray:
+        """The action (float32 vector in the policy's space) to take at ``frame`` (H, W, 3) uint8;
+        ``truth`` is what the engine knows about that frame (read only where ``needs_truth``)."""
+
+    @property
+    def current(self) -> str:
+        """The policy playing this episode (a mix names the one it drew)."""
+        return self.spec
 
     @property
     def exhausted(self) -> bool:
@@ -117,7 +142,7 @@ class RandomPolicy(Policy):
         self._held = self.space.zeros()
         self._left = 0
 
-    def act(self, frame: np.ndarray) -> np.ndarray:
+    def act(self, frame: np.ndarray, truth: FrameTruth | None = None) -> np.ndarray:
         if self._left <= 0:
             self._held = self.space.zeros()
             self._held[: len(self.space.buttons)] = self._rng.random(len(self.space.buttons)) < 0.5
@@ -233,7 +258,7 @@ class ExplorationPolicy(Policy):
                 self._joystick.add("fire")
         return set(self._joystick)
 
-    def act(self, frame: np.ndarray) -> np.ndarray:
+    def act(self, frame: np.ndarray, truth: FrameTruth | None = None) -> np.ndarray:
         if self.mode == "random":
             return self._fallback.act(frame)
         stuck = self._is_stuck(frame)
@@ -264,7 +289,7 @@ class ScriptedPolicy(Policy):
     def exhausted(self) -> bool:
         return self._next >= len(self.actions)
 
-    def act(self, frame: np.ndarray) -> np.ndarray:
+    def act(self, frame: np.ndarray, truth: FrameTruth | None = None) -> np.ndarray:
         """The next scripted action; no buttons once the script is exhausted."""
         if self.exhausted:
             return self.space.zeros()
@@ -306,15 +331,109 @@ def _read_script(path: Path, space: ActionSpace) -> list[np.ndarray]:
     return actions
 
 
+class MixPolicy(Policy):
+    """One of several policies per episode, drawn from the episode's seed by weight."""
+
+    def __init__(self, policies: dict[str, Policy], weights: dict[str, float]) -> None:
+        self.policies = policies
+        self.names = list(policies)
+        total = sum(weights[name] for name in self.names)
+        self.weights = np.array([weights[name] / total for name in self.names])
+        self.needs_truth = any(policy.needs_truth for policy in policies.values())
+        self.reset(0)
+
+    def reset(self, seed: int) -> None:
+        # Its own stream (salted), so the draw does not shift the chosen policy's randomness.
+        draw = np.random.default_rng([_MIX_SALT, seed])
+        self._chosen = self.names[int(draw.choice(len(self.names), p=self.weights))]
+        self.policies[self._chosen].reset(seed)
+
+    @property
+    def current(self) -> str:
+        return self._chosen
+
+    @property
+    def exhausted(self) -> bool:
+        return self.policies[self._chosen].exhausted
+
+    def act(self, frame: np.ndarray, truth: FrameTruth | None = None) -> np.ndarray:
+        return self.policies[self._chosen].act(frame, truth)
+
+
+#: Policies named by a word; anything else is the path of a JSONL action script.
+POLICY_NAMES = ("explore", "random", "hunt")
+_MIX_PREFIX = "mix:"
+_MIX_SALT = 0x6D6978  # "mix"
+_SPEC_HELP = (
+    "'explore', 'random', 'hunt', the path of a JSONL action file, or a per-episode mix like "
+    "'mix:hunt=0.6,explore=0.4'"
+)
+
+
+def parse_policy_spec(spec: str) -> dict[str, float]:
+    """The policies a spec names with their weights (summing to 1): one policy at weight 1, or a mix.
+
+    Raises InputError on an unknown policy, a missing file, or a bad weight."""
+    if not spec.startswith(_MIX_PREFIX):
+        _check_policy_name(spec)
+        return {spec: 1.0}
+    weights: dict[str, float] = {}
+    for part in spec[len(_MIX_PREFIX) :].split(","):
+        name, equals, weight_text = part.strip().rpartition("=")
+        name = name.strip()
+        if not equals or not name:
+            raise InputError(f"policy mix {spec!r}: expected name=weight, got {part.strip()!r}; {_SPEC_HELP}")
+        try:
+            weight = float(weight_text)
+        except ValueError:
+            weight = math.nan
+        if not math.isfinite(weight) or weight < 0:
+            raise InputError(f"policy mix {spec!r}: the weight of {name!r} must be a number ≥ 0; got {weight_text!r}")
+        if name in weights:
+            raise InputError(f"policy mix {spec!r}: {name!r} is named twice")
+        if name.startswith(_MIX_PREFIX):
+            raise InputError(f"policy mix {spec!r}: a mix cannot hold another mix")
+        _check_policy_name(name)
+        weights[name] = weight
+    total = sum(weights.values())
+    if total <= 0:
+        raise InputError(f"policy mix {spec!r}: at least one weight must be above 0")
+    return {name: weight / total for name, weight in weights.items() if weight > 0}
+
+
+def _check_policy_name(name: str) -> None:
+    if name not in POLICY_NAMES and not Path(name).is_file():
+        raise InputError(f"policy must be {_SPEC_HELP}; {name!r} is none of these")
+
+
+def policy_needs_truth(spec: str) -> bool:
+    """Whether the policy (or any policy of the mix) ``spec`` names reads the engine's ground truth."""
+    return "hunt" in parse_policy_spec(spec)
+
+
+def _single_policy(name: str, space: ActionSpace) -> Policy:
+    policy: Policy
+    if name == "explore":
+        policy = ExplorationPolicy(space)
+    elif name == "random":
+        policy = RandomPolicy(space)
+    elif name == "hunt":
+        from wm_video.sources.hunt import HuntPolicy  # hunt.py builds on this module
+
+        policy = HuntPolicy(space)
+    else:
+        policy = ScriptedPolicy(Path(name), space)
+    policy.spec = name
+    return policy
+
+
 def load_policy(spec: str, space: ActionSpace) -> Policy:
-    """ "explore" (default), "random" (sticky uniform presses) or the path of a JSONL action script."""
-    if spec == "explore":
-        return ExplorationPolicy(space)
-    if spec == "random":
-        return RandomPolicy(space)
-    path = Path(spec)
-    if not path.is_file():
-        raise InputError(
-            f"policy must be 'explore', 'random' or the path of a JSONL action file; {spec!r} is none of these"
-        )
-    return ScriptedPolicy(path, space)
+    """A policy from its spec: "explore" (default), "random" (sticky uniform presses), "hunt"
+    (aims at monsters with the engine's ground truth), the path of a JSONL action script, or
+    "mix:NAME=WEIGHT,..." (one of those drawn per episode)."""
+    weights = parse_policy_spec(spec)
+    if not spec.startswith(_MIX_PREFIX):
+        return _single_policy(spec, space)
+    mix = MixPolicy({name: _single_policy(name, space) for name in weights}, weights)
+    mix.spec = spec
+    return mix
