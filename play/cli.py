@@ -111,6 +111,11 @@ def _play(args: argparse.Namespace) -> int:
         if args.record is None and args.record_dataset is None:
             logging.info("nothing is recorded (add --record OUT.mp4 and/or --record-dataset DIR)")
         policy = load_policy(args.actions, space)
+        if policy.needs_truth:
+            raise InputError(
+                f"--actions {args.actions}: hunt aims with the real engine's ground truth, which a world "
+                "model does not give; use explore, random or a JSONL script"
+            )
         frames = args.frames
         if frames is None:
             script = getattr(policy, "actions", None)

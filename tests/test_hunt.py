@@ -19,7 +19,7 @@ from wm_video.relabel import relabel
 from wm_video.sources import make_source
 from wm_video.sources.hunt import HuntConfig, HuntPolicy
 from wm_video.sources.policies import MixPolicy, load_policy, parse_policy_spec
-from wm_video.sources.truth import CLASS_ID, FrameTruth
+from wm_video.sources.truth import CLASS_ID, STATE_NAMES, FrameTruth
 from wm_video.sources.vizdoom import ACTION_SPACE
 
 SIZE = 32
@@ -57,11 +57,13 @@ def test_hunt_faces_monsters_and_fires_far_more_than_explore() -> None:
     assert hunt["centred"] > explore["centred"] + 0.15, (explore, hunt)
 
 
-def _truth_with(box: tuple[float, float, float, float] | None) -> FrameTruth:
+def _truth_with(box: tuple[float, float, float, float] | None, ammo: float = 20.0) -> FrameTruth:
     rows = [(0, "Pistol", "Self", CLASS_ID["weapon"], 10.0, 20.0, 12.0, 12.0)]
     if box is not None:
         rows.append((7, "Demon", "Monster", CLASS_ID["monster"], *box))
-    return FrameTruth(np.zeros(6, np.float32), np.zeros((SIZE, SIZE), np.uint8), rows)
+    state = np.zeros(len(STATE_NAMES), np.float32)
+    state[STATE_NAMES.index("ammo")] = ammo
+    return FrameTruth(state, np.zeros((SIZE, SIZE), np.uint8), rows)
 
 
 def test_hunt_turns_toward_the_monster_and_fires_when_centred() -> None:
@@ -77,6 +79,9 @@ def test_hunt_turns_toward_the_monster_and_fires_when_centred() -> None:
     assert lost == [["turn_right"]] * 3
     with pytest.raises(InputError, match="needs the engine's ground truth"):
         policy.act(frame)
+    # an empty gun: attack only now and then
+    empty = [policy.act(frame, _truth_with((15.0, 10.0, 2.0, 6.0), ammo=0)) for _ in range(200)]
+    assert 0 < np.mean([ACTION_SPACE.pressed(a) == ["attack"] for a in empty]) < 0.15
 
 
 def test_hunt_is_reproducible_with_or_without_recorded_truth_and_relabels(tmp_path) -> None:
@@ -161,3 +166,17 @@ def test_hunt_needs_vizdoom(tmp_path) -> None:
     assert not (tmp_path / "ds").exists()
     with pytest.raises(InputError, match="the hunt policy needs ViZDoom"):
         HuntPolicy(ActionSpace(("left", "right", "fire")))
+
+
+def test_eval_plays_live_footage_under_hunt() -> None:
+    from wm_video.eval.clips import EngineSpec, collect_live
+
+    clips = collect_live(
+        EngineSpec("vizdoom", "defend_the_center", SIZE),
+        "hunt",
+        episodes=1,
+        length=40,
+        seed=0,
+        action_names=ACTION_SPACE.names,
+    )
+    assert clips.actions[0, :, ACTION_SPACE.buttons.index("attack")].any()

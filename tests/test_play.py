@@ -264,6 +264,13 @@ class CountingSource(Source):
         return StepResult(np.full(self.frame_shape, self.t, np.uint8), False)
 
 
+def test_headless_refuses_the_hunt_policy(tmp_path: Path, capsys) -> None:
+    argv = ["play", "--preset", "tiny", "--headless", "--frames", "2", "--actions", "mix:hunt=1,explore=1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "hunt aims with the real engine's ground truth" in err and "Traceback" not in err
+
+
 def test_a_shadow_resync_gives_the_frames_before_its_context_to_the_encoder() -> None:
     shadow = Shadow(CountingSource(), seed=0, context_frames=3, history_frames=2)
     shadow.reset()

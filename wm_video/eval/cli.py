@@ -363,7 +363,8 @@ def register(commands: Commands) -> None:
     group.add_argument(
         "--actions",
         default="explore",
-        help="live action program: explore, random or a JSONL script (default explore)",
+        help="live action program: explore, random, hunt (ViZDoom: aims at the monsters in view), a JSONL "
+        "script or a mix like mix:hunt=0.5,random=0.5 (default explore)",
     )
     group.add_argument(
         "--skip",

@@ -29,7 +29,7 @@ from wm_video.data.cache import EpisodeRows, TrainingCache
 from wm_video.data.sampler import ClipSampler
 from wm_video.errors import InputError
 from wm_video.sources import SOURCES, TRUTH_SOURCES, Source, make_source
-from wm_video.sources.policies import load_policy
+from wm_video.sources.policies import load_policy, policy_needs_truth
 
 
 class EvalInterrupted(Exception):
@@ -175,7 +175,7 @@ def collect_live(
     """
     frames = np.empty((episodes, length, engine.size, engine.size, 3), dtype=np.uint8)
     actions = np.empty((episodes, length, len(action_names)), dtype=np.float32)
-    with engine.open() as source:
+    with engine.open(ground_truth=policy_needs_truth(policy_spec)) as source:  # hunt aims with it
         check_engine_actions(source, action_names, f"--live {engine}")
         policy = load_policy(policy_spec, source.action_space)
         for i in range(episodes):
@@ -183,7 +183,7 @@ def collect_live(
             policy.reset(seed + i)
             for t in range(length):
                 check_stop(stop)
-                action = policy.act(frame)
+                action = policy.act(frame, source.truth() if policy.needs_truth else None)
                 frames[i, t], actions[i, t] = frame, action
                 if t + 1 < length:
                     result = source.step(action)

@@ -10,6 +10,9 @@ the object table of each frame (:mod:`wm_video.sources.truth`: boxes in output p
   holds attack while the centre lies inside the (wider) fire zone;
 - holds an engagement *intent* for a geometric number of steps: aim and fire, strafe or advance
   or back off while firing, or aim and hold fire (monsters then come close and hit the player);
+- with no ammo left (the state's ``ammo``), presses attack only now and then: an empty gun does
+  not fire, and a model that cannot see the ammo count (no HUD) would learn that attack fires
+  at random;
 - when the target leaves view, keeps turning toward the side it left for a few steps, then
   explores like :class:`~wm_video.sources.policies.ExplorationPolicy` until a monster shows up.
 
@@ -27,7 +30,7 @@ import numpy as np
 from wm_video.actions import ActionSpace
 from wm_video.errors import InputError
 from wm_video.sources.policies import ExplorationPolicy, Policy
-from wm_video.sources.truth import CLASS_ID, OBJECT_COLUMNS
+from wm_video.sources.truth import CLASS_ID, OBJECT_COLUMNS, STATE_NAMES
 
 if TYPE_CHECKING:
     from wm_video.sources.truth import FrameTruth
@@ -37,6 +40,7 @@ HUNT_NEEDS = ("turn_left", "turn_right", "attack")
 _ID, _CLASS, _X, _WIDTH, _HEIGHT = (
     OBJECT_COLUMNS.index(name) for name in ("object_id", "class_id", "x", "width", "height")
 )
+_AMMO = STATE_NAMES.index("ammo")
 _INTENTS = ("aim", "strafe", "advance", "back", "hold_fire")
 
 
@@ -60,6 +64,8 @@ class HuntConfig:
     hold_fire_weight: float = 0.15
     #: Steps spent turning toward the side where the target left view before exploring again.
     pursue_steps: int = 10
+    #: With no ammo left, the per-step chance of pressing attack at a centred target anyway.
+    dry_fire_prob: float = 0.05
 
     def __post_init__(self) -> None:
         weights = tuple(self.weights_raw)
@@ -70,6 +76,8 @@ class HuntConfig:
                 f"0 ≤ dead_zone ≤ fire_zone ≤ 0.5 (shares of the frame's width) is required; got "
                 f"{self.dead_zone}, {self.fire_zone}"
             )
+        if not 0.0 <= self.dry_fire_prob <= 1.0:
+            raise InputError(f"dry_fire_prob is a probability in [0, 1]; got {self.dry_fire_prob}")
         if self.mean_intent_steps < 1 or self.pursue_steps < 0:
             raise InputError(
                 f"mean_intent_steps ≥ 1 and pursue_steps ≥ 0 are required; got "
@@ -159,5 +167,6 @@ class HuntPolicy(Policy):
         pressed = {self._side} if abs(offset) > self.config.dead_zone else set()
         pressed |= {"strafe": {self._strafe}, "advance": {"forward"}, "back": {"back"}}.get(self._intent, set())
         if self._intent != "hold_fire" and abs(offset) <= self.config.fire_zone:
-            pressed.add("attack")
+            loaded = truth.state[_AMMO] > 0 or self._rng.random() < self.config.dry_fire_prob
+            pressed |= {"attack"} if loaded else set()
         return self.space.from_pressed(sorted(pressed & set(self.space.buttons)))
