@@ -180,3 +180,17 @@ def test_eval_plays_live_footage_under_hunt() -> None:
         action_names=ACTION_SPACE.names,
     )
     assert clips.actions[0, :, ACTION_SPACE.buttons.index("attack")].any()
+
+
+def test_the_policy_column_survives_episodes_that_record_none(tmp_path) -> None:
+    """An episode without a policy (`record`, an older collect) before one with it: the column stays."""
+    from wm_video.data.video import encode_video
+    from wm_video.data.writer import DatasetWriter
+
+    frames, actions = np.zeros((3, 8, 8, 3), np.uint8), np.zeros((3, ACTION_SPACE.size), np.float32)
+    with DatasetWriter(tmp_path / "ds", fps=17.5, action_space=ACTION_SPACE, frame_shape=(8, 8, 3)) as writer:
+        writer.write_episode(frames, actions)
+        encode_video(writer.staging_path(1), frames, 17.5, writer.video)
+        writer.commit_episode(writer.staging_path(1), actions, policy="hunt")
+    assert [ep.policy for ep in open_dataset(tmp_path / "ds").episodes] == [None, "hunt"]
+    assert validate_dataset(tmp_path / "ds").policies == {"hunt": 1, "not recorded": 1}
