@@ -12,6 +12,10 @@ Written to RUN: ``run.json``, ``log.jsonl`` (loss and masked-token accuracy ever
 teacher-forced next-frame PSNR, token accuracy, and ΔPSNR at t = 4),
 ``samples/step-*.png`` (real frames above the teacher-forced predictions) and ``checkpoints/``
 (the tokenizer checkpoint used is recorded in ``meta.tokenizer``, so play and eval find it).
+
+``--object-weight`` and ``--token-change-weight`` weight the tokens where the game happens
+(:class:`~wm_video.dynamics.objective.TokenWeightConfig`); the object weight reads the dataset's
+labels (:mod:`wm_video.data.objects`), and with them the log also has ``object_token_accuracy``.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from tqdm import tqdm
 from wm_video.checkpoint import load_checkpoint, load_tokenizer, load_weights, resolve_checkpoint
 from wm_video.data.cache import load_cache
 from wm_video.data.lerobot import read_info
+from wm_video.data.objects import load_object_masks, require_labels, token_objects
 from wm_video.data.reader import open_dataset
 from wm_video.data.sampler import ClipSampler
 from wm_video.data.split import DEFAULT_HOLDOUT, split_episodes
@@ -40,6 +45,7 @@ from wm_video.dynamics import (
     CorruptionConfig,
     DynamicsConfig,
     DynamicsModel,
+    TokenWeightConfig,
     dynamics_config,
     masked_token_loss,
 )
@@ -49,7 +55,7 @@ from wm_video.eval.clips import EvalClips, clip_history
 from wm_video.eval.rollouts import evaluate_clips
 from wm_video.tokenizer import VideoTokenizer
 from wm_video.train.common import save_comparison_grid
-from wm_video.train.options import add_init_flag
+from wm_video.train.options import add_init_flag, add_token_weight_flags
 from wm_video.train.prefetch import Batch
 from wm_video.train.remap import ActionMapping, remap_action_weights
 from wm_video.train.session import (
@@ -75,6 +81,7 @@ class DynamicsTrainOptions:
     clip_len: int = 16
     holdout: float = DEFAULT_HOLDOUT
     corruption: CorruptionConfig = CorruptionConfig()
+    weighting: TokenWeightConfig = TokenWeightConfig()  # extra loss weight on object and changed tokens
     init: Path | None = None  # start from this dynamics checkpoint (fine-tuning; actions matched by name)
 
 
@@ -197,6 +204,8 @@ def train_dynamics(options: DynamicsTrainOptions) -> DynamicsTrainResult:
     if options.clip_len < 2:
         raise InputError(f"--clip-len must be ≥ 2 (a frame and the one it predicts), got {options.clip_len}")
     read_info(options.data)  # a clear error for a missing or foreign folder before the run folder is made
+    if options.weighting.needs_objects:
+        require_labels(options.data)
     tokenizer_path = resolve_checkpoint(options.tokenizer)
     tokenizer, _ = load_tokenizer(tokenizer_path)  # a wrong checkpoint fails before the run folder is made
     tokenizer_id = tokenizer_fingerprint(tokenizer)
@@ -213,6 +222,7 @@ def train_dynamics(options: DynamicsTrainOptions) -> DynamicsTrainResult:
             "clip_len": options.clip_len,
             "holdout": options.holdout,
             "corruption": asdict(options.corruption),
+            "token_weights": asdict(options.weighting),
             **({"init": str(resolve_checkpoint(options.init))} if options.init is not None else {}),
         },
     )
@@ -228,6 +238,17 @@ def train_dynamics(options: DynamicsTrainOptions) -> DynamicsTrainResult:
         tokens = load_token_cache(
             frames, tokenizer, device=session.device, progress=session.is_main and o.progress
         )
+        masks = (
+            load_object_masks(
+                options.data,
+                size=frames.size,
+                num_frames=frames.num_frames,
+                cache_root=o.cache_dir,
+                progress=session.is_main and o.progress,
+            )
+            if options.weighting.needs_objects
+            else None
+        )
     split = split_episodes(tokens.episode_indices.tolist(), options.holdout)
     lengths = dict(zip(tokens.episode_indices.tolist(), tokens.episode_lengths.tolist(), strict=True))
     train_episodes = [e for e in split.train if lengths[e] >= options.clip_len]
@@ -242,6 +263,7 @@ def train_dynamics(options: DynamicsTrainOptions) -> DynamicsTrainResult:
         rank=session.rank,
         world_size=session.world_size,
         episodes=train_episodes,
+        masks=masks,
     )
     probe_length = PROBE_CONTEXT + PROBE_HORIZON
     probe_episodes = [e for e in split.heldout if lengths[e] >= probe_length] or [
@@ -287,15 +309,31 @@ def train_dynamics(options: DynamicsTrainOptions) -> DynamicsTrainResult:
             flush=True,
         )
 
+    patch_size = tokenizer.config.patch_size
+
     def draw() -> Batch:
         batch = sampler.sample_batch(o.batch_size)
         # tokens stay in the cache's narrow dtype (uint16) until they reach the device
-        return {"tokens": torch.from_numpy(batch.frames), "actions": torch.from_numpy(batch.actions)}
+        drawn = {"tokens": torch.from_numpy(batch.frames), "actions": torch.from_numpy(batch.actions)}
+        if batch.masks is not None:  # (B, T, H, W) → (B, T, N) uint8, 1 on object tokens
+            drawn["objects"] = torch.from_numpy(token_objects(batch.masks, patch_size))
+        return drawn
 
     def step_loss(batch: Batch) -> StepResult:
         tokens = batch["tokens"].long()  # (B, T, N)
-        losses = masked_token_loss(core, tokens, batch["actions"], options.corruption, forward=model)
-        return StepResult(losses.total, {"token_accuracy": losses.accuracy})
+        losses = masked_token_loss(
+            core,
+            tokens,
+            batch["actions"],
+            options.corruption,
+            forward=model,
+            weighting=options.weighting,
+            objects=batch.get("objects"),
+        )
+        metrics = {"token_accuracy": losses.accuracy}
+        if losses.object_accuracy is not None:
+            metrics["object_token_accuracy"] = losses.object_accuracy
+        return StepResult(losses.total, metrics)
 
     def evaluate(at: int) -> dict[str, float]:
         assert probe is not None and isinstance(ema.model, DynamicsModel)
@@ -358,6 +396,7 @@ def build_parser(prog: str = "wm-video train dynamics") -> argparse.ArgumentPars
         default=defaults.repeat_frames,
         help=f"probability a context frame repeats the one before it (default {defaults.repeat_frames})",
     )
+    add_token_weight_flags(parser.add_argument_group("loss weighting (where the game happens)"))
     add_session_flags(parser, SessionOptions(out=Path("run"), lr=3e-4, eval_every=250))
     return parser
 
@@ -375,6 +414,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "wm-video train dynamics
             holdout=args.holdout,
             corruption=CorruptionConfig(token_noise=args.token_noise, repeat_frames=args.repeat_frames),
             init=args.init,
+            weighting=TokenWeightConfig(
+                object_weight=args.object_weight, change_weight=args.token_change_weight
+            ),
         )
         result = train_dynamics(options)
         if result.probe:

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from wm_video.checkpoint import Checkpoint, load_checkpoint, recorded_tokenizer, resolve_checkpoint
-from wm_video.dynamics import CorruptionConfig
+from wm_video.data.objects import require_labels
+from wm_video.dynamics import CorruptionConfig, TokenWeightConfig
 from wm_video.errors import EXIT_STOPPED, InputError
 from wm_video.tokenizer import TokenizerConfig
 from wm_video.train.cli import FINETUNE_TEXT
@@ -48,6 +49,8 @@ class FinetuneOptions:
     change_weight: float = 50.0  # the tokenizer loss's weight on changed pixels (wm_video.tokenizer.loss)
     change_reference: str = "previous"
     fresh_tokenizer: bool = False  # train a tokenizer of the world's shape from scratch instead
+    tokenizer_object_weight: float = 0.0  # the tokenizer loss's weight on object pixels (the labels)
+    weighting: TokenWeightConfig = TokenWeightConfig()  # the dynamics loss's weight on object/changed tokens
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,10 @@ def finetune(options: FinetuneOptions) -> FinetuneResult:
     for name in ("tokenizer_steps", "dynamics_steps"):
         if getattr(options, name) < 0 or (name == "dynamics_steps" and options.dynamics_steps < 1):
             raise InputError(f"--{name.replace('_', '-')} must be ≥ {int(name == 'dynamics_steps')}")
+    if options.tokenizer_object_weight > 0 and options.tokenizer_steps > 0:
+        require_labels(options.data, "--tokenizer-object-weight")
+    if options.weighting.needs_objects:
+        require_labels(options.data)
     started = time.monotonic()
     budget = options.session.max_minutes
     source = load_checkpoint(options.source, kind="dynamics", with_training_state=False)
@@ -118,6 +125,7 @@ def finetune(options: FinetuneOptions) -> FinetuneResult:
                 clip_len=int(_program_option(tokenizer_checkpoint, "clip_len", 8)),
                 change_weight=options.change_weight,
                 change_reference=options.change_reference,
+                object_weight=options.tokenizer_object_weight,
                 init=None if options.fresh_tokenizer else tokenizer,
                 config=TokenizerConfig.from_dict(tokenizer_checkpoint.config)
                 if options.fresh_tokenizer
@@ -145,6 +153,7 @@ def finetune(options: FinetuneOptions) -> FinetuneResult:
             clip_len=options.clip_len or int(_program_option(source, "clip_len", 16)),
             holdout=float(_program_option(source, "holdout", 0.1)),
             corruption=CorruptionConfig(**corruption) if corruption else CorruptionConfig(),
+            weighting=options.weighting,
             init=source.path,
         )
     )
@@ -181,6 +190,10 @@ def run_finetune(args: argparse.Namespace, prog: str = "wm-video finetune") -> i
                 change_weight=args.change_weight,
                 change_reference=args.change_reference,
                 fresh_tokenizer=args.fresh_tokenizer,
+                tokenizer_object_weight=args.tokenizer_object_weight,
+                weighting=TokenWeightConfig(
+                    object_weight=args.object_weight, change_weight=args.token_change_weight
+                ),
             )
         )
         if not result.stopped_early:

@@ -249,6 +249,43 @@ def add_init_flag(group: argparse._ActionsContainer, kind: str) -> None:
     )
 
 
+OBJECT_WEIGHT_HELP = (
+    "needs a dataset with the engine's labels (ViZDoom, collected with ground truth); objects are "
+    "monsters, corpses, projectiles, blood and the muzzle flash"
+)
+
+
+def add_token_weight_flags(group: argparse._ActionsContainer) -> None:
+    """The dynamics-loss flags that weight the tokens where the game happens (wm_video.dynamics.objective)."""
+    group.add_argument(
+        "--object-weight",
+        type=non_negative_float,
+        default=0.0,
+        help="extra token-loss weight on tokens whose patch holds an object pixel: each weighs "
+        f"1 + W, the weights normalised to mean 1; {OBJECT_WEIGHT_HELP}; 0: none (default 0)",
+    )
+    group.add_argument(
+        "--token-change-weight",
+        type=non_negative_float,
+        default=0.0,
+        help="extra token-loss weight on tokens whose code differs from the same place in the frame "
+        "before (what moved, appeared or vanished; needs no labels); 0: none (default 0)",
+    )
+
+
+def add_object_weight_flag(group: argparse._ActionsContainer, flag: str = "--object-weight") -> None:
+    """The tokenizer-loss flag that weights the pixels of objects (wm_video.tokenizer.loss)."""
+    group.add_argument(
+        flag,
+        dest="tokenizer_object_weight",
+        type=non_negative_float,
+        default=0.0,
+        help="extra reconstruction-loss weight on object pixels (widened by a pixel): each weighs "
+        f"1 + W, with --change-weight's on top, normalised to mean 1; {OBJECT_WEIGHT_HELP}; "
+        "0: none (default 0)",
+    )
+
+
 def fsq_levels(text: str) -> tuple[int, ...]:
     """argparse type: comma-separated FSQ levels, each an integer ≥ 2 (``8,8,8,5,5,5``)."""
     try:
@@ -318,4 +355,6 @@ def add_finetune_flags(parser: argparse.ArgumentParser) -> None:
         help="train a tokenizer of the world's shape from scratch instead of fine-tuning the world's",
     )
     add_change_flags(tokenizer, default_weight=50.0)
+    add_object_weight_flag(tokenizer, "--tokenizer-object-weight")
+    add_token_weight_flags(parser.add_argument_group("dynamics phase: loss weighting (where the game happens)"))
     add_session_flags(parser, FINETUNE_DEFAULTS, with_max_steps=False)

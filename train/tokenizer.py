@@ -26,6 +26,7 @@ from wm_video.checkpoint import load_tokenizer, resolve_checkpoint
 from wm_video.data.background import median_frame
 from wm_video.data.cache import TrainingCache, load_cache
 from wm_video.data.lerobot import read_info
+from wm_video.data.objects import load_object_masks, require_labels
 from wm_video.data.sampler import ClipSampler
 from wm_video.data.split import DEFAULT_HOLDOUT, split_episodes
 from wm_video.errors import EXIT_STOPPED, InputError
@@ -34,7 +35,12 @@ from wm_video.tokenizer import TOKENIZER_PRESETS, TokenizerConfig, VideoTokenize
 from wm_video.tokenizer.loss import ReconstructionLossConfig, reconstruction_loss
 from wm_video.tokenizer.pixels import to_model_pixels, to_uint8_frames
 from wm_video.train.common import save_comparison_grid
-from wm_video.train.options import add_change_flags, add_init_flag, add_tokenizer_shape_flags
+from wm_video.train.options import (
+    add_change_flags,
+    add_init_flag,
+    add_object_weight_flag,
+    add_tokenizer_shape_flags,
+)
 from wm_video.train.prefetch import Batch
 from wm_video.train.session import (
     SessionOptions,
@@ -57,6 +63,7 @@ class TokenizerTrainOptions:
     l1_weight: float = 0.2
     change_weight: float = 0.0  # extra loss weight where frames change (wm_video.tokenizer.loss); 0: none
     change_reference: str = "previous"  # what "change" is measured against: "previous" or "median" frame
+    object_weight: float = 0.0  # extra loss weight on object pixels (the dataset's labels); 0: none
     holdout: float = DEFAULT_HOLDOUT
     init: Path | None = None  # start from this tokenizer checkpoint (its config and EMA weights): fine-tuning
     config: TokenizerConfig | None = None  # the model's shape when not from init; None: the preset's
@@ -106,8 +113,11 @@ def train_tokenizer(options: TokenizerTrainOptions) -> TokenizerTrainResult:
         l1_weight=options.l1_weight,
         change_weight=options.change_weight,
         change_reference=options.change_reference,
+        object_weight=options.object_weight,
     )
     read_info(options.data)  # a clear error for a missing or foreign folder before the run folder is made
+    if loss_config.object_weight > 0:
+        require_labels(options.data)
     session = TrainingSession(
         kind="tokenizer",
         options=options.session,
@@ -118,6 +128,7 @@ def train_tokenizer(options: TokenizerTrainOptions) -> TokenizerTrainResult:
             "l1_weight": options.l1_weight,
             "change_weight": options.change_weight,
             "change_reference": options.change_reference,
+            "object_weight": options.object_weight,
             "holdout": options.holdout,
             "patch_size": config.patch_size,
             "levels": list(config.levels),
@@ -132,6 +143,17 @@ def train_tokenizer(options: TokenizerTrainOptions) -> TokenizerTrainResult:
             cache_root=o.cache_dir,
             progress=session.is_main and o.progress,
         )
+        masks = (
+            load_object_masks(
+                options.data,
+                size=config.image_size,
+                num_frames=cache.num_frames,
+                cache_root=o.cache_dir,
+                progress=session.is_main and o.progress,
+            )
+            if loss_config.object_weight > 0
+            else None
+        )
     split = split_episodes(cache.episode_indices.tolist(), options.holdout)
     train_episodes = _episodes_with_clips(cache, split.train, options.clip_len)
     if not train_episodes:
@@ -145,6 +167,7 @@ def train_tokenizer(options: TokenizerTrainOptions) -> TokenizerTrainResult:
         rank=session.rank,
         world_size=session.world_size,
         episodes=train_episodes,
+        masks=masks,
     )
     probe_episodes = _episodes_with_clips(cache, split.heldout, options.clip_len) or train_episodes
     probe_frames = to_model_pixels(
@@ -177,13 +200,16 @@ def train_tokenizer(options: TokenizerTrainOptions) -> TokenizerTrainResult:
         )
 
     def draw() -> Batch:
-        return {
-            "frames": torch.from_numpy(sampler.sample_batch(o.batch_size).frames)
-        }  # (B, T, H, W, 3) uint8
+        batch = sampler.sample_batch(o.batch_size)
+        drawn = {"frames": torch.from_numpy(batch.frames)}  # (B, T, H, W, 3) uint8
+        if batch.masks is not None:
+            drawn["objects"] = torch.from_numpy(batch.masks)  # (B, T, H, W) uint8, 1 on object pixels
+        return drawn
 
     def step_loss(batch: Batch) -> StepResult:
         frames = to_model_pixels(batch["frames"], session.device)  # (B, T, 3, H, W) in [-1, 1]
-        losses = reconstruction_loss(model(frames).reconstruction, frames, loss_config, median)
+        objects = batch["objects"].unsqueeze(2) if "objects" in batch else None  # (B, T, 1, H, W)
+        losses = reconstruction_loss(model(frames).reconstruction, frames, loss_config, median, objects)
         mse = losses.mse.detach()
         return StepResult(losses.total, {"mse": mse, "train_psnr": 10 * torch.log10(4.0 / mse)})
 
@@ -230,6 +256,7 @@ def build_parser(prog: str = "wm-video train tokenizer") -> argparse.ArgumentPar
     add_tokenizer_shape_flags(data)
     add_init_flag(data, "tokenizer")
     add_change_flags(data)
+    add_object_weight_flag(data)
     data.add_argument(
         "--holdout",
         type=float,
@@ -254,6 +281,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "wm-video train tokenize
             l1_weight=args.l1_weight,
             change_weight=args.change_weight,
             change_reference=args.change_reference,
+            object_weight=args.tokenizer_object_weight,
             holdout=args.holdout,
             init=args.init,
             config=shaped_config(tokenizer_preset(args.preset), args.patch_size, args.levels),

@@ -15,6 +15,9 @@ Design choices:
   as ``episode start`` lines, to ``DIR/clips-rank<r>.txt``: a debugging aid, off by default.
 - numpy only (no torch import): a batch is one contiguous memmap copy per clip into a
   preallocated array of the rows' dtype, far faster than any model consumes it.
+- ``masks``, a table with the cache's rows (the object masks of :mod:`wm_video.data.objects`),
+  travels with the clips: the same rows are cut from it, so the draw order is unchanged and a
+  run resumes exactly with or without it.
 """
 
 from __future__ import annotations
@@ -48,12 +51,20 @@ class ClipTable(Protocol):
     def num_episodes(self) -> int: ...
 
 
+class RowTable(Protocol):
+    """Per-frame rows beside a :class:`ClipTable`'s (object masks): ``len`` and slicing by rows."""
+
+    def __len__(self) -> int: ...
+    def __getitem__(self, rows: slice) -> np.ndarray: ...
+
+
 @dataclass(frozen=True)
 class Clip:
     frames: np.ndarray  # (T, …): (T, H, W, 3) uint8 frames, or (T, N) token grids for a token cache
     actions: np.ndarray  # (T, A) float32
     episode: int  # the dataset's episode index
     start: int  # first frame within that episode
+    masks: np.ndarray | None = None  # (T, H, W) uint8 rows of the sampler's ``masks``, when given
 
 
 @dataclass(frozen=True)
@@ -62,6 +73,7 @@ class ClipBatch:
     actions: np.ndarray  # (B, T, A) float32
     episode: np.ndarray  # (B,) int64
     start: np.ndarray  # (B,) int64
+    masks: np.ndarray | None = None  # (B, T, H, W) uint8 rows of the sampler's ``masks``, when given
 
 
 class ClipSampler:
@@ -73,7 +85,8 @@ class ClipSampler:
     (the tail of each permutation is dropped, a different tail each epoch), so ranks change
     epoch together. ``episodes`` restricts clips to those dataset episode indices. ``cache`` is
     a :class:`~wm_video.data.cache.TrainingCache` (clips of frames) or a
-    :class:`~wm_video.data.tokens.TokenCache` (clips of token grids).
+    :class:`~wm_video.data.tokens.TokenCache` (clips of token grids). ``masks`` (any table sliced by
+    rows, aligned with the cache's: :class:`~wm_video.data.objects.ObjectMasks`) is cut with each clip.
     """
 
     def __init__(
@@ -85,6 +98,7 @@ class ClipSampler:
         rank: int = 0,
         world_size: int = 1,
         episodes: Sequence[int] | None = None,
+        masks: RowTable | None = None,
     ) -> None:
         if clip_len < 1:
             raise InputError(f"clip_len must be ≥ 1; got {clip_len}")
@@ -92,7 +106,9 @@ class ClipSampler:
             raise InputError(f"rank must lie in 0..world_size-1; got rank {rank}, world_size {world_size}")
         if seed < 0:
             raise InputError(f"seed must be ≥ 0; got {seed}")
-        self.cache, self.clip_len, self.seed = cache, clip_len, seed
+        if masks is not None and len(masks) != int(cache.episode_starts[-1]):
+            raise InputError(f"masks hold {len(masks)} rows for a cache of {int(cache.episode_starts[-1])}")
+        self.cache, self.clip_len, self.seed, self.masks = cache, clip_len, seed, masks
         self.rank, self.world_size = rank, world_size
         positions = np.arange(cache.num_episodes)
         if episodes is not None:
@@ -170,6 +186,7 @@ class ClipSampler:
             actions=self.cache.actions[rows].copy(),
             episode=int(self.cache.episode_indices[self._episode_of[i]]),
             start=int(self._offset[i]),
+            masks=None if self.masks is None else np.array(self.masks[rows]),
         )
 
     def sample_batch(self, batch_size: int) -> ClipBatch:
@@ -180,11 +197,15 @@ class ClipSampler:
         frames = np.empty((batch_size, self.clip_len, *table.shape[1:]), dtype=table.dtype)  # (B, T, …)
         for b, row in enumerate(self._row[picked]):  # one contiguous memmap copy per clip
             frames[b] = table[row : row + self.clip_len]
+        masks = None
+        if self.masks is not None:
+            masks = np.stack([self.masks[row : row + self.clip_len] for row in self._row[picked]])
         return ClipBatch(
             frames=frames,
             actions=self.cache.actions[rows],
             episode=self.cache.episode_indices[self._episode_of[picked]],
             start=self._offset[picked],
+            masks=masks,
         )
 
     def state_dict(self) -> dict[str, Any]:

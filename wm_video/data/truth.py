@@ -34,7 +34,13 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from wm_video.data import lerobot
-from wm_video.data.cache import MANIFEST_FILE, build_folder, build_lock, dataset_fingerprint
+from wm_video.data.cache import (
+    MANIFEST_FILE,
+    build_folder,
+    build_lock,
+    dataset_fingerprint,
+    default_cache_dir,
+)
 from wm_video.data.reader import EpisodeDataset, EpisodeRef, open_dataset, read_parquet
 from wm_video.data.video import VideoEncoder, VideoSettings, iter_video_frames
 from wm_video.errors import DatasetError, InputError
@@ -338,13 +344,16 @@ def _decode_truth(tmp: Path, root: Path, size: int, fingerprint: str, progress: 
     )
 
 
-def load_truth_cache(root: Path, *, size: int, progress: bool = True) -> TruthCache | None:
-    """The dataset's ground truth at ``size`` (decoded once into ``<root>/.cache/truth-<size>/``),
-    or None when the dataset has none (Atari, imported footage, data collected before it existed)."""
+def load_truth_cache(
+    root: Path, *, size: int, cache_root: Path | None = None, progress: bool = True
+) -> TruthCache | None:
+    """The dataset's ground truth at ``size`` (decoded once into ``truth-<size>/`` beside the frame
+    cache: ``<root>/.cache/`` unless ``cache_root`` or ``$WM_VIDEO_CACHE_DIR`` moves it), or None when
+    the dataset has none (Atari, imported footage, data collected before it existed)."""
     root = Path(root)
     if not has_truth(lerobot.read_info(root)):
         return None
-    target = root / ".cache" / f"truth-{size}"
+    target = default_cache_dir(root, size, cache_root).parent / f"truth-{size}"
     fingerprint = dataset_fingerprint(root, size)
     if (cache := _open_truth(target, fingerprint)) is not None:
         return cache

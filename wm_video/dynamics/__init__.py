@@ -2,7 +2,13 @@
 
 from wm_video.dynamics.config import DYNAMICS_PRESETS, DynamicsConfig, dynamics_config
 from wm_video.dynamics.model import DynamicsModel
-from wm_video.dynamics.objective import CorruptionConfig, DynamicsLosses, masked_token_loss
+from wm_video.dynamics.objective import (
+    CorruptionConfig,
+    DynamicsLosses,
+    TokenWeightConfig,
+    masked_token_loss,
+    token_weights,
+)
 from wm_video.dynamics.sampling import FrameSampler, SamplingConfig
 
 __all__ = [
@@ -13,6 +19,8 @@ __all__ = [
     "DynamicsModel",
     "FrameSampler",
     "SamplingConfig",
+    "TokenWeightConfig",
     "dynamics_config",
     "masked_token_loss",
+    "token_weights",
 ]

@@ -13,6 +13,17 @@ its context frames for the same reason). Each context frame gets its own corrupt
 - ``repeat_frames``: each context frame after the first is, with this probability, replaced by
   the frame before it (a dropped or stalled frame).
 Targets are always the real tokens.
+
+**Weighting where the game happens** (:class:`TokenWeightConfig`). In game footage most tokens
+are static arena, and a plain mean spends the model on them: monsters, shots and the muzzle
+flash are a few of 64 tokens, and the model learns to drop them. Each target token's loss is
+then weighted ``1 + object_weight × o + change_weight × c``, where ``o`` is 1 when the engine's
+labels put an object pixel in the token's patch (:func:`wm_video.data.objects.token_objects`)
+and ``c`` is 1 when its code differs from the token at the same place in the frame before
+(label-free: what moved, appeared or vanished). The weights are normalised to mean 1 over the
+batch's masked tokens (the loss is Σ w·loss / Σ w), as the tokenizer's change weighting
+normalises its pixel weights: the loss keeps the scale of a plain mean, and the learning rate
+means the same thing. With both weights 0 the loss is the plain mean, bit for bit.
 """
 
 from __future__ import annotations
@@ -41,11 +52,29 @@ class CorruptionConfig:
                 raise InputError(f"--{name.replace('_', '-')} must lie in [0, 1], got {value}")
 
 
+@dataclass(frozen=True)
+class TokenWeightConfig:
+    object_weight: float = 0.0  # extra weight on tokens with an object pixel (the labels); 0: none
+    change_weight: float = 0.0  # extra weight on tokens whose code differs from the frame before; 0: none
+
+    def __post_init__(self) -> None:
+        for name, flag in (("object_weight", "--object-weight"), ("change_weight", "--token-change-weight")):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise InputError(f"{flag} must be a finite number ≥ 0 (0: no weighting), got {value}")
+
+    @property
+    def needs_objects(self) -> bool:
+        """True when the loss reads the frames' object masks (the dataset's labels)."""
+        return self.object_weight > 0
+
+
 @dataclass
 class DynamicsLosses:
     total: Tensor  # () float32, what is minimised
     accuracy: Tensor  # () share of masked tokens whose every digit was predicted right (argmax)
     masked: Tensor  # () share of target tokens that were masked
+    object_accuracy: Tensor | None = None  # () accuracy on masked object tokens (0 if none), given objects
 
 
 def corrupt_context(tokens: Tensor, config: CorruptionConfig, codebook_size: int) -> Tensor:
@@ -77,17 +106,40 @@ def mask_targets(tokens: Tensor, mask_id: int) -> tuple[Tensor, Tensor]:
     return torch.where(masked, mask_id, tokens), masked
 
 
+def token_weights(
+    tokens: Tensor, weighting: TokenWeightConfig, objects: Tensor | None = None
+) -> Tensor | None:
+    """Unnormalised loss weights (B, T − 1, N) of the target frames 1 … T − 1 of ``tokens`` (B, T, N)
+    (see the module docstring); ``objects`` (B, T, N), 1 on object tokens, is needed for an
+    object weight. None when neither weight is set (a plain mean)."""
+    if weighting.object_weight == 0 and weighting.change_weight == 0:
+        return None
+    weights = torch.ones(tokens[:, 1:].shape, device=tokens.device)
+    if weighting.object_weight > 0:
+        if objects is None:
+            raise InputError("--object-weight needs the object masks of the clips (the dataset's labels)")
+        weights = weights + weighting.object_weight * objects[:, 1:].float()
+    if weighting.change_weight > 0:
+        weights = weights + weighting.change_weight * (tokens[:, 1:] != tokens[:, :-1]).float()
+    return weights
+
+
 def masked_token_loss(
     model: DynamicsModel,
     tokens: Tensor,
     actions: Tensor,
     corruption: CorruptionConfig,
     forward: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
+    *,
+    weighting: TokenWeightConfig = TokenWeightConfig(),
+    objects: Tensor | None = None,
 ) -> DynamicsLosses:
     """The loss of a batch of clips: tokens (B, T, N) int64, actions (B, T, A); T ≥ 2.
 
     ``forward`` is the model as prepared for training (e.g. wrapped for several processes, whose
-    gradients are only averaged when the wrapper runs); it defaults to ``model``.
+    gradients are only averaged when the wrapper runs); it defaults to ``model``. ``objects``
+    (B, T, N), 1 where a token's patch holds an object, feeds ``weighting``'s object weight and the
+    reported ``object_accuracy``.
     """
     if tokens.shape[1] < 2:
         raise InputError(f"clips need at least 2 frames to predict one; got {tokens.shape[1]}")
@@ -96,7 +148,10 @@ def masked_token_loss(
     partial, masked = mask_targets(targets, model.mask_id)
     logits = (forward or model)(context, actions[:, :-1], partial).float()  # (B, T−1, N, ΣL)
     digits = model.digits(targets)  # (B, T−1, N, C)
-    weights = masked.float()
+    weights = masked.float()  # (B, T−1, N)
+    extra = token_weights(tokens, weighting, objects)
+    if extra is not None:  # Σ w·loss / Σ w over masked tokens: weights of mean 1 there
+        weights = weights * extra
     total = torch.zeros((), device=tokens.device)
     all_right = torch.ones_like(masked)
     for channel, channel_logits in enumerate(model.split_logits(logits)):
@@ -104,9 +159,14 @@ def masked_token_loss(
         loss = F.cross_entropy(channel_logits.flatten(0, -2), target.flatten(), reduction="none")
         total = total + (loss.view_as(weights) * weights).sum()
         all_right &= channel_logits.argmax(-1) == target
-    count = weights.sum()
+    count = masked.sum()
+    object_accuracy = None
+    if objects is not None:
+        on_objects = masked & (objects[:, 1:] > 0)
+        object_accuracy = ((all_right & on_objects).sum() / on_objects.sum().clamp(min=1)).detach()
     return DynamicsLosses(
-        total=total / count,
+        total=total / weights.sum(),
         accuracy=((all_right & masked).sum() / count).detach(),
         masked=(count / masked.numel()).detach(),
+        object_accuracy=object_accuracy,
     )

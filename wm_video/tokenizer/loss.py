@@ -17,6 +17,11 @@ levels from one frame to the next, and a ramp from 0 (widened) spread the weight
 the pixels, where the ball and paddle cover under 1 %. The weights are divided
 by their mean over the batch, so the loss keeps the scale of a plain mean and the learning rate
 means the same thing. The reported ``mse`` stays the plain mean (what PSNR reads).
+
+**Weighting objects** (``object_weight`` > 0): the engine's labels mark object pixels (monsters,
+shots, blood, the flash: :mod:`wm_video.data.objects`); each weighs ``1 + object_weight``, the
+mask widened by one pixel as the change map is. Both weightings add up:
+``1 + change_weight × c + object_weight × o``, then the same normalisation.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ class ReconstructionLossConfig:
     change_weight: float = 0.0  # extra weight on changed pixels; 0: a plain mean over pixels
     change_reference: str = "previous"  # "previous" frame of the clip, or the dataset's "median" frame
     change_threshold: float = 0.2  # difference (of 2, the [-1, 1] range) at which a pixel counts fully
+    object_weight: float = 0.0  # extra weight on object pixels (the dataset's labels); 0: none
 
     def __post_init__(self) -> None:
         if self.mse_weight < 0 or self.l1_weight < 0 or self.mse_weight + self.l1_weight == 0:
@@ -53,6 +59,8 @@ class ReconstructionLossConfig:
             raise InputError(
                 f"--change-reference must be one of {', '.join(CHANGE_REFERENCES)}; got {self.change_reference!r}"
             )
+        if not (math.isfinite(self.object_weight) and self.object_weight >= 0):
+            raise InputError(f"--object-weight must be a finite number ≥ 0 (0: none), got {self.object_weight}")
         if not 0 < self.change_threshold <= 2:
             raise InputError(
                 f"the change threshold must lie in (0, 2] (of the [-1, 1] range), got {self.change_threshold}"
@@ -83,20 +91,37 @@ def change_map(target: Tensor, reference: Tensor, threshold: float) -> Tensor:
     (B, T, 1, H, W), widened by one pixel."""
     difference = (target - reference).abs().amax(dim=2, keepdim=True)  # (B, T, 1, H, W)
     changed = (2 * difference / threshold - 1).clamp(min=0.0, max=1.0)
-    batch, frames = changed.shape[:2]
-    widened = F.max_pool2d(changed.flatten(0, 1), kernel_size=3, stride=1, padding=1)  # (B·T, 1, H, W)
+    return widen(changed)
+
+
+def widen(maps: Tensor) -> Tensor:
+    """(B, T, 1, H, W) maps widened by one pixel (a 3×3 max)."""
+    batch, frames = maps.shape[:2]
+    widened = F.max_pool2d(maps.flatten(0, 1), kernel_size=3, stride=1, padding=1)  # (B·T, 1, H, W)
     return widened.view(batch, frames, *widened.shape[1:])
 
 
-def pixel_weights(target: Tensor, config: ReconstructionLossConfig, median: Tensor | None = None) -> Tensor:
-    """Per-pixel loss weights (B, T, 1, H, W) with mean 1 (see the module docstring)."""
-    if config.change_reference == "median":
-        if median is None:
-            raise InputError("the median-frame weighting needs the dataset's median frame (3, H, W)")
-        reference = median.to(target.dtype)
-    else:  # the previous frame; the first frame is its own reference (no change)
-        reference = torch.cat([target[:, :1], target[:, :-1]], dim=1)
-    weights = 1.0 + config.change_weight * change_map(target, reference, config.change_threshold)
+def pixel_weights(
+    target: Tensor,
+    config: ReconstructionLossConfig,
+    median: Tensor | None = None,
+    objects: Tensor | None = None,
+) -> Tensor:
+    """Per-pixel loss weights (B, T, 1, H, W) with mean 1 (see the module docstring); ``objects``
+    (B, T, 1, H, W), 1 on object pixels, is needed for an object weight."""
+    weights = torch.ones_like(target[:, :, :1])
+    if config.change_weight > 0:
+        if config.change_reference == "median":
+            if median is None:
+                raise InputError("the median-frame weighting needs the dataset's median frame (3, H, W)")
+            reference = median.to(target.dtype)
+        else:  # the previous frame; the first frame is its own reference (no change)
+            reference = torch.cat([target[:, :1], target[:, :-1]], dim=1)
+        weights = weights + config.change_weight * change_map(target, reference, config.change_threshold)
+    if config.object_weight > 0:
+        if objects is None:
+            raise InputError("--object-weight needs the object masks of the clips (the dataset's labels)")
+        weights = weights + config.object_weight * widen(objects.to(target.dtype))
     return weights / weights.mean()
 
 
@@ -105,18 +130,20 @@ def reconstruction_loss(
     target: Tensor,
     config: ReconstructionLossConfig,
     median: Tensor | None = None,
+    objects: Tensor | None = None,
 ) -> ReconstructionLosses:
     """Both (B, T, 3, H, W) on the [-1, 1] scale; computed in float32 whatever the autocast dtype.
 
     ``median`` (3, H, W), the dataset's median frame on the same scale, is needed only for
-    ``change_reference="median"``.
+    ``change_reference="median"``; ``objects`` (B, T, 1, H, W), 1 on object pixels, only for an
+    ``object_weight``.
     """
     reconstruction, target = reconstruction.float(), target.float()
     error = reconstruction - target
     mse, l1 = error.square().mean(), error.abs().mean()
-    if config.change_weight == 0:
+    if config.change_weight == 0 and config.object_weight == 0:
         return ReconstructionLosses(config.mse_weight * mse + config.l1_weight * l1, mse, l1)
-    weights = pixel_weights(target, config, None if median is None else median.float())
+    weights = pixel_weights(target, config, None if median is None else median.float(), objects)
     total = (
         config.mse_weight * (weights * error.square()).mean()
         + config.l1_weight * (weights * error.abs()).mean()
