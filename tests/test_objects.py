@@ -53,7 +53,7 @@ def labelled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_masks_match_the_labels_and_travel_with_the_clips(labelled: tuple[Path, Path]) -> None:
     data, _ = labelled
     frames = load_cache(data, size=32, progress=False)
-    masks = load_object_masks(data, size=32, num_frames=frames.num_frames, progress=False)
+    masks = load_object_masks(data, frames, progress=False)
     ds = open_dataset(data)
     classes = np.concatenate([np.stack(list(truth.iter_class_maps(ds, ep))) for ep in ds.episodes])
     wanted = np.isin(classes, [CLASS_ID[name] for name in OBJECT_CLASSES])

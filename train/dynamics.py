@@ -238,17 +238,11 @@ def train_dynamics(options: DynamicsTrainOptions) -> DynamicsTrainResult:
         tokens = load_token_cache(
             frames, tokenizer, device=session.device, progress=session.is_main and o.progress
         )
-        masks = (
-            load_object_masks(
-                options.data,
-                size=frames.size,
-                num_frames=frames.num_frames,
-                cache_root=o.cache_dir,
-                progress=session.is_main and o.progress,
+        masks = None
+        if options.weighting.needs_objects:
+            masks = load_object_masks(
+                options.data, frames, cache_root=o.cache_dir, progress=session.is_main and o.progress
             )
-            if options.weighting.needs_objects
-            else None
-        )
     split = split_episodes(tokens.episode_indices.tolist(), options.holdout)
     lengths = dict(zip(tokens.episode_indices.tolist(), tokens.episode_lengths.tolist(), strict=True))
     train_episodes = [e for e in split.train if lengths[e] >= options.clip_len]

@@ -143,17 +143,11 @@ def train_tokenizer(options: TokenizerTrainOptions) -> TokenizerTrainResult:
             cache_root=o.cache_dir,
             progress=session.is_main and o.progress,
         )
-        masks = (
-            load_object_masks(
-                options.data,
-                size=config.image_size,
-                num_frames=cache.num_frames,
-                cache_root=o.cache_dir,
-                progress=session.is_main and o.progress,
+        masks = None
+        if loss_config.object_weight > 0:
+            masks = load_object_masks(
+                options.data, cache, cache_root=o.cache_dir, progress=session.is_main and o.progress
             )
-            if loss_config.object_weight > 0
-            else None
-        )
     split = split_episodes(cache.episode_indices.tolist(), options.holdout)
     train_episodes = _episodes_with_clips(cache, split.train, options.clip_len)
     if not train_episodes:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wm_video.data.cache import TrainingCache
 from wm_video.data.lerobot import read_info
 from wm_video.data.truth import has_truth, load_truth_cache
 from wm_video.errors import InputError
@@ -79,20 +80,19 @@ def require_labels(root: Path, flag: str = "--object-weight") -> None:
 
 def load_object_masks(
     root: Path,
+    frames: TrainingCache,
     *,
-    size: int,
-    num_frames: int,
     flag: str = "--object-weight",
     cache_root: Path | None = None,
     progress: bool = True,
 ) -> ObjectMasks:
-    """The object masks of the dataset at ``root`` at ``size`` px, rows aligned with its frame cache
-    of ``num_frames`` frames. A dataset without labels is an :class:`InputError` naming it and ``flag``."""
+    """The object masks of the dataset at ``root``, rows and size those of its frame cache ``frames``.
+    A dataset without labels is an :class:`InputError` naming it and ``flag``."""
     require_labels(root, flag)
-    truth = load_truth_cache(root, size=size, cache_root=cache_root, progress=progress)
+    truth = load_truth_cache(root, size=frames.size, cache_root=cache_root, progress=progress)
     assert truth is not None  # require_labels saw the labels declared
-    if len(truth.classes) != num_frames:  # pragma: no cover - both caches share the dataset fingerprint
-        raise InputError(f"{truth.path}: {len(truth.classes)} labelled frames for {num_frames} frames")
+    if len(truth.classes) != frames.num_frames:  # pragma: no cover - both caches share the dataset fingerprint
+        raise InputError(f"{truth.path}: {len(truth.classes)} labelled frames for {frames.num_frames} frames")
     return ObjectMasks(truth.classes, truth.class_names)
 
 
