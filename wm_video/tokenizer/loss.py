@@ -109,15 +109,13 @@ def pixel_weights(
 ) -> Tensor:
     """Per-pixel loss weights (B, T, 1, H, W) with mean 1 (see the module docstring); ``objects``
     (B, T, 1, H, W), 1 on object pixels, is needed for an object weight."""
-    weights = torch.ones_like(target[:, :, :1])
-    if config.change_weight > 0:
-        if config.change_reference == "median":
-            if median is None:
-                raise InputError("the median-frame weighting needs the dataset's median frame (3, H, W)")
-            reference = median.to(target.dtype)
-        else:  # the previous frame; the first frame is its own reference (no change)
-            reference = torch.cat([target[:, :1], target[:, :-1]], dim=1)
-        weights = weights + config.change_weight * change_map(target, reference, config.change_threshold)
+    if config.change_reference == "median" and config.change_weight > 0:
+        if median is None:
+            raise InputError("the median-frame weighting needs the dataset's median frame (3, H, W)")
+        reference = median.to(target.dtype)
+    else:  # the previous frame; the first frame is its own reference (no change)
+        reference = torch.cat([target[:, :1], target[:, :-1]], dim=1)
+    weights = 1.0 + config.change_weight * change_map(target, reference, config.change_threshold)
     if config.object_weight > 0:
         if objects is None:
             raise InputError("--object-weight needs the object masks of the clips (the dataset's labels)")
