@@ -32,9 +32,14 @@ FINETUNE_TEXT: dict[str, Any] = {
 
 def _train(args: argparse.Namespace) -> int:
     from wm_video.train.dynamics import main as train_dynamics_main
+    from wm_video.train.reward import main as train_reward_main
     from wm_video.train.tokenizer import main as train_tokenizer_main
 
-    programs = {"tokenizer": train_tokenizer_main, "dynamics": train_dynamics_main}
+    programs = {
+        "tokenizer": train_tokenizer_main,
+        "dynamics": train_dynamics_main,
+        "reward": train_reward_main,
+    }
     return programs[args.program](args.program_args, prog=f"wm-video train {args.program}")
 
 
@@ -64,11 +69,15 @@ def register(commands: Commands) -> None:
     """Add ``wm-video train``, ``finetune``, ``plot`` and ``export``."""
     p = commands.add_parser(
         "train",
-        help="train a model (tokenizer, dynamics); `wm-video train dynamics --help` lists its flags",
+        help="train a model (tokenizer, dynamics, reward); `wm-video train dynamics --help` lists its flags",
         description="Train a model. Every program also runs under `accelerate launch` / `torchrun` "
         "as `python -m wm_video.train.<program>`.",
     )
-    p.add_argument("program", choices=["tokenizer", "dynamics"], help="what to train")
+    p.add_argument(
+        "program",
+        choices=["tokenizer", "dynamics", "reward"],
+        help="what to train (reward: the reward and episode-end model of a world env)",
+    )
     p.add_argument("program_args", nargs=argparse.REMAINDER, help="the program's own flags")
     p.set_defaults(handler=_train)
 

@@ -100,11 +100,11 @@ def pair_rows(cache: TrainingCache, episodes: list[int]) -> np.ndarray:
     return np.concatenate(rows) if rows else np.empty(0, dtype=np.int64)
 
 
-def resized_rows(cache: TrainingCache, rows: np.ndarray, size: int, chunk: int = 1024) -> np.ndarray:
-    """The frames of ``rows`` area-resized to ``size`` px, uint8 (R, size, size, 3), in chunks."""
+def resized_rows(frames: np.ndarray, rows: np.ndarray, size: int, chunk: int = 1024) -> np.ndarray:
+    """The frames (N, S, S, 3) of ``rows`` area-resized to ``size`` px, uint8 (R, size, size, 3), in chunks."""
     out = np.empty((len(rows), size, size, 3), dtype=np.uint8)
     for i in range(0, len(rows), chunk):
-        block = torch.from_numpy(np.asarray(cache.frames[rows[i : i + chunk]])).permute(0, 3, 1, 2).float()
+        block = torch.from_numpy(np.asarray(frames[rows[i : i + chunk]])).permute(0, 3, 1, 2).float()
         small = F.interpolate(block, size=(size, size), mode="area") if block.shape[-1] != size else block
         out[i : i + chunk] = small.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
     return out
@@ -175,7 +175,7 @@ def train_idm(
         lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / config.steps)),
     )
     needed = np.union1d(rows, rows + 1)  # every frame of a pair, resized once up front
-    small = resized_rows(cache, needed, config.input_size)
+    small = resized_rows(cache.frames, needed, config.input_size)
     first, second = np.searchsorted(needed, rows), np.searchsorted(needed, rows + 1)
     rng = np.random.default_rng(seed)
     model.train()
