@@ -19,7 +19,17 @@ from typing import TYPE_CHECKING
 
 from wm_video import __version__
 from wm_video.bench.cli import register as register_bench
-from wm_video.cli_args import Commands, add_cache_dir_flag, counted, positive_float, positive_int
+from wm_video.cli_args import (
+    Commands,
+    add_cache_dir_flag,
+    add_device_flag,
+    add_dtype_flag,
+    add_progress_flag,
+    add_threads_flag,
+    counted,
+    positive_float,
+    positive_int,
+)
 from wm_video.errors import run_program
 from wm_video.eval.cli import register as register_eval
 from wm_video.play.cli import register as register_play
@@ -193,6 +203,38 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _dream(args: argparse.Namespace) -> int:
+    from wm_video.cli_args import device_and_threads
+    from wm_video.engine import load_world
+    from wm_video.envs.dream import dream
+    from wm_video.envs.world_env import no_reward
+    from wm_video.play.start import DEFAULT_CHECKPOINT
+
+    device = device_and_threads(args)
+    checkpoint = args.checkpoint or DEFAULT_CHECKPOINT
+    world = load_world(checkpoint, device=device, dtype=args.dtype, batch_size=args.worlds, seed=args.seed)
+    result = dream(
+        args.out,
+        world,
+        policy=args.policy,
+        episodes=args.episodes,
+        steps=args.steps,
+        seed=args.seed,
+        start=args.start_from,
+        reward=no_reward if args.reward == "none" else args.reward,
+        checkpoint=checkpoint,
+        video=_video_settings(args),
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
+    print(
+        f"{args.out}: {counted(result.episodes_written, 'episode')}, {counted(result.frames_written, 'frame')} "
+        f"dreamed in {result.seconds:.1f} s ({result.frames_written / max(result.seconds, 1e-9):,.0f} frames/s); "
+        f"predicted reward {result.mean_reward:+.2f} per episode, {result.ended} ended by the reward model; "
+        f"{result.total_episodes} in the dataset"
+    )
+    return 0
+
+
 def _cache(args: argparse.Namespace) -> int:
     from wm_video.data.cache import build_cache, load_cache
 
@@ -324,6 +366,56 @@ def build_parser() -> argparse.ArgumentParser:
         "--sheet", type=Path, default=None, help="also write a PNG grid of frames (episodes × time)"
     )
     p.set_defaults(handler=_inspect)
+
+    p = commands.add_parser(
+        "dream",
+        help="roll a policy inside a world and write it as a dataset marked as generated",
+        description="Roll a policy inside a world (several episodes at once) and write frames, actions and the "
+        "predicted reward and episode end of every step as a dataset in the project's format, marked as "
+        "generated in meta/wm_video.json; `wm-video inspect` validates it. Rerunning resumes.",
+    )
+    p.add_argument("--out", type=Path, required=True, help="dataset folder (created, or appended to)")
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="the world: a dynamics run or exported folder (default: the shipped one)",
+    )
+    p.add_argument(
+        "--policy",
+        default="explore",
+        help="explore (default), random, a JSONL action script, or module:function (a gymnasium-style "
+        "callable observation -> action; module may be a .py file)",
+    )
+    p.add_argument(
+        "--episodes",
+        type=positive_int,
+        default=8,
+        help="episodes the dataset should hold when done (default 8)",
+    )
+    p.add_argument("--steps", type=positive_int, default=300, help="most frames per episode (default 300)")
+    p.add_argument(
+        "--worlds", type=positive_int, default=8, help="episodes dreamed at once, as one batch (default 8)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="episode i uses seed + i (default 0)")
+    p.add_argument(
+        "--start-from",
+        default=None,
+        help="an image, DATASET_DIR:EPISODE[:FRAME], or DATASET_DIR (each episode starts from one drawn from it); "
+        "default: the checkpoint's own start",
+    )
+    p.add_argument(
+        "--reward",
+        default=None,
+        help="reward model folder (`wm-video train reward --out`), or none; default: CHECKPOINT/reward if there, else none",
+    )
+    group = p.add_argument_group("compute")
+    add_device_flag(group)
+    add_dtype_flag(group)
+    add_threads_flag(group)
+    add_progress_flag(group)
+    _add_video_flags(p)
+    p.set_defaults(handler=_dream)
 
     p = commands.add_parser("cache", help="decode a dataset once into the training cache")
     p.add_argument("dir", type=Path, help="dataset folder")

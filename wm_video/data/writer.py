@@ -110,8 +110,12 @@ class DatasetWriter:
         video_key: str = lerobot.DEFAULT_VIDEO_KEY,
         source_info: dict[str, Any] | None = None,
         ground_truth: bool = False,
+        columns: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         self.root = Path(root)
+        #: More per-frame columns each episode brings (name → its meta/info.json feature), e.g. a
+        #: dreamed dataset's predicted ``next.reward``; not for the ground truth's own columns.
+        self.columns = dict(columns or {})
         self.ground_truth = ground_truth  # episodes carry the engine's ground truth (data/truth.py)
         self.fps = float(fps)
         self.action_space = action_space
@@ -146,6 +150,7 @@ class DatasetWriter:
         )
         if self.ground_truth:
             self.info["features"].update(truth.truth_features(self.frame_shape, self.fps))  # type: ignore[arg-type]
+        self.info["features"].update(self.columns)
         self.episodes: list[dict[str, Any]] = []
         self.action_stats: dict[str, np.ndarray] | None = None
         self.task = task
@@ -190,6 +195,9 @@ class DatasetWriter:
                 f"ground truth {'recorded' if truth.has_truth(info) else 'absent'} "
                 f"(this run: {'records it' if self.ground_truth else 'has none'})"
             )
+        missing = sorted(set(self.columns) - set(info["features"]))
+        if missing:
+            problems.append(f"no columns {missing} (this run writes them)")
         if problems:
             raise DatasetError("cannot append, the dataset differs: " + "; ".join(problems), path=path)
         self.info = info
@@ -222,15 +230,17 @@ class DatasetWriter:
         """Where a worker may encode the mp4 of ``episode_index`` before it is committed."""
         return self.staging_dir / f"episode_{episode_index:06d}.mp4"
 
-    def write_episode(self, frames: np.ndarray, actions: np.ndarray) -> int:
-        """Encode and commit one episode; returns its index."""
+    def write_episode(
+        self, frames: np.ndarray, actions: np.ndarray, columns: dict[str, np.ndarray] | None = None
+    ) -> int:
+        """Encode and commit one episode (with the writer's extra ``columns``, one value per frame); returns its index."""
         if len(frames) != len(actions):
             raise InputError(
                 f"an episode needs as many actions as frames; got {len(frames)} frames, {len(actions)} actions"
             )
         staged = self.staging_path(self.num_episodes)
         encode_video(staged, frames, self.fps, self.video)
-        return self.commit_episode(staged, actions)
+        return self.commit_episode(staged, actions, columns=columns)
 
     def recorder(self) -> EpisodeRecorder:
         """A streaming recorder for one episode (frames arrive one at a time)."""
@@ -241,13 +251,20 @@ class DatasetWriter:
         video_file: Path,
         actions: np.ndarray,
         ground_truth: truth.EpisodeTruth | None = None,
+        columns: dict[str, np.ndarray] | None = None,
         *,
         policy: str = "",
     ) -> int:
         """Move an encoded episode video into the dataset with its actions (and, in a dataset that
-        records it, its ground truth); returns its index. ``policy`` (who played the episode) goes
-        into its row of the episode table as "policy"."""
+        records it, its ground truth; the writer's extra ``columns``); returns its index. ``policy``
+        (who played the episode) goes into its row of the episode table as "policy"."""
         actions = np.asarray(actions, dtype=np.float32)
+        columns = columns or {}
+        if set(columns) != set(self.columns) or any(len(v) != len(actions) for v in columns.values()):
+            raise InputError(
+                f"{self.root}: each episode brings the columns {sorted(self.columns)}, one value per frame; "
+                f"got {sorted(columns)} for {len(actions)} frames"
+            )
         if (ground_truth is not None) != self.ground_truth or (
             ground_truth is not None and len(ground_truth) != len(actions)
         ):
@@ -298,7 +315,8 @@ class DatasetWriter:
             os.replace(video_file, video_path)
             if ground_truth is not None:
                 row.update(truth.place_truth(self.root, ground_truth, chunk, file, self.fps))
-            extra = truth.truth_columns(ground_truth) if ground_truth is not None else None
+            extra = truth.truth_columns(ground_truth) if ground_truth is not None else {}
+            extra.update({name: pa.array(np.asarray(values)) for name, values in columns.items()})
             _write_parquet(
                 data_path,
                 frames_table(actions, fps=self.fps, episode_index=index, first_index=first, extra=extra),
