@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import gymnasium
 import numpy as np
 import pytest
@@ -190,3 +192,15 @@ def test_bad_inputs_name_the_problem() -> None:
     with pytest.raises(InputError, match="returns 1 rewards"):
         env.step(np.zeros(3))
 
+
+def test_bench_env_reports_frames_per_second_per_count(tmp_path, capsys) -> None:
+    from wm_video.cli import main
+
+    report = tmp_path / "bench.json"
+    argv = ["bench", "env", "--envs", "1", "2", "--steps", "2", "--repeats", "1", "--warmup", "0"]
+    assert main([*argv, "--threads", "1", "--no-progress", "--json", str(report)]) == 0
+    printed = capsys.readouterr().out
+    assert "load average" in printed and "frames/s" in printed
+    rows = json.loads(report.read_text())["rows"]
+    assert [row["envs"] for row in rows] == [1, 2] and all(row["frames_per_second"] > 0 for row in rows)
+    assert all(row["step"]["steps"] == 2 for row in rows)

@@ -18,6 +18,7 @@ from wm_video.cli_args import (
 )
 
 if TYPE_CHECKING:
+    from wm_video.bench.envs import EnvBenchResult
     from wm_video.bench.gpu import GpuBenchResult
     from wm_video.bench.world import WorldBenchResult
 
@@ -62,7 +63,7 @@ def _bench_tokenizer(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report(result: WorldBenchResult | GpuBenchResult, json_path: Path | None) -> int:
+def _report(result: WorldBenchResult | GpuBenchResult | EnvBenchResult, json_path: Path | None) -> int:
     """Print the table; with ``--json``, also write the figures there."""
     from wm_video.fileio import atomic_write_json
 
@@ -106,6 +107,23 @@ def _bench_gpu(args: argparse.Namespace) -> int:
         train_steps=args.train_steps,
         train_batch=args.train_batch,
         threads=args.threads,
+        progress=not args.no_progress,
+    )
+    return _report(result, args.json)
+
+
+def _bench_env(args: argparse.Namespace) -> int:
+    from wm_video.bench.envs import bench_envs
+
+    device = device_and_threads(args)
+    result = bench_envs(
+        checkpoint=args.checkpoint,
+        counts=args.envs,
+        steps=args.steps,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        device=device,
+        reward=args.reward,
         progress=not args.no_progress,
     )
     return _report(result, args.json)
@@ -177,6 +195,37 @@ def register(commands: Commands) -> None:
     add_threads_flag(group)
     add_progress_flag(group)
     p.set_defaults(handler=_bench_tokenizer, command_name="bench tokenizer")
+    p = benches.add_parser(
+        "env",
+        help="frames/s of a gymnasium WorldVectorEnv at 1, 8 and 32 worlds",
+        description="Frames/s of wm_video.envs.WorldVectorEnv (one batched world, random actions) at each "
+        "--envs count: median ms per env.step over --repeats rounds that time every count in turn, and "
+        "the load average before and after.",
+    )
+    group = p.add_argument_group("world")
+    group.add_argument(
+        "--checkpoint", type=Path, default=None, help="the world (default: the shipped default world)"
+    )
+    group.add_argument(
+        "--reward",
+        type=Path,
+        default=None,
+        help="a reward model folder to step with (default: the checkpoint's, if any)",
+    )
+    group = p.add_argument_group("run")
+    group.add_argument(
+        "--envs", nargs="+", type=positive_int, default=[1, 8, 32], help="numbers of worlds (default: 1 8 32)"
+    )
+    group.add_argument(
+        "--steps", type=positive_int, default=20, help="timed steps per count and round (default 20)"
+    )
+    group.add_argument("--repeats", type=positive_int, default=3, help="rounds over the counts (default 3)")
+    group.add_argument("--warmup", type=int, default=10, help="untimed steps first, per count (default 10)")
+    add_device_flag(group)
+    add_threads_flag(group)
+    group.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
+    add_progress_flag(group)
+    p.set_defaults(handler=_bench_env, command_name="bench env")
     p = benches.add_parser(
         "gpu",
         help="the GPU check: world step eager/compiled/CUDA graphs, training tokens/s and MFU",
