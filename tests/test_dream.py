@@ -15,6 +15,7 @@ from wm_video.data.validate import validate_dataset
 from wm_video.data.video import VideoSettings
 from wm_video.envs.dream import dream
 from wm_video.errors import InputError
+from wm_video.sources.vizdoom import ACTION_SPACE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 LOSSLESS = VideoSettings(codec="lossless")
@@ -75,6 +76,8 @@ def test_dream_refuses_real_footage_and_bad_policies(tmp_path, capsys) -> None:
     make_dataset(tmp_path / "real", [4])
     with pytest.raises(InputError, match="holds real footage"):
         dream(tmp_path / "real", tiny_world(), episodes=2, steps=2, start=START, progress=False)
+    with pytest.raises(InputError, match="ground truth"):
+        dream(tmp_path / "hunt", tiny_world(space=ACTION_SPACE), policy="hunt", episodes=1, steps=2, start=START)
     assert (
         main(["dream", "--out", str(tmp_path / "d"), "--policy", "no_such_module:act", "--threads", "1"]) == 2
     )

@@ -42,6 +42,7 @@ from wm_video.envs.spaces import action_adapter
 from wm_video.envs.world_env import RewardFunction, WorldBatch, resolve_reward
 from wm_video.errors import InputError
 from wm_video.sources.policies import Policy, load_policy
+from wm_video.sources.truth import FrameTruth
 
 GENERATED_SOURCE = "world model"  # meta/wm_video.json source.source of a dreamed dataset
 
@@ -68,7 +69,7 @@ class CallablePolicy(Policy):
         if callable(reset):
             reset(seed)
 
-    def act(self, frame: np.ndarray) -> np.ndarray:
+    def act(self, frame: np.ndarray, truth: FrameTruth | None = None) -> np.ndarray:
         return self.to_vector(self.function(frame))
 
 
@@ -126,6 +127,10 @@ def dream(
         else CallablePolicy(policy, lambda action: adapter.vectors(action, 1)[0])
         for _ in range(batch.count)
     ]
+    if any(p.needs_truth for p in policies):
+        raise InputError(
+            f"--policy {named!r} reads the engine's ground truth (where the monsters are), which a world does not have"
+        )
     from wm_video.play.start import dataset_info
 
     ours = lerobot.ours_path(Path(out))
