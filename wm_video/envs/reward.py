@@ -41,7 +41,7 @@ from tqdm import tqdm
 from wm_video.data.lerobot import read_json
 from wm_video.envs.world_env import StepRewards
 from wm_video.errors import DatasetError, InputError
-from wm_video.eval.idm import IDMConfig, InverseDynamics, resized_rows
+from wm_video.eval.idm import IDMConfig, InverseDynamics, pair_frames, warmup_cosine
 from wm_video.fileio import atomic_write, atomic_write_json
 
 REWARD_VERSION = 1
@@ -244,15 +244,8 @@ def train_reward(
     class_weight /= class_weight.min()
     end_rate = float(ends.mean()) if len(ends) else 0.0
     end_weight = torch.tensor(math.sqrt((1 - end_rate) / end_rate) if 0 < end_rate < 1 else 1.0)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=1e-4)
-    warmup = max(1, config.steps // 10)
-    schedule = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then a cosine to 0
-        optimizer,
-        lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / config.steps)),
-    )
-    needed = np.union1d(rows, rows + 1)  # every frame of a pair, resized once up front
-    small = resized_rows(data.frames, needed, config.input_size)
-    first, second = np.searchsorted(needed, rows), np.searchsorted(needed, rows + 1)
+    optimizer, schedule = warmup_cosine(net, config.lr, config.steps)
+    small, first, second = pair_frames(data.frames, rows, config.input_size)  # pairs' frames, resized once
     rng = np.random.default_rng(seed)
     net.train()
     for _ in tqdm(range(config.steps), desc="reward model", disable=not progress, leave=False):

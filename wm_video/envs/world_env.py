@@ -200,6 +200,35 @@ class WorldBatch:
         return rewards, truncated & ~rewards.terminated
 
 
+def open_batch(
+    count: int,
+    checkpoint: str | Path | None = None,
+    *,
+    world: World | None = None,
+    action_type: str = "buttons",
+    combinations: Sequence[Sequence[str]] | str | Path | None = None,
+    reward: RewardFunction | str | Path | None = None,
+    start: Any = None,
+    max_steps: int | None = DEFAULT_MAX_STEPS,
+    frame_stack: int = 1,
+    render_mode: str | None = "rgb_array",
+    device: str = "cpu",
+) -> WorldBatch:
+    """The :class:`WorldBatch` of ``count`` worlds both envs wrap (their arguments: see :class:`WorldEnv`)."""
+    if render_mode not in (None, "rgb_array"):
+        raise InputError(f"render_mode must be 'rgb_array' (or None); got {render_mode!r}")
+    world, path = open_env_world(checkpoint, world, count, 0, device)
+    adapter = action_adapter(world.action_space, world.dynamics.config.scales, action_type, combinations)
+    return WorldBatch(
+        world,
+        adapter=adapter,
+        reward=resolve_reward(reward, path),
+        start=start,
+        max_steps=max_steps,
+        frame_stack=frame_stack,
+    )
+
+
 class WorldEnv(gym.Env[np.ndarray, Any]):
     """One generated world as a ``gymnasium.Env``; see the module docstring for the arguments.
 
@@ -225,22 +254,22 @@ class WorldEnv(gym.Env[np.ndarray, Any]):
         render_mode: str | None = "rgb_array",
         device: str = "cpu",
     ) -> None:
-        if render_mode not in (None, "rgb_array"):
-            raise InputError(f"render_mode must be 'rgb_array' (or None); got {render_mode!r}")
-        world, path = open_env_world(checkpoint, world, 1, 0, device)
-        config = world.dynamics.config
-        adapter = action_adapter(world.action_space, config.scales, action_type, combinations)
-        self.batch = WorldBatch(
-            world,
-            adapter=adapter,
-            reward=resolve_reward(reward, path),
+        self.batch = open_batch(
+            1,
+            checkpoint,
+            world=world,
+            action_type=action_type,
+            combinations=combinations,
+            reward=reward,
             start=start,
             max_steps=max_steps,
             frame_stack=frame_stack,
+            render_mode=render_mode,
+            device=device,
         )
         self.render_mode = render_mode
         self.observation_space = self.batch.observation_space()
-        self.action_space = adapter.gym_space()
+        self.action_space = self.batch.adapter.gym_space()
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -274,7 +303,7 @@ class WorldEnv(gym.Env[np.ndarray, Any]):
 
 
 class WorldVectorEnv(VectorEnv[np.ndarray, Any, np.ndarray]):
-    """``num_envs`` generated worlds stepped as one batch; the arguments are :class:`WorldEnv`'s.
+    """``num_envs`` generated worlds stepped as one batch; the other arguments are :class:`WorldEnv`'s.
 
     ``reset(options={"reset_mask": mask})`` restarts only the worlds where ``mask`` is True.
     """
@@ -286,31 +315,13 @@ class WorldVectorEnv(VectorEnv[np.ndarray, Any, np.ndarray]):
         num_envs: int = 1,
         checkpoint: str | Path | None = None,
         *,
-        world: World | None = None,
-        action_type: str = "buttons",
-        combinations: Sequence[Sequence[str]] | str | Path | None = None,
-        reward: RewardFunction | str | Path | None = None,
-        start: Any = None,
-        max_steps: int | None = DEFAULT_MAX_STEPS,
-        frame_stack: int = 1,
         render_mode: str | None = "rgb_array",
-        device: str = "cpu",
+        **options: Any,
     ) -> None:
         if num_envs < 1:
             raise InputError(f"num_envs must be ≥ 1; got {num_envs}")
-        if render_mode not in (None, "rgb_array"):
-            raise InputError(f"render_mode must be 'rgb_array' (or None); got {render_mode!r}")
-        world, path = open_env_world(checkpoint, world, num_envs, 0, device)
-        config = world.dynamics.config
-        adapter = action_adapter(world.action_space, config.scales, action_type, combinations)
-        self.batch = WorldBatch(
-            world,
-            adapter=adapter,
-            reward=resolve_reward(reward, path),
-            start=start,
-            max_steps=max_steps,
-            frame_stack=frame_stack,
-        )
+        self.batch = open_batch(num_envs, checkpoint, render_mode=render_mode, **options)
+        adapter = self.batch.adapter
         self.num_envs = num_envs
         self.render_mode = render_mode
         self.single_observation_space = self.batch.observation_space()

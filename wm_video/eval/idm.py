@@ -110,6 +110,26 @@ def resized_rows(frames: np.ndarray, rows: np.ndarray, size: int, chunk: int = 1
     return out
 
 
+def pair_frames(frames: np.ndarray, rows: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every frame of the pairs (row, row + 1) resized once to ``size`` px: (frames (F, size, size, 3),
+    positions in them of each pair's first frame (P,), of its second (P,))."""
+    needed = np.union1d(rows, rows + 1)
+    small = resized_rows(frames, needed, size)
+    return small, np.searchsorted(needed, rows), np.searchsorted(needed, rows + 1)
+
+
+def warmup_cosine(
+    model: nn.Module, lr: float, steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW (weight decay 1e-4) with a linear warm-up over a tenth of ``steps``, then a cosine to 0."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    warmup = max(1, steps // 10)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
+    )
+    return optimizer, schedule
+
+
 def varying_buttons(pressed: np.ndarray) -> list[int]:
     """Columns of a (P, buttons) 0/1 array pressed in between 1 % and 99 % of the rows."""
     rate = pressed.mean(axis=0)
@@ -168,15 +188,8 @@ def train_idm(
     pressed = (cache.actions[rows, :buttons] > 0.5).astype(np.float32)
     positives = pressed.mean(axis=0).clip(1e-3, 1 - 1e-3)
     pos_weight = torch.from_numpy((1 - positives) / positives).float()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-4)
-    warmup = max(1, config.steps // 10)
-    schedule = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then a cosine to 0
-        optimizer,
-        lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / config.steps)),
-    )
-    needed = np.union1d(rows, rows + 1)  # every frame of a pair, resized once up front
-    small = resized_rows(cache.frames, needed, config.input_size)
-    first, second = np.searchsorted(needed, rows), np.searchsorted(needed, rows + 1)
+    optimizer, schedule = warmup_cosine(model, config.lr, config.steps)
+    small, first, second = pair_frames(cache.frames, rows, config.input_size)
     rng = np.random.default_rng(seed)
     model.train()
     for _ in tqdm(range(config.steps), desc="inverse dynamics", disable=not progress, leave=False):
