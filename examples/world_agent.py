@@ -89,7 +89,7 @@ def train_agent(
     lr: float = 5e-4,
     entropy: float = 0.01,
     seed: int = 0,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = lambda line: print(line, flush=True),
 ) -> TrainLog:
     """Advantage actor-critic in ``envs`` for ``iterations`` rollouts of ``horizon`` steps (or ``minutes``)."""
     optimizer = torch.optim.Adam(agent.parameters(), lr=lr)
@@ -244,6 +244,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--reward", type=Path, required=True, help="reward model folder (wm-video train reward)"
     )
     parser.add_argument(
+        "--event-threshold",
+        type=float,
+        default=None,
+        help="how likely a kill must be for the reward model to give it (default: its calibrated threshold, "
+        "chosen on real frames; generated frames are blurrier)",
+    )
+    parser.add_argument(
         "--start-from", default=None, help="starts: a dataset folder, image… (default: the world's)"
     )
     parser.add_argument("--envs", type=int, default=8, help="worlds stepped together (default 8)")
@@ -265,10 +272,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
+    from wm_video.envs.reward import load_reward
+
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    reward = load_reward(args.reward)
+    if args.event_threshold is not None:
+        reward.event_threshold = args.event_threshold
     envs = WorldVectorEnv(
-        args.envs, args.checkpoint, action_type="discrete", combinations=COMBINATIONS, reward=args.reward,
+        args.envs, args.checkpoint, action_type="discrete", combinations=COMBINATIONS, reward=reward,
         start=args.start_from, max_steps=args.max_steps,
     )  # fmt: skip
     agent = Agent(len(COMBINATIONS))
