@@ -43,11 +43,16 @@ def drawn(trace: Path, rank: int) -> list[tuple[int, int]]:
 
 
 def test_tokenizer_trains_saves_and_resumes_on_two_ranks(training_data: TrainingData, tmp_path: Path) -> None:
+    """With the adversarial loss from step 1: the discriminator is prepared (DDP) like the model,
+    trains on both ranks, and is saved and restored with the run."""
     run, trace = tmp_path / "run", tmp_path / "trace"
-    args = ["--data", str(training_data.data), "--out", str(run), "--clip-len", "3", "--save-every", "1"]
+    args = ["--data", str(training_data.data), "--out", str(run), "--clip-len", "3", "--save-every", "1",
+            "--adversarial-weight", "0.5", "--adversarial-start", "1"]  # fmt: skip
     torchrun("tokenizer", trace, *args, "--max-steps", "2")
     checkpoint = load_checkpoint(run, kind="tokenizer")
     assert checkpoint.step == 2 and checkpoint.meta["run"]["world_size"] == 2
+    assert "discriminator" in checkpoint.training_state
+    assert [("discriminator_loss" in r) for r in read_log(run) if "loss" in r] == [False, True]
     assert len(checkpoint.training_state["rng"]) == 2  # one RNG state per rank
     assert checkpoint.training_state["world_size"] == 2
     first = [drawn(trace, rank) for rank in (0, 1)]

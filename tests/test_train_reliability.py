@@ -258,24 +258,36 @@ def test_sigterm_saves_the_dynamics_run_at_the_step_boundary(
     assert load_checkpoint(run).step == step + 1
 
 
+@pytest.mark.parametrize(
+    "losses",
+    [
+        [],
+        # the discriminator trains from step 1 and its term ramps in across the interruption
+        ["--adversarial-weight", "0.5", "--adversarial-start", "1", "--adversarial-ramp", "2", "--frequency-weight", "0.1"],
+    ],
+    ids=["pixel", "adversarial"],
+)
 def test_an_interrupted_tokenizer_run_resumes_exactly(
+    losses: list[str],
     training_data: TrainingData,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Row 3 for the tokenizer (the dynamics program's is in test_train_dynamics.py): 4 steps straight
-    == stopped after step 2, then the same command again; weights, EMA, optimizer, sampler, RNG."""
+    == stopped after step 2, then the same command again; weights, EMA, optimizer, sampler, RNG, and
+    the discriminator (weights and Adam moments, in training.safetensors) with the adversarial loss."""
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    assert train("tokenizer", training_data, straight, 4, "--warmup-steps", "2") == 0
+    assert train("tokenizer", training_data, straight, 4, "--warmup-steps", "2", *losses) == 0
     with monkeypatch.context() as patch:
         stops = iter([False, True])
         patch.setattr(TrainingSession, "should_stop", lambda self: next(stops))
         assert (
-            train("tokenizer", training_data, resumed, 4, "--warmup-steps", "2", "--save-every", "100") == 0
+            train("tokenizer", training_data, resumed, 4, "--warmup-steps", "2", "--save-every", "100", *losses)
+            == 0
         )
     assert "stopped at step 2" in capsys.readouterr().out
-    assert train("tokenizer", training_data, resumed, 4, "--warmup-steps", "2") == 0
+    assert train("tokenizer", training_data, resumed, 4, "--warmup-steps", "2", *losses) == 0
     assert "from step 2" in capsys.readouterr().out
     a_dir, b_dir = resolve_checkpoint(straight), resolve_checkpoint(resumed)
     assert a_dir.name == b_dir.name == "step-00000004"

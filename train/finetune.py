@@ -29,11 +29,12 @@ from wm_video.data.objects import require_labels
 from wm_video.dynamics import CorruptionConfig, TokenWeightConfig
 from wm_video.errors import EXIT_STOPPED, InputError
 from wm_video.tokenizer import TokenizerConfig
+from wm_video.tokenizer.adversarial import AdversarialConfig
 from wm_video.train.cli import FINETUNE_TEXT
 from wm_video.train.dynamics import DynamicsTrainOptions, train_dynamics
 from wm_video.train.options import SessionOptions, add_finetune_flags, session_options
 from wm_video.train.session import run_training_program
-from wm_video.train.tokenizer import TokenizerTrainOptions, train_tokenizer
+from wm_video.train.tokenizer import TokenizerTrainOptions, adversarial_config, train_tokenizer
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,8 @@ class FinetuneOptions:
     tokenizer_batch_size: int | None = None  # None: the session's batch size
     change_weight: float = 50.0  # the tokenizer loss's weight on changed pixels (wm_video.tokenizer.loss)
     change_reference: str = "previous"
+    frequency_weight: float = 0.0  # the tokenizer loss's amplitude-spectrum term
+    adversarial: AdversarialConfig = AdversarialConfig()  # the tokenizer's discriminator (always fresh)
     fresh_tokenizer: bool = False  # train a tokenizer of the world's shape from scratch instead
     tokenizer_object_weight: float = 0.0  # the tokenizer loss's weight on object pixels (the labels)
     weighting: TokenWeightConfig = TokenWeightConfig()  # the dynamics loss's weight on object/changed tokens
@@ -126,6 +129,8 @@ def finetune(options: FinetuneOptions) -> FinetuneResult:
                 change_weight=options.change_weight,
                 change_reference=options.change_reference,
                 object_weight=options.tokenizer_object_weight,
+                frequency_weight=options.frequency_weight,
+                adversarial=options.adversarial,
                 init=None if options.fresh_tokenizer else tokenizer,
                 config=TokenizerConfig.from_dict(tokenizer_checkpoint.config)
                 if options.fresh_tokenizer
@@ -189,6 +194,8 @@ def run_finetune(args: argparse.Namespace, prog: str = "wm-video finetune") -> i
                 tokenizer_batch_size=args.tokenizer_batch_size,
                 change_weight=args.change_weight,
                 change_reference=args.change_reference,
+                frequency_weight=args.frequency_weight,
+                adversarial=adversarial_config(args),
                 fresh_tokenizer=args.fresh_tokenizer,
                 tokenizer_object_weight=args.tokenizer_object_weight,
                 weighting=TokenWeightConfig(

@@ -17,6 +17,7 @@ from wm_video.cli_args import (
     add_threads_flag,
     finite_float,
     non_negative_float,
+    non_negative_int,
     positive_float,
     positive_int,
 )
@@ -286,6 +287,42 @@ def add_object_weight_flag(group: argparse._ActionsContainer, flag: str = "--obj
     )
 
 
+def add_sharpness_flags(group: argparse._ActionsContainer) -> None:
+    """The tokenizer-loss flags against blur: an adversarial patch discriminator and a frequency term
+    (:mod:`wm_video.tokenizer.adversarial`, :mod:`wm_video.tokenizer.loss`)."""
+    group.add_argument(
+        "--adversarial-weight",
+        type=non_negative_float,
+        default=0.0,
+        help="weight of the adversarial loss from a patch discriminator trained from scratch beside the "
+        "tokenizer (hinge loss, times VQGAN's adaptive weight: the ratio of the reconstruction and "
+        "adversarial gradient norms at the decoder's last layer); it rewards texture over flat colour. "
+        "0: off, no discriminator (default 0)",
+    )
+    group.add_argument(
+        "--adversarial-start",
+        type=non_negative_int,
+        default=0,
+        help="step from which the discriminator trains; the adversarial term then ramps in over "
+        "--adversarial-ramp steps. Let a fresh tokenizer's reconstruction settle first (e.g. half its steps); "
+        "a fine-tune from a trained tokenizer can start at 0 (default 0)",
+    )
+    group.add_argument(
+        "--adversarial-ramp",
+        type=non_negative_int,
+        default=200,
+        help="steps after --adversarial-start over which the adversarial term rises linearly to its "
+        "full weight (default 200)",
+    )
+    group.add_argument(
+        "--frequency-weight",
+        type=non_negative_float,
+        default=0.0,
+        help="weight of the L1 distance between the amplitude spectra (2D FFT) of each reconstructed and "
+        "real frame: the high frequencies of texture that a blurred frame loses; 0: off (default 0)",
+    )
+
+
 def fsq_levels(text: str) -> tuple[int, ...]:
     """argparse type: comma-separated FSQ levels, each an integer ≥ 2 (``8,8,8,5,5,5``)."""
     try:
@@ -357,4 +394,6 @@ def add_finetune_flags(parser: argparse.ArgumentParser) -> None:
     add_change_flags(tokenizer, default_weight=50.0)
     add_object_weight_flag(tokenizer, "--tokenizer-object-weight")
     add_token_weight_flags(parser.add_argument_group("dynamics phase: loss weighting (where the game happens)"))
+    add_sharpness_flags(tokenizer)
     add_session_flags(parser, FINETUNE_DEFAULTS, with_max_steps=False)
+

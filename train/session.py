@@ -22,6 +22,13 @@ every rank, so none waits forever at a collective. A run resumed with the same n
 continues bit-identically. Every rank agrees on why a run stopped (a signal on any rank outranks
 the time budget), and a frozen or dead rank is named (:mod:`wm_video.train.ranks`).
 
+A program may train a discriminator beside its model (the tokenizer's adversarial loss,
+:mod:`wm_video.tokenizer.adversarial`): it is prepared like the model (wrapped for several
+processes), its parameters are a group of the same optimizer with their own betas and no weight
+decay (one step, one clip each, one non-finite guard and one GradScaler for both), its loss is
+returned beside the model's and backpropagated with it, and its weights are saved in the
+checkpoint's training state (the model's weights stay the model's alone) and restored on resume.
+
 One process at a time trains in a run folder (:mod:`wm_video.train.runlock`); a damaged newest
 checkpoint is passed over on resume, and the log's records past the checkpoint resumed from are
 dropped (those steps are done again).
@@ -88,6 +95,7 @@ class StepResult:
 
     loss: Tensor
     metrics: dict[str, Tensor]
+    discriminator_loss: Tensor | None = None  # backpropagated with ``loss``; moves only the discriminator
 
 
 @dataclass(frozen=True)
@@ -106,8 +114,14 @@ def decays(module: nn.Module, name: str) -> bool:
     return name == "weight" and isinstance(module, matrices)
 
 
-def adamw(model: nn.Module, options: SessionOptions) -> torch.optim.AdamW:
-    """AdamW with weight decay on the parameters :func:`decays` names."""
+DISCRIMINATOR_BETAS = (0.5, 0.9)  # Adam betas of a discriminator's parameters (VQGAN, MAGVIT)
+
+
+def adamw(
+    model: nn.Module, options: SessionOptions, discriminator: nn.Module | None = None
+) -> torch.optim.AdamW:
+    """AdamW with weight decay on the parameters :func:`decays` names; a ``discriminator``'s
+    parameters form a third group, Adam with :data:`DISCRIMINATOR_BETAS` and no weight decay."""
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
     for module in model.modules():
@@ -118,6 +132,10 @@ def adamw(model: nn.Module, options: SessionOptions) -> torch.optim.AdamW:
         {"params": decay, "weight_decay": options.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+    if discriminator is not None:
+        groups.append(
+            {"params": list(discriminator.parameters()), "weight_decay": 0.0, "betas": DISCRIMINATOR_BETAS}
+        )
     # fused: one kernel for all parameters (on a CPU the default per-tensor loop is ~7× slower), and
     # it skips a step on the device when given found_inf (see TrainingSession._optimizer_step).
     return torch.optim.AdamW(groups, lr=options.lr, betas=(0.9, 0.99), fused=True)
@@ -180,16 +198,25 @@ class TrainingSession:
         )
         self.stop = StopFlag()
         self.started = time.monotonic()
+        self.current_step = 0  # the (0-based) optimizer step being trained, for step-dependent losses
+        self.discriminator: nn.Module | None = None  # as prepared (wrapped), when the program trains one
+        self.core_discriminator: nn.Module | None = None  # unwrapped: what the checkpoint holds
 
     # -- model, optimizer, resume ------------------------------------------------------------------
     def prepare(
-        self, model: nn.Module, config: dict[str, Any], sampler: ClipSampler
+        self,
+        model: nn.Module,
+        config: dict[str, Any],
+        sampler: ClipSampler,
+        discriminator: nn.Module | None = None,
     ) -> tuple[nn.Module, torch.optim.Optimizer, EMA, int]:
         """Resume weights and state if the run has a checkpoint; returns (model, optimizer, ema, step):
         the model as prepared for training (wrapped for several processes), and the step to start at.
 
         Every rank builds the same initial model (the program seeds torch first); then each rank's
         RNGs are seeded apart (the corruption noise differs across ranks), or restored on resume.
+        A ``discriminator`` trained beside the model is prepared too (``self.discriminator``, and
+        unwrapped ``self.core_discriminator``); the step function returns its loss.
         """
         self.config = config
         self.sampler = sampler
@@ -199,7 +226,7 @@ class TrainingSession:
             "lower --batch-size (and raise --grad-accum to keep the global batch)",
             device=str(self.device),
         )
-        optimizer = adamw(model, self.options)
+        optimizer = adamw(model, self.options, discriminator)
         ema = EMA(model, self.options.ema_decay)
         seed_ranks(self.options.seed, self.rank)
         trace = os.environ.get(CLIP_TRACE_ENV)
@@ -207,9 +234,15 @@ class TrainingSession:
             sampler.trace_to(Path(trace) / f"clips-rank{self.rank}.txt")
         step = 0
         if (self.out / "checkpoints").exists():
-            step = self._resume(model, optimizer, ema, sampler)
+            step = self._resume(model, optimizer, ema, sampler, discriminator)
         ema.model.to(self.device)
-        prepared_model, prepared_optimizer = self.accelerator.prepare(model, optimizer)
+        self.core_discriminator = discriminator
+        if discriminator is None:
+            prepared_model, prepared_optimizer = self.accelerator.prepare(model, optimizer)
+        else:
+            prepared_model, self.discriminator, prepared_optimizer = self.accelerator.prepare(
+                model, discriminator, optimizer
+            )
         self.model, self.optimizer, self.ema = prepared_model, prepared_optimizer, ema
         self.core = model  # unwrapped: what the EMA follows and the checkpoint holds
         self.torch_optimizer = optimizer
@@ -248,7 +281,12 @@ class TrainingSession:
             raise RuntimeError(f"the main process failed {what}: {message}")
 
     def _resume(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer, ema: EMA, sampler: ClipSampler
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        ema: EMA,
+        sampler: ClipSampler,
+        discriminator: nn.Module | None,
     ) -> int:
         with warnings.catch_warnings(record=True) as passed_over:  # a damaged newest checkpoint
             warnings.simplefilter("always")
@@ -278,7 +316,16 @@ class TrainingSession:
                 flush=True,
             )
         if "optimizer" in state:
+            saved_groups = len(state["optimizer"]["param_groups"])
+            if saved_groups != len(optimizer.param_groups):  # a discriminator in one run and not the other
+                had = "with" if saved_groups > len(optimizer.param_groups) else "without"
+                raise InputError(
+                    f"{path}: this run was trained {had} a discriminator (--adversarial-weight); resume it "
+                    "as it was, or use a new --out"
+                )
             optimizer.load_state_dict(state["optimizer"])
+        if discriminator is not None and "discriminator" in state:
+            load_weights(discriminator, state["discriminator"], path)
         if "sampler" in state:
             sampler.load_state_dict(state["sampler"], saved_world_size=state.get("world_size"))
         saved_rngs = state.get("rng")
@@ -320,6 +367,11 @@ class TrainingSession:
                     "sampler": self.sampler_state,
                     "world_size": self.world_size,
                     "rng": rngs,  # one state per rank, in rank order
+                    **(
+                        {"discriminator": self.core_discriminator.state_dict()}
+                        if self.core_discriminator is not None
+                        else {}
+                    ),
                 },
                 meta={"run": self.run_config, **meta},
                 keep=self.options.keep,
@@ -366,12 +418,16 @@ class TrainingSession:
         try:
             with self.stop:
                 while at < o.max_steps:
+                    self.current_step = at
                     for _ in range(o.grad_accum):
                         batch, sampler_state = batches.next()
-                        with accelerator.accumulate(self.model):
+                        with accelerator.accumulate(*self._trained()):
                             with accelerator.autocast():
                                 result = forward(batch)
-                            accelerator.backward(result.loss)
+                            loss = result.loss
+                            if result.discriminator_loss is not None:
+                                loss = loss + result.discriminator_loss
+                            accelerator.backward(loss)
                             grad_norm = self._optimizer_step(at, watch)
                         self.sampler_state = sampler_state
                     at += 1
@@ -410,6 +466,10 @@ class TrainingSession:
         self.finish(at, last_saved, {**meta, "probe": last_probe}, stopped)
         return RunResult(at, last_probe, time.monotonic() - self.started, stopped, self.stopped_by_signal)
 
+    def _trained(self) -> list[nn.Module]:
+        """The prepared modules this run trains: the model, and the discriminator if it has one."""
+        return [self.model] if self.discriminator is None else [self.model, self.discriminator]
+
     def _optimizer_step(self, step: int, watch: NonFiniteWatch) -> Tensor | None:
         """After backward, at a sync step: set the lr, clip, step, update the EMA; returns the gradient
         norm (a device tensor), or None between sync steps.
@@ -417,7 +477,9 @@ class TrainingSession:
         A non-finite norm skips the step on the device: the fused AdamW kernel leaves weights and
         moments alone when ``found_inf`` is set (with fp16, the GradScaler sets it itself from the
         gradients, and updates its scale whether or not the step ran). The norm is the same on every
-        rank (gradients are averaged first), so ranks agree on skipping.
+        rank (gradients are averaged first), so ranks agree on skipping. A discriminator's
+        gradients are clipped apart from the model's (its loss has another scale), and either norm
+        being non-finite skips the step.
         """
         threads.lap("training step")  # the time since the last call: a whole step, data to update
         if not self.accelerator.sync_gradients:
@@ -426,6 +488,9 @@ class TrainingSession:
             group["lr"] = self.options.lr_at(step)
         grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.options.grad_clip)
         nonfinite = ~torch.isfinite(grad_norm)
+        if self.discriminator is not None:  # unscaled already (fp16) by the model's clip above
+            discriminator_norm = nn.utils.clip_grad_norm_(self.discriminator.parameters(), self.options.grad_clip)
+            nonfinite = nonfinite | ~torch.isfinite(discriminator_norm)
         if self.accelerator.scaler is None:
             self.torch_optimizer.found_inf = nonfinite.float()  # type: ignore[attr-defined]
         try:

@@ -9,6 +9,13 @@ running the command again with the same ``--out`` resumes from the newest one.
 Written to RUN: ``run.json`` (options), ``log.jsonl`` (training metrics every ``--log-every``
 steps; ``heldout_psnr`` of the EMA model every ``--eval-every``), ``samples/step-*.png``
 (held-out clips, real above the EMA reconstruction), ``checkpoints/``.
+
+``--init CKPT`` starts from a trained tokenizer (its shape and EMA weights): a fine-tune. Against
+blur, ``--frequency-weight`` adds a distance between amplitude spectra
+(:mod:`wm_video.tokenizer.loss`) and ``--adversarial-weight`` a patch discriminator trained from
+scratch beside the tokenizer (:mod:`wm_video.tokenizer.adversarial`; fresh in a fine-tune too),
+from ``--adversarial-start``; its weights and optimizer state are in the checkpoints' training
+state, so a run with it resumes exactly too.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -32,6 +39,8 @@ from wm_video.data.split import DEFAULT_HOLDOUT, split_episodes
 from wm_video.errors import EXIT_STOPPED, InputError
 from wm_video.metrics import psnr
 from wm_video.tokenizer import TOKENIZER_PRESETS, TokenizerConfig, VideoTokenizer, tokenizer_preset
+from wm_video.tokenizer.adversarial import AdversarialConfig, adversarial_losses
+from wm_video.tokenizer.discriminator import DiscriminatorConfig, PatchDiscriminator
 from wm_video.tokenizer.loss import ReconstructionLossConfig, reconstruction_loss
 from wm_video.tokenizer.pixels import to_model_pixels, to_uint8_frames
 from wm_video.train.common import save_comparison_grid
@@ -39,6 +48,7 @@ from wm_video.train.options import (
     add_change_flags,
     add_init_flag,
     add_object_weight_flag,
+    add_sharpness_flags,
     add_tokenizer_shape_flags,
 )
 from wm_video.train.prefetch import Batch
@@ -64,6 +74,8 @@ class TokenizerTrainOptions:
     change_weight: float = 0.0  # extra loss weight where frames change (wm_video.tokenizer.loss); 0: none
     change_reference: str = "previous"  # what "change" is measured against: "previous" or "median" frame
     object_weight: float = 0.0  # extra loss weight on object pixels (the dataset's labels); 0: none
+    frequency_weight: float = 0.0  # L1 between amplitude spectra (wm_video.tokenizer.loss); 0: none
+    adversarial: AdversarialConfig = AdversarialConfig()  # weight 0: no discriminator
     holdout: float = DEFAULT_HOLDOUT
     init: Path | None = None  # start from this tokenizer checkpoint (its config and EMA weights): fine-tuning
     config: TokenizerConfig | None = None  # the model's shape when not from init; None: the preset's
@@ -114,7 +126,9 @@ def train_tokenizer(options: TokenizerTrainOptions) -> TokenizerTrainResult:
         change_weight=options.change_weight,
         change_reference=options.change_reference,
         object_weight=options.object_weight,
+        frequency_weight=options.frequency_weight,
     )
+    adversarial = options.adversarial
     read_info(options.data)  # a clear error for a missing or foreign folder before the run folder is made
     if loss_config.object_weight > 0:
         require_labels(options.data)
@@ -129,6 +143,12 @@ def train_tokenizer(options: TokenizerTrainOptions) -> TokenizerTrainResult:
             "change_weight": options.change_weight,
             "change_reference": options.change_reference,
             "object_weight": options.object_weight,
+            "frequency_weight": options.frequency_weight,
+            **(
+                {"adversarial": asdict(adversarial), "discriminator": DiscriminatorConfig().to_dict()}
+                if adversarial.enabled
+                else {}
+            ),
             "holdout": options.holdout,
             "patch_size": config.patch_size,
             "levels": list(config.levels),
@@ -171,7 +191,9 @@ def train_tokenizer(options: TokenizerTrainOptions) -> TokenizerTrainResult:
         session.device,
     )
     torch.manual_seed(o.seed)
-    model, _, ema, _ = session.prepare(initial or VideoTokenizer(config), config.to_dict(), sampler)
+    tokenizer = initial or VideoTokenizer(config)
+    discriminator = PatchDiscriminator(DiscriminatorConfig()) if adversarial.enabled else None  # fresh
+    model, _, ema, _ = session.prepare(tokenizer, config.to_dict(), sampler, discriminator)
     median = (
         to_model_pixels(torch.from_numpy(median_frame(cache, train_episodes)), session.device)
         if loss_config.needs_median
@@ -203,9 +225,26 @@ def train_tokenizer(options: TokenizerTrainOptions) -> TokenizerTrainResult:
     def step_loss(batch: Batch) -> StepResult:
         frames = to_model_pixels(batch["frames"], session.device)  # (B, T, 3, H, W) in [-1, 1]
         objects = batch["objects"].unsqueeze(2) if "objects" in batch else None  # (B, T, 1, H, W)
-        losses = reconstruction_loss(model(frames).reconstruction, frames, loss_config, median, objects)
+        reconstruction = model(frames).reconstruction
+        losses = reconstruction_loss(reconstruction, frames, loss_config, median, objects)
         mse = losses.mse.detach()
-        return StepResult(losses.total, {"mse": mse, "train_psnr": 10 * torch.log10(4.0 / mse)})
+        metrics = {"mse": mse, "train_psnr": 10 * torch.log10(4.0 / mse)}
+        if losses.frequency is not None:
+            metrics["frequency"] = losses.frequency.detach()
+        at = session.current_step
+        if session.discriminator is None or session.core_discriminator is None or not adversarial.active(at):
+            return StepResult(losses.total, metrics)
+        terms = adversarial_losses(
+            reconstruction,
+            frames,
+            losses.total,
+            discriminator=session.discriminator,
+            core_discriminator=session.core_discriminator,
+            last_layer=tokenizer.to_pixels.weight,
+            config=adversarial,
+            step=at,
+        )
+        return StepResult(losses.total + terms.generator, {**metrics, **terms.metrics()}, terms.discriminator)
 
     def evaluate(at: int) -> dict[str, float]:
         heldout_psnr, reconstruction = probe(ema.model, probe_frames)
@@ -236,6 +275,13 @@ def train_tokenizer(options: TokenizerTrainOptions) -> TokenizerTrainResult:
     )
 
 
+def adversarial_config(args: argparse.Namespace) -> AdversarialConfig:
+    """The :class:`AdversarialConfig` of parsed :func:`~wm_video.train.options.add_sharpness_flags` flags."""
+    return AdversarialConfig(
+        weight=args.adversarial_weight, start=args.adversarial_start, ramp_steps=args.adversarial_ramp
+    )
+
+
 def build_parser(prog: str = "wm-video train tokenizer") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description="Train the causal video tokenizer on a dataset.")
     data = parser.add_argument_group("data and model")
@@ -251,6 +297,7 @@ def build_parser(prog: str = "wm-video train tokenizer") -> argparse.ArgumentPar
     add_init_flag(data, "tokenizer")
     add_change_flags(data)
     add_object_weight_flag(data)
+    add_sharpness_flags(parser.add_argument_group("sharpness (losses against blur)"))
     data.add_argument(
         "--holdout",
         type=float,
@@ -276,6 +323,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "wm-video train tokenize
             change_weight=args.change_weight,
             change_reference=args.change_reference,
             object_weight=args.tokenizer_object_weight,
+            frequency_weight=args.frequency_weight,
+            adversarial=adversarial_config(args),
             holdout=args.holdout,
             init=args.init,
             config=shaped_config(tokenizer_preset(args.preset), args.patch_size, args.levels),

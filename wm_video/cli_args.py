@@ -37,6 +37,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer ≥ 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be ≥ 0, got {value}")
+    return value
+
+
 def finite_float(text: str) -> float:
     """argparse type: a number, neither NaN nor infinite (``nan <= 0`` is False, so range checks
     alone let NaN through)."""
