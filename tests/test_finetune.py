@@ -285,3 +285,23 @@ def test_train_commands_start_from_a_checkpoint_with_init(
     shaped = ["--init", str(tmp_path / "tokenizer"), "--levels", "8,8,8,5,5,5", "--out", str(tmp_path / "x")]
     assert cli_main(["train", "tokenizer", "--data", str(data.root), *shaped]) == 2
     assert "--init keeps its checkpoint's shape" in capsys.readouterr().err
+
+
+def test_the_sharpness_flags_reach_the_tokenizer_phase(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--adversarial-* and --frequency-weight configure the tokenizer phase (its discriminator starts fresh)."""
+    import wm_video.train.finetune as ft
+    from wm_video.tokenizer.adversarial import AdversarialConfig
+    from wm_video.train.tokenizer import TokenizerTrainResult
+
+    seen: list[ft.TokenizerTrainOptions] = []
+
+    def fake_tokenizer(options: ft.TokenizerTrainOptions) -> TokenizerTrainResult:
+        seen.append(options)
+        return TokenizerTrainResult(options.session.out, 1, None, 1.0, True, True)  # Ctrl-C: no phase 2
+
+    monkeypatch.setattr(ft, "train_tokenizer", fake_tokenizer)
+    flags = ["--adversarial-weight", "0.3", "--adversarial-start", "5", "--adversarial-ramp", "7", "--frequency-weight", "0.2"]
+    source = _source_world(tmp_path)
+    assert ft.main(["--data", str(tmp_path / "data"), "--from", str(source), "--out", str(tmp_path / "ft"), *flags]) == 130
+    assert seen[0].adversarial == AdversarialConfig(weight=0.3, start=5, ramp_steps=7)
+    assert seen[0].frequency_weight == 0.2 and seen[0].init is not None
