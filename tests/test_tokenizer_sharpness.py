@@ -71,7 +71,9 @@ def test_the_adaptive_weight_is_the_gradient_norm_ratio_finite_and_clamped() -> 
     weight = adaptive_weight(reconstruction_loss_, generator_loss, layer, maximum=1e4)
     torch.testing.assert_close(weight, torch.tensor(2 * 3**0.5 / (3**0.5 / 2 + 1e-4)))
     assert not weight.requires_grad
-    flat = adaptive_weight((2 * layer).sum(), (0 * layer).sum(), layer, maximum=100.0)  # no adversarial gradient
+    flat = adaptive_weight(
+        (2 * layer).sum(), (0 * layer).sum(), layer, maximum=100.0
+    )  # no adversarial gradient
     assert float(flat) == 100.0
     broken = adaptive_weight((2 * layer).sum(), (float("nan") * layer).sum(), layer, maximum=100.0)
     assert torch.isfinite(broken) and 0 <= float(broken) <= 100.0
@@ -97,7 +99,13 @@ def test_the_generator_term_ramps_in_and_moves_only_the_tokenizer() -> None:
     decoder.zero_grad()
     terms.discriminator.backward()
     assert decoder.weight.grad is None and all(p.grad is not None for p in discriminator.parameters())
-    assert set(terms.metrics()) == {"discriminator_loss", "generator_loss", "adaptive_weight", "logit_real", "logit_fake"}
+    assert set(terms.metrics()) == {
+        "discriminator_loss",
+        "generator_loss",
+        "adaptive_weight",
+        "logit_real",
+        "logit_fake",
+    }
 
 
 def test_the_frequency_term_charges_blur_and_is_zero_for_a_perfect_frame() -> None:
@@ -105,7 +113,9 @@ def test_the_frequency_term_charges_blur_and_is_zero_for_a_perfect_frame() -> No
     assert float(spectrum_distance(frames, frames)) == 0.0
     assert float(spectrum_distance(blurred(frames), frames)) > 0.05
     plain = reconstruction_loss(blurred(frames), frames, ReconstructionLossConfig())
-    with_frequency = reconstruction_loss(blurred(frames), frames, ReconstructionLossConfig(frequency_weight=2.0))
+    with_frequency = reconstruction_loss(
+        blurred(frames), frames, ReconstructionLossConfig(frequency_weight=2.0)
+    )
     assert plain.frequency is None and with_frequency.frequency is not None
     torch.testing.assert_close(with_frequency.total, plain.total + 2.0 * with_frequency.frequency)
 

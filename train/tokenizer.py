@@ -39,7 +39,7 @@ from wm_video.data.split import DEFAULT_HOLDOUT, split_episodes
 from wm_video.errors import EXIT_STOPPED, InputError
 from wm_video.metrics import psnr
 from wm_video.tokenizer import TOKENIZER_PRESETS, TokenizerConfig, VideoTokenizer, tokenizer_preset
-from wm_video.tokenizer.adversarial import AdversarialConfig, adversarial_losses
+from wm_video.tokenizer.adversarial import AdversarialConfig, AdversarialLosses, adversarial_losses
 from wm_video.tokenizer.discriminator import DiscriminatorConfig, PatchDiscriminator
 from wm_video.tokenizer.loss import ReconstructionLossConfig, reconstruction_loss
 from wm_video.tokenizer.pixels import to_model_pixels, to_uint8_frames
@@ -222,6 +222,25 @@ def train_tokenizer(options: TokenizerTrainOptions) -> TokenizerTrainResult:
             drawn["objects"] = torch.from_numpy(batch.masks)  # (B, T, H, W) uint8, 1 on object pixels
         return drawn
 
+    @torch.compiler.disable  # reads the step: eager, or a compiled step would be recompiled at every step
+    def adversarial_terms(
+        reconstruction: torch.Tensor, frames: torch.Tensor, pixel_loss: torch.Tensor
+    ) -> AdversarialLosses | None:
+        """The adversarial terms from --adversarial-start on; None before."""
+        at = session.current_step
+        if session.discriminator is None or session.core_discriminator is None or not adversarial.active(at):
+            return None
+        return adversarial_losses(
+            reconstruction,
+            frames,
+            pixel_loss,
+            discriminator=session.discriminator,
+            core_discriminator=session.core_discriminator,
+            last_layer=tokenizer.to_pixels.weight,
+            config=adversarial,
+            step=at,
+        )
+
     def step_loss(batch: Batch) -> StepResult:
         frames = to_model_pixels(batch["frames"], session.device)  # (B, T, 3, H, W) in [-1, 1]
         objects = batch["objects"].unsqueeze(2) if "objects" in batch else None  # (B, T, 1, H, W)
@@ -231,19 +250,9 @@ def train_tokenizer(options: TokenizerTrainOptions) -> TokenizerTrainResult:
         metrics = {"mse": mse, "train_psnr": 10 * torch.log10(4.0 / mse)}
         if losses.frequency is not None:
             metrics["frequency"] = losses.frequency.detach()
-        at = session.current_step
-        if session.discriminator is None or session.core_discriminator is None or not adversarial.active(at):
+        terms = adversarial_terms(reconstruction, frames, losses.total) if adversarial.enabled else None
+        if terms is None:
             return StepResult(losses.total, metrics)
-        terms = adversarial_losses(
-            reconstruction,
-            frames,
-            losses.total,
-            discriminator=session.discriminator,
-            core_discriminator=session.core_discriminator,
-            last_layer=tokenizer.to_pixels.weight,
-            config=adversarial,
-            step=at,
-        )
         return StepResult(losses.total + terms.generator, {**metrics, **terms.metrics()}, terms.discriminator)
 
     def evaluate(at: int) -> dict[str, float]:

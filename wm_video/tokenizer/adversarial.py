@@ -49,7 +49,9 @@ class AdversarialConfig:
         if self.ramp_steps < 0:
             raise InputError(f"--adversarial-ramp must be ≥ 0 steps, got {self.ramp_steps}")
         if not 0 < self.max_adaptive_weight < float("inf"):
-            raise InputError(f"the adaptive weight's clamp must be finite and > 0, got {self.max_adaptive_weight}")
+            raise InputError(
+                f"the adaptive weight's clamp must be finite and > 0, got {self.max_adaptive_weight}"
+            )
 
     @property
     def enabled(self) -> bool:
@@ -92,7 +94,9 @@ def discriminator_hinge_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor
     return F.relu(1.0 - real_logits.float()).mean() + F.relu(1.0 + fake_logits.float()).mean()
 
 
-def adaptive_weight(reconstruction_loss: Tensor, generator_loss: Tensor, last_layer: Tensor, maximum: float) -> Tensor:
+def adaptive_weight(
+    reconstruction_loss: Tensor, generator_loss: Tensor, last_layer: Tensor, maximum: float
+) -> Tensor:
     """VQGAN's ``‖∇L_rec‖ / (‖∇L_gen‖ + 1e-4)`` at ``last_layer``, clamped to [0, maximum], detached;
     ``maximum`` when the generator's gradient is not finite."""
     reconstruction_grad = torch.autograd.grad(reconstruction_loss, last_layer, retain_graph=True)[0]
@@ -107,7 +111,7 @@ def _frozen_logits(discriminator: nn.Module, frames: Tensor) -> Tensor:
     return torch.func.functional_call(discriminator, parameters, (frames,))
 
 
-@torch.compiler.disable  # autograd.grad and the Python schedule: eager, even in a compiled step
+@torch.compiler.disable  # autograd.grad: eager, even in a compiled step
 def adversarial_losses(
     reconstruction: Tensor,
     target: Tensor,
