@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import MICRO_DYNAMICS, MICRO_TOKENIZER, TinyDataset
+from conftest import MICRO_DYNAMICS, MICRO_TOKENIZER, TinyDataset, TrainingData
 
 from wm_video.checkpoint import load_checkpoint, load_tokenizer
 from wm_video.cli import main as cli_main
 from wm_video.dynamics import DYNAMICS_PRESETS
 from wm_video.engine import load_world
 from wm_video.tokenizer import TOKENIZER_PRESETS
+from wm_video.tokenizer.discriminator import PatchDiscriminator
 from wm_video.train.common import read_log
 
 
@@ -156,3 +157,58 @@ def test_bad_shape_flags_are_one_clear_line(
     error = capsys.readouterr().err.strip().splitlines()[-1]  # argparse prints its usage above
     assert error.startswith("wm-video train tokenizer: error: ") and message in error
     assert not (tmp_path / "run").exists()
+
+
+ADVERSARIAL = ["--adversarial-weight", "0.5", "--adversarial-start", "1", "--adversarial-ramp", "2"]
+
+
+def test_a_fine_tune_trains_a_fresh_discriminator_and_logs_its_terms(
+    training_data: TrainingData, tmp_path: Path
+) -> None:
+    """--init starts from a trained tokenizer; the discriminator starts fresh, trains from
+    --adversarial-start, and is saved in the checkpoint's training state, not in its weights."""
+    run = tmp_path / "run"
+    assert _train(training_data.data, run, 3, "--eval-every", "0", "--init", str(training_data.tokenizer), *ADVERSARIAL,
+                  "--frequency-weight", "0.1") == 0  # fmt: skip
+    records = [r for r in read_log(run) if "loss" in r]
+    assert [("discriminator_loss" in r) for r in records] == [False, True, True]
+    assert all("frequency" in r for r in records)
+    assert all(0 <= r["adaptive_weight"] <= 1e4 for r in records[1:])
+    checkpoint = load_checkpoint(run, kind="tokenizer")
+    assert not any(key.startswith("net.") for key in checkpoint.weights)
+    saved = checkpoint.training_state["discriminator"]
+    assert set(saved) == set(PatchDiscriminator().state_dict())
+    assert checkpoint.meta["run"]["program"]["adversarial"]["weight"] == 0.5
+
+
+def test_a_run_cannot_resume_with_the_discriminator_switched(
+    training_data: TrainingData, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(TOKENIZER_PRESETS, "tiny", MICRO_TOKENIZER)
+    run = tmp_path / "run"
+    assert _train(training_data.data, run, 1) == 0
+    assert _train(training_data.data, run, 2, *ADVERSARIAL) == 2
+    error = capsys.readouterr().err.strip()
+    assert "trained without a discriminator" in error and len(error.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--adversarial-weight", "-0.1"],
+        ["--adversarial-weight", "nan"],
+        ["--adversarial-start", "-3"],
+        ["--adversarial-ramp", "x"],
+        ["--frequency-weight", "inf"],
+        ["--init", "x", "--patch-size", "4"],
+    ],
+)
+def test_bad_sharpness_flags_are_one_line_with_status_2(
+    flags: list[str], training_data: TrainingData, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    try:
+        status = _train(training_data.data, tmp_path / "run", 1, *flags)
+    except SystemExit as exit_:  # refused by the parser
+        status = int(exit_.code or 0)
+    error = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and flags[0] in error[-1] and not (tmp_path / "run").exists()
