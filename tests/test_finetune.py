@@ -300,8 +300,8 @@ def test_the_sharpness_flags_reach_the_tokenizer_phase(tmp_path: Path, monkeypat
         return TokenizerTrainResult(options.session.out, 1, None, 1.0, True, True)  # Ctrl-C: no phase 2
 
     monkeypatch.setattr(ft, "train_tokenizer", fake_tokenizer)
-    flags = ["--adversarial-weight", "0.3", "--adversarial-start", "5", "--adversarial-ramp", "7", "--frequency-weight", "0.2"]
+    flags = ["--adversarial-weight", "0.3", "--adversarial-start", "5", "--adversarial-ramp", "7", "--frequency-weight", "0.2", "--discriminator-lr", "1e-3"]
     source = _source_world(tmp_path)
     assert ft.main(["--data", str(tmp_path / "data"), "--from", str(source), "--out", str(tmp_path / "ft"), *flags]) == 130
-    assert seen[0].adversarial == AdversarialConfig(weight=0.3, start=5, ramp_steps=7)
+    assert seen[0].adversarial == AdversarialConfig(weight=0.3, start=5, ramp_steps=7, discriminator_lr=1e-3)
     assert seen[0].frequency_weight == 0.2 and seen[0].init is not None

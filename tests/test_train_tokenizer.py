@@ -166,10 +166,11 @@ def test_a_fine_tune_trains_a_fresh_discriminator_and_logs_its_terms(
     training_data: TrainingData, tmp_path: Path
 ) -> None:
     """--init starts from a trained tokenizer; the discriminator starts fresh, trains from
-    --adversarial-start, and is saved in the checkpoint's training state, not in its weights."""
+    --adversarial-start at its own constant learning rate, and is saved in the checkpoint's
+    training state, not in its weights."""
     run = tmp_path / "run"
     assert _train(training_data.data, run, 3, "--eval-every", "0", "--init", str(training_data.tokenizer), *ADVERSARIAL,
-                  "--frequency-weight", "0.1") == 0  # fmt: skip
+                  "--frequency-weight", "0.1", "--discriminator-lr", "3e-4") == 0  # fmt: skip
     records = [r for r in read_log(run) if "loss" in r]
     assert [("discriminator_loss" in r) for r in records] == [False, True, True]
     assert all("frequency" in r for r in records)
@@ -179,6 +180,8 @@ def test_a_fine_tune_trains_a_fresh_discriminator_and_logs_its_terms(
     saved = checkpoint.training_state["discriminator"]
     assert set(saved) == set(PatchDiscriminator().state_dict())
     assert checkpoint.meta["run"]["program"]["adversarial"]["weight"] == 0.5
+    groups = checkpoint.training_state["optimizer"]["param_groups"]
+    assert [g["lr"] for g in groups][2] == 3e-4 and groups[0]["lr"] != 3e-4  # the tokenizer's follows --lr
 
 
 def test_a_run_cannot_resume_with_the_discriminator_switched(
@@ -200,6 +203,7 @@ def test_a_run_cannot_resume_with_the_discriminator_switched(
         ["--adversarial-start", "-3"],
         ["--adversarial-ramp", "x"],
         ["--frequency-weight", "inf"],
+        ["--discriminator-lr", "0"],
         ["--init", "x", "--patch-size", "4"],
     ],
 )

@@ -315,6 +315,13 @@ def add_sharpness_flags(group: argparse._ActionsContainer) -> None:
         "full weight (default 200)",
     )
     group.add_argument(
+        "--discriminator-lr",
+        type=positive_float,
+        default=2e-4,
+        help="the discriminator's constant Adam learning rate (betas 0.5, 0.9; no schedule): it starts from "
+        "scratch and must keep up with the tokenizer (default 2e-4)",
+    )
+    group.add_argument(
         "--frequency-weight",
         type=non_negative_float,
         default=0.0,

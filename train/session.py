@@ -121,7 +121,8 @@ def adamw(
     model: nn.Module, options: SessionOptions, discriminator: nn.Module | None = None
 ) -> torch.optim.AdamW:
     """AdamW with weight decay on the parameters :func:`decays` names; a ``discriminator``'s
-    parameters form a third group, Adam with :data:`DISCRIMINATOR_BETAS` and no weight decay."""
+    parameters form a third group (marked ``"discriminator"``: the session sets its learning rate
+    apart), Adam with :data:`DISCRIMINATOR_BETAS` and no weight decay."""
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
     for module in model.modules():
@@ -134,7 +135,12 @@ def adamw(
     ]
     if discriminator is not None:
         groups.append(
-            {"params": list(discriminator.parameters()), "weight_decay": 0.0, "betas": DISCRIMINATOR_BETAS}
+            {
+                "params": list(discriminator.parameters()),
+                "weight_decay": 0.0,
+                "betas": DISCRIMINATOR_BETAS,
+                "discriminator": True,
+            }
         )
     # fused: one kernel for all parameters (on a CPU the default per-tensor loop is ~7× slower), and
     # it skips a step on the device when given found_inf (see TrainingSession._optimizer_step).
@@ -201,6 +207,7 @@ class TrainingSession:
         self.current_step = 0  # the (0-based) optimizer step being trained, for step-dependent losses
         self.discriminator: nn.Module | None = None  # as prepared (wrapped), when the program trains one
         self.core_discriminator: nn.Module | None = None  # unwrapped: what the checkpoint holds
+        self.discriminator_lr: float | None = None  # constant; None: the model's schedule
 
     # -- model, optimizer, resume ------------------------------------------------------------------
     def prepare(
@@ -209,6 +216,7 @@ class TrainingSession:
         config: dict[str, Any],
         sampler: ClipSampler,
         discriminator: nn.Module | None = None,
+        discriminator_lr: float | None = None,
     ) -> tuple[nn.Module, torch.optim.Optimizer, EMA, int]:
         """Resume weights and state if the run has a checkpoint; returns (model, optimizer, ema, step):
         the model as prepared for training (wrapped for several processes), and the step to start at.
@@ -216,7 +224,8 @@ class TrainingSession:
         Every rank builds the same initial model (the program seeds torch first); then each rank's
         RNGs are seeded apart (the corruption noise differs across ranks), or restored on resume.
         A ``discriminator`` trained beside the model is prepared too (``self.discriminator``, and
-        unwrapped ``self.core_discriminator``); the step function returns its loss.
+        unwrapped ``self.core_discriminator``); the step function returns its loss. It learns at the
+        constant ``discriminator_lr`` (None: the model's learning rate and schedule).
         """
         self.config = config
         self.sampler = sampler
@@ -227,6 +236,7 @@ class TrainingSession:
             device=str(self.device),
         )
         optimizer = adamw(model, self.options, discriminator)
+        self.discriminator_lr = discriminator_lr
         ema = EMA(model, self.options.ema_decay)
         seed_ranks(self.options.seed, self.rank)
         trace = os.environ.get(CLIP_TRACE_ENV)
@@ -485,7 +495,8 @@ class TrainingSession:
         if not self.accelerator.sync_gradients:
             return None
         for group in self.optimizer.param_groups:
-            group["lr"] = self.options.lr_at(step)
+            constant = group.get("discriminator") and self.discriminator_lr is not None
+            group["lr"] = self.discriminator_lr if constant else self.options.lr_at(step)
         grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.options.grad_clip)
         nonfinite = ~torch.isfinite(grad_norm)
         if self.discriminator is not None:  # unscaled already (fp16) by the model's clip above

@@ -193,7 +193,9 @@ def train_tokenizer(options: TokenizerTrainOptions) -> TokenizerTrainResult:
     torch.manual_seed(o.seed)
     tokenizer = initial or VideoTokenizer(config)
     discriminator = PatchDiscriminator(DiscriminatorConfig()) if adversarial.enabled else None  # fresh
-    model, _, ema, _ = session.prepare(tokenizer, config.to_dict(), sampler, discriminator)
+    model, _, ema, _ = session.prepare(
+        tokenizer, config.to_dict(), sampler, discriminator, adversarial.discriminator_lr
+    )
     median = (
         to_model_pixels(torch.from_numpy(median_frame(cache, train_episodes)), session.device)
         if loss_config.needs_median
@@ -287,7 +289,10 @@ def train_tokenizer(options: TokenizerTrainOptions) -> TokenizerTrainResult:
 def adversarial_config(args: argparse.Namespace) -> AdversarialConfig:
     """The :class:`AdversarialConfig` of parsed :func:`~wm_video.train.options.add_sharpness_flags` flags."""
     return AdversarialConfig(
-        weight=args.adversarial_weight, start=args.adversarial_start, ramp_steps=args.adversarial_ramp
+        weight=args.adversarial_weight,
+        start=args.adversarial_start,
+        ramp_steps=args.adversarial_ramp,
+        discriminator_lr=args.discriminator_lr,
     )
 
 

@@ -12,6 +12,13 @@ also trained to fool it, which rewards detail that looks real over the flat mean
   ``[0, max_adaptive_weight]`` and detached, times ``weight``: the adversarial gradient reaching
   the decoder is then ``weight`` × the reconstruction gradient's size whatever the scale of the
   discriminator's logits.
+- **A discriminator that keeps up.** The adaptive weight gives the generator term ``weight`` ×
+  the reconstruction gradient's size whatever the discriminator knows; while it cannot yet tell
+  real from reconstructed, that gradient points nowhere useful. Fine-tuning the ``tiny``
+  tokenizer at lr 1e-4 with the discriminator on the same schedule, weight 2 took held-out PSNR
+  from 33.5 to 24.5 dB in 100 steps while the discriminator's loss stayed at chance (2.0). So the
+  discriminator learns at its own constant rate (``discriminator_lr``, 2e-4), from ``start``,
+  while the generator term ramps in.
 - **Schedule.** Nothing happens before step ``start`` (the reconstruction loss settles first; a
   fine-tune from a settled tokenizer can start at once). From ``start`` the discriminator trains
   every step; the generator term ramps in linearly over ``ramp_steps`` more steps, so the
@@ -40,6 +47,7 @@ class AdversarialConfig:
     start: int = 0  # the step from which the discriminator trains and the generator term ramps in
     ramp_steps: int = 200  # steps over which the generator term rises from 0 to its full weight
     max_adaptive_weight: float = 1e4  # VQGAN's clamp of the gradient-norm ratio
+    discriminator_lr: float = 2e-4  # the discriminator's constant Adam learning rate
 
     def __post_init__(self) -> None:
         if not (self.weight >= 0 and self.weight < float("inf")):
@@ -48,6 +56,8 @@ class AdversarialConfig:
             raise InputError(f"--adversarial-start must be a step ≥ 0, got {self.start}")
         if self.ramp_steps < 0:
             raise InputError(f"--adversarial-ramp must be ≥ 0 steps, got {self.ramp_steps}")
+        if not 0 < self.discriminator_lr < float("inf"):
+            raise InputError(f"--discriminator-lr must be a finite number > 0, got {self.discriminator_lr}")
         if not 0 < self.max_adaptive_weight < float("inf"):
             raise InputError(
                 f"the adaptive weight's clamp must be finite and > 0, got {self.max_adaptive_weight}"
