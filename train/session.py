@@ -24,8 +24,9 @@ the time budget), and a frozen or dead rank is named (:mod:`wm_video.train.ranks
 
 A program may train a discriminator beside its model (the tokenizer's adversarial loss,
 :mod:`wm_video.tokenizer.adversarial`): it is prepared like the model (wrapped for several
-processes), its parameters are a group of the same optimizer with their own betas and no weight
-decay (one step, one clip each, one non-finite guard and one GradScaler for both), its loss is
+processes), its parameters are a group of the same optimizer with their own betas, no weight
+decay and a constant learning rate (one step, one clip each, one non-finite guard and one
+GradScaler for both), its loss is
 returned beside the model's and backpropagated with it, and its weights are saved in the
 checkpoint's training state (the model's weights stay the model's alone) and restored on resume.
 
