@@ -75,10 +75,16 @@ def test_chunked_tokens_equal_one_pass_per_episode(frames: TrainingCache, tokeni
 
 
 def test_reused_without_encoding_and_keyed_by_the_weights(
-    frames: TrainingCache, tokenizer: VideoTokenizer, monkeypatch: pytest.MonkeyPatch
+    frames: TrainingCache,
+    tokenizer: VideoTokenizer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
+    capsys.readouterr()
     first = load_token_cache(frames, tokenizer, progress=False)
     stamp = (first.path / "manifest.json").stat().st_mtime_ns
+    # a build is said even without progress bars (it can take minutes); a reuse is silent
+    assert f"building the token cache {first.path} (once" in capsys.readouterr().err
 
     def fail(pixels: torch.Tensor) -> None:
         raise AssertionError("encoded again")
@@ -86,6 +92,7 @@ def test_reused_without_encoding_and_keyed_by_the_weights(
     monkeypatch.setattr(tokenizer, "encode", fail)
     again = load_token_cache(frames, tokenizer, progress=False)
     assert again.path == first.path and (again.path / "manifest.json").stat().st_mtime_ns == stamp
+    assert "building" not in capsys.readouterr().err
     np.testing.assert_array_equal(again.tokens, first.tokens)
 
     other = make_tokenizer(seed=1)

@@ -39,6 +39,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -225,6 +226,8 @@ def build_folder(target: Path, what: str, fill: Callable[[Path], None]) -> None:
             shutil.rmtree(leftover, ignore_errors=True)
     tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
+    # said even with --no-progress: a large dataset's cache takes minutes, once
+    print(f"building the {what} {target} (once; later runs reuse it)", file=sys.stderr, flush=True)
     try:
         fill(tmp)
         old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
