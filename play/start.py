@@ -255,7 +255,7 @@ def open_world(
     import torch
 
     from wm_video.device import resolve_dtype
-    from wm_video.dynamics import DynamicsModel, SamplingConfig, dynamics_config
+    from wm_video.dynamics import DynamicsModel, dynamics_config, update_sampling
     from wm_video.engine import load_world
     from wm_video.sources.vizdoom import ACTION_SPACE
     from wm_video.tokenizer import VideoTokenizer, tokenizer_preset
@@ -276,7 +276,7 @@ def open_world(
     tokenizer_model = VideoTokenizer(tokenizer_preset(preset))
     dynamics = DynamicsModel(dynamics_config(preset, tokenizer_model.config, ACTION_SPACE))
     float_type = resolve_dtype(dtype, device)
-    dynamics.sampling = SamplingConfig.from_dict(sampling or {}).to_dict()
+    update_sampling(dynamics, sampling)
     world = World(tokenizer_model.to(device, float_type), dynamics.to(device, float_type), **options)
     world.meta = {"preset": preset, "random_weights": True}
     return world

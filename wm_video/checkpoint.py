@@ -658,7 +658,7 @@ def load_dynamics(
 ) -> tuple[DynamicsModel, Checkpoint]:
     """A dynamics model ready for inference (EMA weights when asked for and saved), and its checkpoint;
     the model's ``sampling`` holds the settings the checkpoint stores (``meta.sampling``, checked)."""
-    from wm_video.dynamics import DynamicsModel, SamplingConfig
+    from wm_video.dynamics import DynamicsModel, update_sampling
 
     model, checkpoint = _load_for_inference(path, "dynamics", ema, device)
     assert isinstance(model, DynamicsModel)
@@ -666,5 +666,5 @@ def load_dynamics(
     where = f"{checkpoint.path / 'checkpoint.json'} (meta.sampling)"
     if not isinstance(stored, dict):
         raise InputError(f"{where}: expected an object of sampling settings, got {stored!r}")
-    model.sampling = SamplingConfig.from_dict(stored, where).to_dict()
+    update_sampling(model, stored, where)
     return model, checkpoint

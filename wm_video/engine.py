@@ -46,7 +46,7 @@ from torch import Tensor
 
 from wm_video.actions import ActionSpace
 from wm_video.attention import KVCache
-from wm_video.dynamics import DynamicsModel, FrameSampler, SamplingConfig
+from wm_video.dynamics import DynamicsModel, FrameSampler, SamplingConfig, update_sampling
 from wm_video.errors import InputError
 from wm_video.memory import FLOAT_BYTES, check_fits
 from wm_video.tokenizer import VideoTokenizer
@@ -410,7 +410,7 @@ def load_world(
 
     float_type = resolve_dtype(dtype, str(device))
     dynamics, saved = load_dynamics(checkpoint, device=device)
-    dynamics.sampling = SamplingConfig.from_dict({**dynamics.sampling, **(sampling or {})}).to_dict()
+    update_sampling(dynamics, sampling)
     tokenizer_model, _ = load_tokenizer(tokenizer or recorded_tokenizer(saved), device=device)
     world = World(
         tokenizer_model.to(dtype=float_type),

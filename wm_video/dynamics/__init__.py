@@ -9,7 +9,7 @@ from wm_video.dynamics.objective import (
     masked_token_loss,
     token_weights,
 )
-from wm_video.dynamics.sampling import FrameSampler, SamplingConfig
+from wm_video.dynamics.sampling import FrameSampler, SamplingConfig, update_sampling
 
 __all__ = [
     "DYNAMICS_PRESETS",
@@ -23,4 +23,5 @@ __all__ = [
     "dynamics_config",
     "masked_token_loss",
     "token_weights",
+    "update_sampling",
 ]

@@ -106,6 +106,12 @@ def _gumbel(seed: Tensor, counter: Tensor, shape: tuple[int, ...], device: torch
     return -torch.log(-torch.log(hashed_uniform(seed, counter, shape, device)))
 
 
+def update_sampling(model: DynamicsModel, settings: Mapping[str, Any] | None, where: str = "sampling") -> None:
+    """Replace single settings of the model's own sampling (``model.sampling``: what its checkpoint
+    stores, else the defaults) by ``settings``, checked; ``where`` names them in an error."""
+    model.sampling = SamplingConfig.from_dict({**model.sampling, **(settings or {})}, where).to_dict()
+
+
 class FrameSampler:
     """Decodes the next frame's tokens from trunk states with :class:`SamplingConfig`'s settings
     (by default the model's own, ``model.sampling``: what its checkpoint stores)."""

@@ -531,7 +531,7 @@ def load_models(
     sampling settings (the baseline keeps its own)."""
     from wm_video.checkpoint import load_dynamics, load_tokenizer, recorded_tokenizer
     from wm_video.device import resolve_dtype
-    from wm_video.dynamics import SamplingConfig
+    from wm_video.dynamics import update_sampling
 
     float_type = resolve_dtype(dtype, device)
     models = []
@@ -540,7 +540,7 @@ def load_models(
             continue
         dynamics, saved = load_dynamics(path, device=device, ema=not raw_weights)
         if label == "model" and sampling:
-            dynamics.sampling = SamplingConfig.from_dict({**dynamics.sampling, **sampling}).to_dict()
+            update_sampling(dynamics, sampling)
         recorded = (tokenizer if label == "model" else None) or recorded_tokenizer(saved)
         tokenizer_model, _ = load_tokenizer(recorded, device=device)
         tokenizer_model, dynamics = tokenizer_model.to(dtype=float_type), dynamics.to(dtype=float_type)
