@@ -18,7 +18,7 @@ from wm_video.dynamics import (
     masked_token_loss,
     sampling,
 )
-from wm_video.dynamics.objective import corrupt_context, mask_targets
+from wm_video.dynamics.objective import corrupt_context, mask_targets, own_context
 from wm_video.dynamics.sampling import hashed_uniform, undecided_after
 from wm_video.engine import World
 from wm_video.errors import InputError
@@ -178,6 +178,36 @@ def test_context_corruption() -> None:
     assert masked.sum(-1).min() >= 1
     assert torch.equal(partial[masked], torch.full_like(partial[masked], 1000))
     assert torch.equal(partial[~masked], tokens[~masked])
+
+
+def test_own_context_frames_are_the_models_samples() -> None:
+    """With own_frames = 1 every context frame after the first is what the model's one all-masked
+    pass draws: a model sure of one code everywhere puts that code there, and frame 0 stays real."""
+    model = small_model()
+    sure = torch.tensor([level - 1 for level in model.config.levels])  # a digit per channel
+    with torch.no_grad():
+        model.to_logits.weight.zero_()
+        bias = torch.full((sum(model.config.levels),), -50.0)
+        for offset, digit in zip(torch.tensor((0, *model.config.levels)).cumsum(0)[:-1], sure, strict=True):
+            bias[offset + digit] = 50.0
+        model.to_logits.bias.copy_(bias)
+    code = int(model.tokens_from_digits(sure))
+    tokens, actions = random_clip(model, 2, 5)
+    torch.manual_seed(0)
+    assert torch.equal(own_context(model, tokens, actions, 0.0), tokens)
+    own = own_context(model, tokens, actions, 1.0)
+    assert torch.equal(own[:, 0], tokens[:, 0])
+    assert torch.equal(own[:, 1:], torch.full_like(tokens[:, 1:], code))
+    with pytest.raises(InputError, match="own-frames"):
+        CorruptionConfig(own_frames=-0.1)
+    # The loss reads them: the same batch and noise give another loss with own frames.
+    losses = []
+    for share in (0.0, 1.0):
+        torch.manual_seed(1)
+        corruption = CorruptionConfig(token_noise=0.0, own_frames=share)
+        losses.append(float(masked_token_loss(model, tokens, actions, corruption).total))
+    assert losses[0] != losses[1]
+
 
 
 def test_schedule_and_noise() -> None:

@@ -158,10 +158,10 @@ def test_an_interrupted_run_resumes_exactly(
 
 
 def test_corruption_options_are_recorded(setup: Setup, tmp_path: Path) -> None:
-    corruption = ["--token-noise", "0.3", "--repeat-frames", "0.5"]
+    corruption = ["--token-noise", "0.3", "--repeat-frames", "0.5", "--own-frames", "0.25"]
     assert train(setup.data.root, setup.tokenizer, tmp_path / "run", 1, *corruption) == 0
     recorded = json.loads((tmp_path / "run" / "run.json").read_text())["program"]["corruption"]
-    assert recorded == {"token_noise": 0.3, "repeat_frames": 0.5}
+    assert recorded == {"token_noise": 0.3, "repeat_frames": 0.5, "own_frames": 0.25}
 
 
 @pytest.mark.parametrize(

@@ -390,6 +390,14 @@ def build_parser(prog: str = "wm-video train dynamics") -> argparse.ArgumentPars
         default=defaults.repeat_frames,
         help=f"probability a context frame repeats the one before it (default {defaults.repeat_frames})",
     )
+    robust.add_argument(
+        "--own-frames",
+        type=float,
+        default=defaults.own_frames,
+        help="probability a context frame after the first is the model's own sample of it (one all-masked pass, "
+        "no gradient; about a quarter more time per step), so that a monster it drew badly is still read as "
+        f"one (default {defaults.own_frames})",
+    )
     add_token_weight_flags(parser.add_argument_group("loss weighting (where the game happens)"))
     add_session_flags(parser, SessionOptions(out=Path("run"), lr=3e-4, eval_every=250))
     return parser
@@ -406,7 +414,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "wm-video train dynamics
             preset=args.preset,
             clip_len=args.clip_len,
             holdout=args.holdout,
-            corruption=CorruptionConfig(token_noise=args.token_noise, repeat_frames=args.repeat_frames),
+            corruption=CorruptionConfig(
+                token_noise=args.token_noise, repeat_frames=args.repeat_frames, own_frames=args.own_frames
+            ),
             init=args.init,
             weighting=TokenWeightConfig(
                 object_weight=args.object_weight, change_weight=args.token_change_weight

@@ -11,8 +11,15 @@ its context frames for the same reason). Each context frame gets its own corrupt
 - ``token_noise``: a level drawn uniformly in [0, token_noise] per frame; that share of its
   tokens is replaced by random codes;
 - ``repeat_frames``: each context frame after the first is, with this probability, replaced by
-  the frame before it (a dropped or stalled frame).
-Targets are always the real tokens.
+  the frame before it (a dropped or stalled frame);
+- ``own_frames``: each context frame after the first is, with this probability, replaced by the
+  model's own sample of it (:func:`own_context`): one all-masked pass of the head from the real
+  frames before it, each digit drawn at temperature 1, without gradient. Random codes are not the
+  mistakes a world makes: it blurs a monster into a generic red code, and then, reading that code,
+  draws an empty arena. Trained on its own samples with the real frame as the target, it learns
+  that a monster it drew badly is still there. It costs one more forward pass without gradient
+  (about a quarter more per step).
+Targets are always the real tokens. Own frames are drawn first, then repeats and noise apply.
 
 **Weighting where the game happens** (:class:`TokenWeightConfig`). In game footage most tokens
 are static arena, and a plain mean spends the model on them: monsters, shots and the muzzle
@@ -44,9 +51,10 @@ from wm_video.errors import InputError
 class CorruptionConfig:
     token_noise: float = 0.1  # max share of a context frame's tokens replaced by random codes
     repeat_frames: float = 0.0  # probability a context frame repeats the one before it
+    own_frames: float = 0.0  # probability a context frame is the model's own one-pass sample of it
 
     def __post_init__(self) -> None:
-        for name in ("token_noise", "repeat_frames"):
+        for name in ("token_noise", "repeat_frames", "own_frames"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise InputError(f"--{name.replace('_', '-')} must lie in [0, 1], got {value}")
@@ -96,6 +104,25 @@ def corrupt_context(tokens: Tensor, config: CorruptionConfig, codebook_size: int
     return out
 
 
+def own_context(model: DynamicsModel, context: Tensor, actions: Tensor, share: float) -> Tensor:
+    """(B, T, N) real context frames and their actions (B, T, A) → a copy in which each frame after
+    the first is, with probability ``share``, the model's own sample of it (see the module
+    docstring); torch's global RNG."""
+    batch, frames, count = context.shape
+    if share <= 0 or frames < 2:
+        return context
+    with torch.no_grad():
+        partial = torch.full((batch, frames - 1, count), model.mask_id, dtype=context.dtype, device=context.device)
+        logits = model(context[:, :-1], actions[:, :-1], partial).float()  # frames 1 … T − 1
+        digits = []
+        for channel_logits in model.split_logits(logits):
+            uniform = torch.rand(channel_logits.shape, device=context.device).clamp_(min=1e-12)
+            digits.append((channel_logits - torch.log(-torch.log(uniform))).argmax(-1))
+        own = model.tokens_from_digits(torch.stack(digits, -1)).to(context.dtype)
+    use = torch.rand(batch, frames - 1, 1, device=context.device) < share
+    return torch.cat([context[:, :1], torch.where(use, own, context[:, 1:])], dim=1)
+
+
 def mask_targets(tokens: Tensor, mask_id: int) -> tuple[Tensor, Tensor]:
     """(..., N) target tokens → (partial tokens with ``mask_id`` where masked, masked bool (..., N))."""
     count = tokens.shape[-1]
@@ -143,7 +170,8 @@ def masked_token_loss(
     """
     if tokens.shape[1] < 2:
         raise InputError(f"clips need at least 2 frames to predict one; got {tokens.shape[1]}")
-    context = corrupt_context(tokens[:, :-1], corruption, model.config.codebook_size)
+    context = own_context(model, tokens[:, :-1], actions[:, :-1], corruption.own_frames)
+    context = corrupt_context(context, corruption, model.config.codebook_size)
     targets = tokens[:, 1:]
     partial, masked = mask_targets(targets, model.mask_id)
     logits = (forward or model)(context, actions[:, :-1], partial).float()  # (B, T−1, N, ΣL)
