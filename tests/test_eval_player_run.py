@@ -71,7 +71,7 @@ CONFIG = ConsistencyConfig(
     player=PlayerConfig(
         persistence_clips=2,
         revisits=RevisitConfig(min_gap=4, max_gap=20, away_angle=30.0),
-        objects=ObjectConfig(width=8, steps=30, batch_size=8, min_train_cells=20),
+        objects=ObjectConfig(width=8, steps=30, batch_size=8, min_train_cells=20, tiles=(3,)),  # run: patch
         soak_every=1,
         min_recall=0.0,  # 30 steps teach the object model little
     ),
@@ -86,6 +86,8 @@ def test_every_figure_for_model_and_baseline(world, tmp_path: Path) -> None:
     setup = result.player
     assert setup is not None and result.player_skipped is None and not result.contaminated
     assert "monster" in setup.classes and "flash" in setup.classes
+    patch = models[0].tokenizer.config.patch_size  # tile artefacts at the tokenizer's patch size
+    assert setup.objects.model.config.tiles == (patch,) and setup.tile_frames["frames"] > 0
     assert setup.held is not None and setup.held.frames.shape[:2] == (2, 6)
     for r in result.results:
         view = r.player
@@ -124,12 +126,14 @@ def test_every_figure_for_model_and_baseline(world, tmp_path: Path) -> None:
         "### Texture",
         "### Distribution distance",
         "### Soak, per 1,000 frames",
+        f"grid-aligned {patch}×{patch}-pixel tiles",
     ):
         assert text in report, text
     metrics = json.loads((out / "metrics.json").read_text())["player"]
     assert (
         set(metrics["models"]) == {"model", "baseline"} and metrics["object_model"]["train_frames"] == 3 * 48
     )
+    assert metrics["object_model"]["tile_frames"]["frames"] == setup.tile_frames["frames"]
     image = cv2.imread(str(out / "objects.png"))
     assert image is not None and image.shape[0] > 0
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -410,8 +410,10 @@ def _player(
 ) -> Setup:
     """What a player sees: the shared setup (object model, references), then each model's figures."""
     engine = parse_engine(config.live, cache.size) if config.live else engine_of_dataset(data, cache.size)
+    tiles = tuple(sorted({r.model.tokenizer.config.patch_size for r in results}))  # the artefacts' sides
+    player = replace(config.player, objects=replace(config.player.objects, tiles=tiles))
     setup = prepare(
-        cache, truth, train_episodes, eval_episodes, clips, engine, config.player, live=bool(config.live),
+        cache, truth, train_episodes, eval_episodes, clips, engine, player, live=bool(config.live),
         loops=config.loops, context=config.context, horizon=horizon, seed=config.seed,
         cache_dir=config.idm_cache, stop=stop, progress=progress, log=log,
     )  # fmt: skip

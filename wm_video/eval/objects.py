@@ -12,7 +12,10 @@ Design choices:
   soak frames take seconds. Targets: a cell takes the object class covering at least one of its
   4 pixels (the largest such), else background.
 - Robust to the blur a world model's frames have: half of every training batch is blurred
-  (Gaussian, σ up to 1.2 px) so that a smoothed monster is still a monster. The model's own
+  (Gaussian, σ up to 1.2 px) so that a smoothed monster is still a monster.
+- Blind to tile artefacts: in a quarter of every training batch, grid-aligned blocks of the
+  tokenizer's patch size in monster and blood colours, single and in mosaics, are pasted over the
+  background and labelled background (:mod:`.tiles`), before the blur. The model's own
   precision and recall on held-out real frames and on their tokenizer reconstructions are
   reported beside every figure it feeds (:mod:`.presence`).
 - Loss: cross-entropy with class weights 1/√(share of cells), normalised, so rare classes (the
@@ -43,9 +46,10 @@ from wm_video.data.cache import TrainingCache
 from wm_video.data.truth import TruthCache
 from wm_video.errors import InputError
 from wm_video.eval.clips import check_stop
+from wm_video.eval.tiles import colour_pool, paste_tiles
 from wm_video.fileio import atomic_write, atomic_write_json
 
-OBJECTS_VERSION = 1
+OBJECTS_VERSION = 2  # 2: tile artefacts as hard negatives
 CELL = 2  # pixels per cell side
 
 
@@ -58,11 +62,21 @@ class ObjectConfig:
     blur_max: float = 1.2  # σ (px) of the strongest training blur
     seed: int = 0
     min_train_cells: int = 200  # a class with fewer cells in the training frames is not learnt (nor reported)
+    tile_share: float = 0.25  # share of each batch with tile artefacts pasted over its background
+    tiles: tuple[int, ...] = (8,)  # their sides (px): the evaluated tokenizers' patch sizes
 
     def __post_init__(self) -> None:
-        if min(self.width, self.steps, self.batch_size) < 1 or self.lr <= 0 or self.blur_max < 0:
+        if (
+            min(self.width, self.steps, self.batch_size) < 1
+            or self.lr <= 0
+            or self.blur_max < 0
+            or not 0 <= self.tile_share <= 1
+            or not self.tiles
+            or min(self.tiles) < 1
+        ):
             raise InputError(
-                f"object model width, steps, batch_size must be ≥ 1, lr > 0, blur_max ≥ 0; got {self}"
+                "object model width, steps, batch_size must be ≥ 1, lr > 0, blur_max ≥ 0, tile_share in "
+                f"[0, 1], tiles a non-empty list of sides ≥ 1; got {self}"
             )
 
 
@@ -182,6 +196,8 @@ def train_objects(
         ]
     )  # (R, h, w)
     cells = np.bincount(targets.ravel(), minlength=count).astype(np.float64)
+    sample = np.sort(rng.choice(len(rows), min(len(rows), 512), replace=False))
+    pool = colour_pool(np.asarray(cache.frames[rows[sample]]), np.asarray(truth.classes[rows[sample]]), rng)
     weights = 1.0 / np.sqrt(np.maximum(cells / cells.sum(), 1e-6))
     weights = np.where(cells > 0, weights, 0.0)
     weights = torch.from_numpy(weights / weights[cells > 0].mean()).float()
@@ -195,7 +211,13 @@ def train_objects(
     for _ in tqdm(range(config.steps), desc="object model", disable=not progress, leave=False):
         check_stop(stop)
         batch = np.sort(rng.choice(len(rows), config.batch_size, replace=False))
-        x = ObjectModel.prepare(torch.from_numpy(np.asarray(cache.frames[rows[batch]])))
+        frames = np.asarray(cache.frames[rows[batch]])
+        tiled = np.flatnonzero(rng.random(len(batch)) < config.tile_share)
+        if len(tiled):
+            frames[tiled] = paste_tiles(
+                frames[tiled], np.asarray(truth.classes[rows[batch[tiled]]]), pool, config.tiles, rng
+            )[0]
+        x = ObjectModel.prepare(torch.from_numpy(frames))
         sigma = torch.from_numpy(rng.uniform(0, config.blur_max, len(batch)) * (rng.random(len(batch)) < 0.5))
         x = _blur(x, sigma.float())
         loss = F.cross_entropy(model(x), torch.from_numpy(targets[batch]), weight=weights)

@@ -4,7 +4,8 @@ PSNR rewards an average arena with nothing in it. This part of the consistency r
 a player notices, from the ground truth the engine recorded (:mod:`wm_video.data.truth`):
 
 1. :func:`prepare` (once, shared by every checkpoint): the object model (:mod:`.objects`, cached)
-   and what it sees on the held-out footage against the labels (its precision and recall); the
+   and what it sees on the held-out footage against the labels (its precision and recall), and on
+   held-out frames without a monster with tile artefacts pasted in (:mod:`.tiles`); the
    real footage's presence and appearance rates; which clips start with a monster in view (for
    persistence: the drift clips that do, and more when too few do); revisits found in the recorded poses (:mod:`.revisits`); the engine playing
    "attack held" (:mod:`.shooting`); sets of real clips disjoint from the evaluation clips, as
@@ -34,10 +35,12 @@ from wm_video.eval.clips import EngineSpec, EvalClips
 from wm_video.eval.loops import LoopConfig
 from wm_video.eval.objects import ObjectConfig, TrainedObjects, cell_targets, load_or_train_objects, predict
 from wm_video.eval.revisits import RevisitConfig, find_revisits
+from wm_video.eval.tiles import colour_pool, paste_tiles
 from wm_video.sources.truth import CLASS_ID
 
 REPORTED = ("monster", "projectile", "flash")  # the classes that matter to a player, when learnt
 FLOOR_SETS = 4  # sets of real clips the Fréchet distances are averaged over (and the floor's spread)
+TILE_FRAMES = 512  # held-out frames without a monster that get tiles pasted, for the false-positive figure
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,7 @@ class Setup:
     classes: list[str]  # reported classes the object model learnt
     footage: Footage
     sight_real: dict[str, presence.Sight]
+    tile_frames: dict[str, float]  # monster in view on held-out monster-free frames, before / after tiles
     real_rates: dict[str, dict[str, float]]  # class → presence and appearances, labels and object model
     real_texture: dict[str, float]  # sharpness and high-frequency share of the footage
     persistence_drift: np.ndarray  # (B,) bool: drift clips whose last context frame shows a monster
@@ -111,6 +115,30 @@ def _rates(footage: Footage, cells: np.ndarray, name: str) -> dict[str, float]:
     ]
     weighted = sum(a * n for a, n in counted) / max(sum(n for _, n in counted), 1)
     return {"presence": float(shown.mean()), "appearances_per_1000": float(weighted)}
+
+
+def tile_false_positives(
+    objects: TrainedObjects,
+    footage: Footage,
+    frames: np.ndarray,
+    classes: np.ndarray,
+    tiles: tuple[int, ...],
+    rng: np.random.Generator,
+) -> dict[str, float]:
+    """How often the object model calls a monster in view on up to :data:`TILE_FRAMES` footage frames
+    whose labels show none, as they are and with tile artefacts pasted over their background
+    (frames (N, H, W, 3) and pixel class maps (N, H, W) of the footage; tile colours from its monsters)."""
+    empty = np.flatnonzero(~shown_in(footage.labels, "monster"))
+    chosen = np.sort(rng.choice(empty, min(len(empty), TILE_FRAMES), replace=False))
+    if not len(chosen):
+        return {"frames": 0, "before": float("nan"), "after": float("nan")}
+    pool = colour_pool(frames, classes, rng)
+    tiled, _ = paste_tiles(frames[chosen], classes[chosen], pool, tiles, rng)
+    return {
+        "frames": len(chosen),
+        "before": float(shown_in(footage.seen[chosen], "monster").mean()),
+        "after": float(shown_in(predict(objects, tiled).cells, "monster").mean()),
+    }
 
 
 def _episode_rows(cache: TrainingCache, episodes: list[int]) -> tuple[np.ndarray, list[tuple[int, int]]]:
@@ -160,12 +188,13 @@ def prepare(
     log(f"  {'reused' if objects.reused else 'trained and cached'}: {objects.path}")
     count = len(truth.class_names)
     rows, spans = _episode_rows(cache, eval_episodes)
-    labels = cell_targets(np.asarray(truth.classes[rows]), count)
-    seen, features = _cells(objects, np.asarray(cache.frames[rows]))
+    frames, pixel_classes = np.asarray(cache.frames[rows]), np.asarray(truth.classes[rows])
+    labels = cell_targets(pixel_classes, count)
+    seen, features = _cells(objects, frames)
     footage = Footage(rows, spans, labels, seen, features)
     real_texture = {
-        "sharpness": float(texture.sharpness(np.asarray(cache.frames[rows])).mean()),
-        "high_frequency": float(texture.high_frequency_share(np.asarray(cache.frames[rows])).mean()),
+        "sharpness": float(texture.sharpness(frames).mean()),
+        "high_frequency": float(texture.high_frequency_share(frames).mean()),
     }
     classes = [name for name in REPORTED if CLASS_ID[name] in objects.trained_classes]
     missing = [name for name in REPORTED if name not in classes]
@@ -183,14 +212,20 @@ def prepare(
             f"{config.min_recall}): " + ", ".join(f"{n} ({sight_real[n].frame_recall:.2f})" for n in blind)
         )
         classes = [n for n in classes if n not in blind]
+
+    def rng(purpose: int) -> np.random.Generator:  # one stream per choice: one changes no other
+        return np.random.default_rng([seed, purpose])
+
+    tile_frames = {}
+    if CLASS_ID["monster"] in objects.trained_classes:
+        tile_frames = tile_false_positives(
+            objects, footage, frames, pixel_classes, config.objects.tiles, rng(7)
+        )
     real_rates = {
         n: {f"labels_{k}": v for k, v in _rates(footage, labels, n).items()}
         | {f"objects_{k}": v for k, v in _rates(footage, seen, n).items()}
         for n in classes
     }
-
-    def rng(purpose: int) -> np.random.Generator:  # one stream per choice: one changes no other
-        return np.random.default_rng([seed, purpose])
 
     clip_rows = None
     if not live:
@@ -239,7 +274,7 @@ def prepare(
     if not floor_features:
         notes.append("Fréchet distance skipped: too few held-out frames for a second, disjoint set of clips")
     return Setup(
-        objects, classes, footage, sight_real, real_rates, real_texture, persistence_drift, persistence_starts,
+        objects, classes, footage, sight_real, tile_frames, real_rates, real_texture, persistence_drift, persistence_starts,
         revisits, held,
         floor_features, clip_rows, context, horizon, notes,
     )  # fmt: skip

@@ -44,6 +44,7 @@ def player_metrics(result: ConsistencyResult) -> dict[str, Any]:
             "train_frames": setup.objects.train_frames,
             "classes": setup.classes,
             "sight_real": {k: v.to_dict() for k, v in setup.sight_real.items()},
+            "tile_frames": setup.tile_frames,
         },
         "real_footage": setup.real_rates,
         "persistence_clips": len(setup.persistence_starts),
@@ -138,6 +139,17 @@ def player_markdown(result: ConsistencyResult, files: dict[str, str]) -> list[st
             f"| {name} | {pct(s.label_rate)} of {s.frames:,} frames | {fmt(s.cell_precision)} / {fmt(s.cell_recall)} | "
             f"{fmt(s.frame_precision)} / {fmt(s.frame_recall)} | " + " | ".join(cells) + " |"
         )
+    tiles = setup.tile_frames
+    if tiles.get("frames"):
+        sides = " or ".join(f"{t}×{t}" for t in sorted(objects.model.config.tiles))
+        lines += [
+            "",
+            f"**Tile artefacts** (what a tokenizer's patches can draw where no monster is): on {tiles['frames']:,} "
+            f"held-out frames the labels show no monster in, with grid-aligned {sides}-pixel tiles in monster and "
+            "blood colours (single and in mosaics) pasted over the background, the object model calls a monster "
+            f"in view in {pct(tiles['after'])} of them ({pct(tiles['before'])} before pasting). It learnt such tiles "
+            f"as background in {pct(objects.model.config.tile_share)} of its training frames.",
+        ]
     lines += ["", *_objects(result, labels), *_shooting(result, labels), *texture_table(result, labels)]
     lines += [*frechet_table(result, labels), *revisits_table(result, labels), *soak_table(result, labels)]
     if "objects" in files:
