@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from wm_video.dynamics.model import DynamicsModel
+from wm_video.dynamics.sampling import FrameSampler, SamplingConfig
 from wm_video.errors import InputError
 
 
@@ -111,14 +112,13 @@ def own_context(model: DynamicsModel, context: Tensor, actions: Tensor, share: f
     batch, frames, count = context.shape
     if share <= 0 or frames < 2:
         return context
+    sampler = FrameSampler(model, SamplingConfig())  # temperature 1, every level: as a world draws
+    seed = torch.randint(0, 2**31, (), device=context.device)  # from torch's RNG: resumes exactly
     with torch.no_grad():
         partial = torch.full((batch, frames - 1, count), model.mask_id, dtype=context.dtype, device=context.device)
-        logits = model(context[:, :-1], actions[:, :-1], partial).float()  # frames 1 … T − 1
-        digits = []
-        for channel_logits in model.split_logits(logits):
-            uniform = torch.rand(channel_logits.shape, device=context.device).clamp_(min=1e-12)
-            digits.append((channel_logits - torch.log(-torch.log(uniform))).argmax(-1))
-        own = model.tokens_from_digits(torch.stack(digits, -1)).to(context.dtype)
+        logits = model(context[:, :-1], actions[:, :-1], partial)  # frames 1 … T − 1
+        digits, _ = sampler.sample_digits(logits, seed, torch.zeros_like(seed))
+        own = model.tokens_from_digits(digits).to(context.dtype)
     use = torch.rand(batch, frames - 1, 1, device=context.device) < share
     return torch.cat([context[:, :1], torch.where(use, own, context[:, 1:])], dim=1)
 

@@ -131,8 +131,8 @@ class FrameSampler:
         device = model.trunk_pos.device
         self._index, self._padding = index.to(device), padding.to(device)
 
-    def _sample_digits(self, logits: Tensor, seed: Tensor, counter: Tensor) -> tuple[Tensor, Tensor]:
-        """(B, N, ΣL) logits → digits (B, N, C) and their log-probability (B, N)."""
+    def sample_digits(self, logits: Tensor, seed: Tensor, counter: Tensor) -> tuple[Tensor, Tensor]:
+        """(..., N, ΣL) logits → digits (..., N, C) and their log-probability (..., N)."""
         padded = logits.float()[..., self._index].masked_fill(self._padding, float("-inf"))  # (B, N, C, Lmax)
         top_k = self.config.top_k
         if top_k is not None and top_k < padded.shape[-1]:
@@ -162,7 +162,7 @@ class FrameSampler:
         for k, still_undecided in enumerate(self.undecided):
             pass_counter = 2 * (counter * 8 + k)
             logits = model.head_logits(state, action_embedding, tokens)
-            digits, confidence = self._sample_digits(logits, seed, pass_counter)
+            digits, confidence = self.sample_digits(logits, seed, pass_counter)
             proposal = model.tokens_from_digits(digits)
             if still_undecided == 0:
                 return torch.where(decided, tokens, proposal)
