@@ -47,7 +47,7 @@ def test_threads_are_restored() -> None:
 def test_decode_flops_follow_the_formula() -> None:
     config = tokenizer_preset("tiny")
     model = VideoTokenizer(config)
-    decoder_side = [model.from_latent, model.decoder, model.to_pixels]
+    decoder_side = model.decoder_parts()
     weights = sum(
         m.weight.numel() for part in decoder_side for m in part.modules() if isinstance(m, torch.nn.Linear)
     )

@@ -12,6 +12,7 @@ from wm_video.errors import InputError
 from wm_video.metrics import psnr
 from wm_video.tokenizer import TOKENIZER_PRESETS, TokenizerConfig, VideoTokenizer, tokenizer_preset
 from wm_video.tokenizer.fsq import FSQ
+from wm_video.tokenizer.model import with_code_embedding
 from wm_video.tokenizer.pixels import to_model_pixels, to_uint8_frames
 
 SMALL = TokenizerConfig(
@@ -73,9 +74,11 @@ def test_time_context_reaches_layers_times_window_back() -> None:
     assert torch.equal(model(far).encoding.latents[:, 5], base)
 
 
-@pytest.mark.parametrize("window", [1, 2, 3])
-def test_streaming_equals_the_whole_clip(window: int) -> None:
-    model = _model(dataclasses.replace(SMALL, temporal_window=window))
+@pytest.mark.parametrize(("window", "code_embedding"), [(1, False), (2, False), (3, False), (3, True)])
+def test_streaming_equals_the_whole_clip(window: int, code_embedding: bool) -> None:
+    model = _model(dataclasses.replace(SMALL, temporal_window=window, code_embedding=code_embedding))
+    if model.code_embed is not None:  # trained vectors, not the zeros it starts from
+        model.code_embed.weight.data.normal_()
     clip = _clip(2, 9)  # longer than every window: the ring cache wraps around
     whole = model(clip)
     stream = model.stream(batch_size=2)
@@ -126,10 +129,36 @@ def test_config_errors_say_how_to_fix_them(change: dict[str, object], message: s
 
 def test_config_dict_round_trip_and_unknown_keys() -> None:
     assert TokenizerConfig.from_dict(SMALL.to_dict()) == SMALL
+    assert "code_embedding" not in SMALL.to_dict()  # off: the dict (and token cache keys) as before it existed
+    with_table = dataclasses.replace(SMALL, code_embedding=True)
+    assert TokenizerConfig.from_dict(with_table.to_dict()) == with_table
+    with pytest.raises(InputError, match="code_embedding must be true or false"):
+        TokenizerConfig.from_dict({**SMALL.to_dict(), "code_embedding": "yes"})
     with pytest.raises(InputError, match="unknown keys"):
         TokenizerConfig.from_dict({**SMALL.to_dict(), "depth": 3})
     with pytest.raises(InputError, match="unknown tokenizer preset"):
         tokenizer_preset("huge")
+
+
+def test_a_code_embedding_starts_at_zero_and_gives_each_code_its_own_vector() -> None:
+    """Added to a trained tokenizer it decodes as before; a vector changes only the patches with its code."""
+    model = _model()
+    extended = with_code_embedding(model)
+    assert extended.config.code_embedding and with_code_embedding(extended) is extended
+    clip = _clip(1, 3)
+    before, after = model(clip), extended(clip)
+    assert torch.equal(after.encoding.tokens, before.encoding.tokens)
+    torch.testing.assert_close(after.reconstruction, before.reconstruction, rtol=0, atol=1e-12)
+    assert extended.code_embed is not None and len(extended.code_embed.weight) == SMALL.codebook_size
+    tokens = before.encoding.tokens
+    used = set(tokens.flatten().tolist())
+    unused = next(code for code in range(SMALL.codebook_size) if code not in used)
+    plain = extended.decode_tokens(tokens)
+    extended.code_embed.weight.data[unused].normal_()  # a code the clip does not have: nothing changes
+    torch.testing.assert_close(extended.decode_tokens(tokens), plain, rtol=0, atol=0)
+    extended.code_embed.weight.data[int(tokens[0, 0, 0])].normal_()  # the first patch's code: its frame changes
+    assert (extended.decode_tokens(tokens) - plain)[0, 0].abs().max() > 1e-3
+    assert extended.decoder_parts() == [extended.from_latent, extended.code_embed, extended.decoder, extended.to_pixels]
 
 
 def test_pixels_round_trip() -> None:

@@ -131,6 +131,27 @@ def test_patch_size_and_levels_override_the_preset(
     assert world.step(actions[2]).shape == (32, 32, 3)
 
 
+def test_code_embedding_is_added_to_an_init_and_recorded(
+    tiny_dataset: TinyDataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--code-embedding on a fresh run gives the decoder a vector per code; with --init it is added at
+    zero to a tokenizer without one (it decodes as before: tests/test_tokenizer.py), and the run resumes with it."""
+    monkeypatch.setitem(TOKENIZER_PRESETS, "tiny", MICRO_TOKENIZER)
+    plain, extended = tmp_path / "plain", tmp_path / "extended"
+    assert _train(tiny_dataset.root, plain, 1) == 0
+    assert _train(tiny_dataset.root, extended, 2, "--init", str(plain), "--code-embedding") == 0
+    before, _ = load_tokenizer(plain)
+    after, _ = load_tokenizer(extended)
+    assert not before.config.code_embedding and after.config.code_embedding and after.code_embed is not None
+    assert after.code_embed.weight.abs().sum() > 0  # it trained from its zeros
+    assert json.loads((extended / "run.json").read_text())["program"]["code_embedding"] is True
+    assert _train(tiny_dataset.root, extended, 3, "--init", str(plain), "--code-embedding") == 0  # resumes
+    assert load_checkpoint(extended).step == 3
+    fresh = tmp_path / "fresh"
+    assert _train(tiny_dataset.root, fresh, 1, "--code-embedding") == 0
+    assert load_tokenizer(fresh)[0].config.code_embedding
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [

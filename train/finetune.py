@@ -53,6 +53,7 @@ class FinetuneOptions:
     adversarial: AdversarialConfig = AdversarialConfig()  # the tokenizer's discriminator (always fresh)
     fresh_tokenizer: bool = False  # train a tokenizer of the world's shape from scratch instead
     tokenizer_object_weight: float = 0.0  # the tokenizer loss's weight on object pixels (the labels)
+    code_embedding: bool = False  # the tokenizer's decoder reads a vector per code (wm_video.tokenizer.model)
     weighting: TokenWeightConfig = TokenWeightConfig()  # the dynamics loss's weight on object/changed tokens
 
 
@@ -135,6 +136,7 @@ def finetune(options: FinetuneOptions) -> FinetuneResult:
                 config=TokenizerConfig.from_dict(tokenizer_checkpoint.config)
                 if options.fresh_tokenizer
                 else None,
+                code_embedding=options.code_embedding,
             )
         )
         if phase1.stopped_by_signal:  # a stop for time hands over to the dynamics phase
@@ -198,6 +200,7 @@ def run_finetune(args: argparse.Namespace, prog: str = "wm-video finetune") -> i
                 adversarial=adversarial_config(args),
                 fresh_tokenizer=args.fresh_tokenizer,
                 tokenizer_object_weight=args.tokenizer_object_weight,
+                code_embedding=args.code_embedding,
                 weighting=TokenWeightConfig(
                     object_weight=args.object_weight, change_weight=args.token_change_weight
                 ),

@@ -250,6 +250,18 @@ def add_init_flag(group: argparse._ActionsContainer, kind: str) -> None:
     )
 
 
+def add_code_embedding_flag(group: argparse._ActionsContainer) -> None:
+    """``--code-embedding``: the tokenizer's decoder reads a learned vector per code (wm_video.tokenizer.model)."""
+    group.add_argument(
+        "--code-embedding",
+        action="store_true",
+        help="give the tokenizer's decoder a learned vector per code (codes × width parameters: 0.8 M for "
+        "tiny), so a rare code (a ball a pixel wide, a far monster) decodes to its own detail rather than a "
+        "dim blend of similar codes; a tokenizer from --init without one gets one that starts at zero (it "
+        "decodes as before, then learns); the tokens, and so any dynamics model on them, are unchanged",
+    )
+
+
 OBJECT_WEIGHT_HELP = (
     "needs a dataset with the engine's labels (ViZDoom, collected with ground truth); objects are "
     "monsters, corpses, projectiles, blood and the muzzle flash"
@@ -398,6 +410,7 @@ def add_finetune_flags(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="train a tokenizer of the world's shape from scratch instead of fine-tuning the world's",
     )
+    add_code_embedding_flag(tokenizer)
     add_change_flags(tokenizer, default_weight=50.0)
     add_object_weight_flag(tokenizer, "--tokenizer-object-weight")
     add_token_weight_flags(parser.add_argument_group("dynamics phase: loss weighting (where the game happens)"))

@@ -42,10 +42,12 @@ from wm_video.tokenizer import TOKENIZER_PRESETS, TokenizerConfig, VideoTokenize
 from wm_video.tokenizer.adversarial import AdversarialConfig, AdversarialLosses, adversarial_losses
 from wm_video.tokenizer.discriminator import DiscriminatorConfig, PatchDiscriminator
 from wm_video.tokenizer.loss import ReconstructionLossConfig, reconstruction_loss
+from wm_video.tokenizer.model import with_code_embedding
 from wm_video.tokenizer.pixels import to_model_pixels, to_uint8_frames
 from wm_video.train.common import save_comparison_grid
 from wm_video.train.options import (
     add_change_flags,
+    add_code_embedding_flag,
     add_init_flag,
     add_object_weight_flag,
     add_sharpness_flags,
@@ -79,6 +81,7 @@ class TokenizerTrainOptions:
     holdout: float = DEFAULT_HOLDOUT
     init: Path | None = None  # start from this tokenizer checkpoint (its config and EMA weights): fine-tuning
     config: TokenizerConfig | None = None  # the model's shape when not from init; None: the preset's
+    code_embedding: bool = False  # give the decoder a vector per code (added at zero to an init without one)
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,11 @@ def shaped_config(
 
 def train_tokenizer(options: TokenizerTrainOptions) -> TokenizerTrainResult:
     initial = load_tokenizer(options.init)[0].train() if options.init is not None else None
+    if initial is not None and options.code_embedding:
+        initial = with_code_embedding(initial)
     config = initial.config if initial is not None else options.config or tokenizer_preset(options.preset)
+    if options.code_embedding:
+        config = replace(config, code_embedding=True)
     if options.clip_len < 1:
         raise InputError(f"--clip-len must be ≥ 1, got {options.clip_len}")
     loss_config = ReconstructionLossConfig(
@@ -152,6 +159,7 @@ def train_tokenizer(options: TokenizerTrainOptions) -> TokenizerTrainResult:
             "holdout": options.holdout,
             "patch_size": config.patch_size,
             "levels": list(config.levels),
+            "code_embedding": config.code_embedding,
             **({"init": str(resolve_checkpoint(options.init))} if options.init is not None else {}),
         },
     )
@@ -308,6 +316,7 @@ def build_parser(prog: str = "wm-video train tokenizer") -> argparse.ArgumentPar
         "--l1-weight", type=float, default=0.2, help="weight of the L1 term beside MSE (default 0.2)"
     )
     add_tokenizer_shape_flags(data)
+    add_code_embedding_flag(data)
     add_init_flag(data, "tokenizer")
     add_change_flags(data)
     add_object_weight_flag(data)
@@ -342,6 +351,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "wm-video train tokenize
             holdout=args.holdout,
             init=args.init,
             config=shaped_config(tokenizer_preset(args.preset), args.patch_size, args.levels),
+            code_embedding=args.code_embedding,
         )
         result = train_tokenizer(options)
         if result.heldout_psnr is not None:

@@ -253,7 +253,7 @@ def bench_tokenizer(
             encode = time_steps(lambda: encoder.encode(frame), untimed, steps, cuda, "encode", progress)
 
         encoder_side = [model.patch_embed, model.encoder, model.to_latent]
-        decoder_side = [model.from_latent, model.decoder, model.to_pixels]
+        decoder_side = model.decoder_parts()
         encode_flops = frame_flops(config, encoder_side, config.encoder_layers)
         decode_flops = frame_flops(config, decoder_side, config.decoder_layers)
         if cuda:

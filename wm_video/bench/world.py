@@ -74,7 +74,7 @@ class WorldBenchResult:
     compiled: bool  # World(compile=True): advance, render and the whole step went through torch.compile
     params_trunk: int  # dynamics parameters used once per frame: action MLP, token embedding, trunk
     params_head: int  # dynamics parameters used once per pass: head embedding, condition, blocks, logits
-    params_decoder: int  # tokenizer decoder side: from_latent, positions, decoder stack, to_pixels
+    params_decoder: int  # tokenizer decoder side: from_latent, code embedding, positions, decoder stack, to_pixels
     image_size: int
     tokens_per_frame: int
     passes: int  # head passes per generated frame
@@ -390,7 +390,7 @@ def bench_world(
         matmul_size = PEAK_MATMUL_SIZE.get(where.type, PEAK_MATMUL_SIZE["cpu"])
         peak_flops = matmul_peak_flops(where, torch_dtype, matmul_size)
 
-        decoder_side = [tokenizer_model.from_latent, tokenizer_model.decoder, tokenizer_model.to_pixels]
+        decoder_side = tokenizer_model.decoder_parts()
         t = tokenizer_model.config
         return WorldBenchResult(
             model=label,

@@ -26,6 +26,7 @@ class TokenizerConfig:
     mlp_ratio: float = 3.0
     levels: tuple[int, ...] = (7, 5, 5, 5, 5)  # FSQ levels per latent channel; codes = product
     temporal_window: int = 8  # frames a token attends to in time, itself included (causal)
+    code_embedding: bool = False  # the decoder also reads a learned vector per code (:mod:`.model`)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "levels", tuple(int(v) for v in self.levels))
@@ -46,6 +47,8 @@ class TokenizerConfig:
                 f"tokenizer config: dim {self.dim} must split into {self.heads} heads of an even width; "
                 f"use a dim that is a multiple of {2 * self.heads}"
             )
+        if not isinstance(self.code_embedding, bool):
+            raise InputError(f"tokenizer config: code_embedding must be true or false, got {self.code_embedding!r}")
         if self.mlp_ratio <= 0:
             raise InputError(f"tokenizer config: mlp_ratio must be > 0, got {self.mlp_ratio}")
         if not self.levels or any(level < 2 for level in self.levels):
@@ -92,6 +95,8 @@ class TokenizerConfig:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["levels"] = list(self.levels)
+        if not self.code_embedding:  # left out when off: such configs read, and key token caches, as before
+            del data["code_embedding"]
         return data
 
     @classmethod

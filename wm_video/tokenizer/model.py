@@ -12,6 +12,13 @@ Design choices:
   detail that one frame's 64 tokens cannot hold.
 - FSQ quantization (:mod:`.fsq`): tokens are mixed-radix numbers of per-channel levels; the
   decoder works from the quantized channel values, which equal the tokens exactly.
+- A code embedding (``code_embedding``, off by default): the decoder also adds a learned vector per
+  code (codebook × dim parameters) to what it reads from the channel values. From the values alone
+  the decoder is a smooth function of the code, so a rare code (a ball a pixel wide at one of
+  64 places in its patch, a far monster) decodes as a blend of its neighbours in code space: a dim
+  smear. The vector lets each code carry its own detail. It starts at zero, so adding it to a
+  trained tokenizer (:func:`with_code_embedding`) leaves its output unchanged until it trains.
+  Decoding costs one table lookup more; encoding is unchanged, so the tokens mean what they did.
 - Streaming (:class:`TokenizerStream`) feeds one frame at a time through the same blocks with
   a cache of the window's keys and values (:class:`~wm_video.attention.KVCache`, a counter per
   stream on the device) and gives the whole-clip result.
@@ -22,7 +29,7 @@ Pixels are (B, T, 3, H, W) floats in [-1, 1]; :mod:`.pixels` converts from uint8
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, replace
 
 import numpy as np
 import torch
@@ -62,6 +69,7 @@ class VideoTokenizer(nn.Module):
         self.to_latent = nn.Linear(c.dim, c.latent_channels)
         self.quantizer = FSQ(c.levels)
         self.from_latent = nn.Linear(c.latent_channels, c.dim)
+        self.code_embed = nn.Embedding(c.codebook_size, c.dim) if c.code_embedding else None
         self.decoder_pos = nn.Parameter(torch.randn(c.tokens_per_frame, c.dim) * 0.02)
         self.decoder = FrameStack(c.dim, c.heads, c.decoder_layers, c.mlp_ratio, pattern, learned_own_frame=False)
         self.to_pixels = nn.Linear(c.dim, patch_pixels)
@@ -124,10 +132,21 @@ class VideoTokenizer(nn.Module):
             encoding.latents[:, earlier:], encoding.quantized[:, earlier:], encoding.tokens[:, earlier:]
         )
 
+    def decoder_parts(self) -> list[nn.Module]:
+        """The modules that turn codes into pixels, positions aside (for counting parameters and FLOPs)."""
+        parts = [self.from_latent, self.code_embed, self.decoder, self.to_pixels]
+        return [part for part in parts if part is not None]
+
+    def decoder_inputs(self, quantized: Tensor) -> Tensor:
+        """(..., N, C) quantized values → (..., N, D): the decoder's input tokens."""
+        hidden = self.from_latent(quantized.to(self.decoder_pos.dtype)) + self.decoder_pos
+        if self.code_embed is not None:
+            hidden = hidden + self.code_embed(self.quantizer.to_tokens(quantized))
+        return hidden
+
     def decode(self, quantized: Tensor) -> Tensor:
         """(B, T, N, C) quantized values → (B, T, 3, H, W) frames, each from its and earlier codes."""
-        hidden = self.from_latent(quantized.to(self.decoder_pos.dtype)) + self.decoder_pos
-        return self._unembed(self.decoder(hidden))
+        return self._unembed(self.decoder(self.decoder_inputs(quantized)))
 
     def decode_tokens(self, tokens: Tensor) -> Tensor:
         """(B, T, N) token ids → (B, T, 3, H, W) frames."""
@@ -180,12 +199,9 @@ class TokenizerStream:
         hidden = self.model.encoder.step(self.model._embed(frames)[:, 0], self.encoder_cache)
         return self.model._quantize(hidden.unsqueeze(1))
 
-    def _decoder_inputs(self, quantized: Tensor) -> Tensor:
-        return self.model.from_latent(quantized.to(self.model.decoder_pos.dtype)) + self.model.decoder_pos
-
     def decode(self, quantized: Tensor) -> Tensor:
         """(B, N, C) quantized values of one new frame → (B, 3, H, W)."""
-        hidden = self.model.decoder.step(self._decoder_inputs(quantized), self.decoder_cache)
+        hidden = self.model.decoder.step(self.model.decoder_inputs(quantized), self.decoder_cache)
         return self.model._unembed(hidden.unsqueeze(1))[:, 0]
 
     def decode_tokens(self, tokens: Tensor) -> Tensor:
@@ -196,8 +212,21 @@ class TokenizerStream:
         """Restart the decoder of streams ``rows`` (all when None) from the quantized values
         (R, T, N, C) of T frames, decoded as one clip → (R, T, 3, H, W); the next :meth:`decode`
         of those streams follows them as if they had been decoded one at a time."""
-        hidden = self.model.decoder(self._decoder_inputs(quantized), self.decoder_cache, rows)
+        hidden = self.model.decoder(self.model.decoder_inputs(quantized), self.decoder_cache, rows)
         return self.model._unembed(hidden)
+
+
+def with_code_embedding(model: VideoTokenizer) -> VideoTokenizer:
+    """``model`` with a code embedding (see the module doc): itself when it has one, else a copy with
+    one added at zero, which decodes exactly as ``model`` does until it trains."""
+    if model.config.code_embedding:
+        return model
+    reference = model.decoder_pos
+    extended = VideoTokenizer(replace(model.config, code_embedding=True)).to(reference.device, reference.dtype)
+    missing, unexpected = extended.load_state_dict(model.state_dict(), strict=False)
+    if unexpected or missing != ["code_embed.weight"]:  # the two shapes differ by exactly the table
+        raise RuntimeError(f"code embedding: unexpected weights {unexpected}, missing {missing}")
+    return extended.train(model.training)
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -205,3 +234,5 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):  # the code embedding starts at zero (see the module doc)
+        nn.init.zeros_(module.weight)
