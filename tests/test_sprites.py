@@ -54,21 +54,25 @@ def test_finds_the_paddle_and_the_ball(detector: SpriteDetector) -> None:
     assert not detector.present(smear, paddle)
 
 
-def test_kept_means_a_sprite_sized_blob_close_to_the_real_one(detector: SpriteDetector) -> None:
-    real = np.stack([breakout_like(20, (30, 40))] * 4 + [breakout_like(20, None)])
+def test_kept_means_the_other_frames_sprite_is_close_to_the_real_one(detector: SpriteDetector) -> None:
+    real = np.stack([breakout_like(20, (30, 40))] * 5 + [breakout_like(20, None)])
+    cloud = breakout_like(20, (30, 40))
+    cloud[40, 30] = 60  # the ball's place, dim …
+    cloud[36, 34] = cloud[44, 26] = 200  # … and a brighter dot a patch-width away: a tokenizer's hedge
     other = np.stack(
         [
             breakout_like(20, (30, 40)),  # exact
             breakout_like(21, (31, 41)),  # one pixel off: kept
             breakout_like(27, (36, 40)),  # several pixels off: lost
             breakout_like(None, None),  # gone
+            cloud,  # a dot near the ball, but the frame's ball is elsewhere: lost
             breakout_like(20, (30, 40)),  # no ball in the real frame: not counted for the ball
         ]
     )
     counts = kept(detector, real, other)
-    assert (counts["paddle"].real, counts["paddle"].kept) == (5, 3)
-    assert (counts["ball"].real, counts["ball"].kept) == (4, 2)
-    assert counts["ball"].rate == 0.5
+    assert (counts["paddle"].real, counts["paddle"].kept) == (6, 4)
+    assert (counts["ball"].real, counts["ball"].kept) == (5, 2)
+    assert counts["ball"].rate == 0.4
 
 
 def test_displacement_scores_compare_where_the_real_sprite_moved() -> None:

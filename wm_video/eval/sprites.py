@@ -14,9 +14,11 @@ Design choices:
   paddle. The strongest such blob is the sprite; its position is the difference-weighted
   centroid. Regions and sizes are data (:data:`GAME_SPRITES`, per Atari game), as keymaps are.
 - **Kept** (:func:`kept`, for tokenizer reconstructions): a sprite found in the real frame is
-  kept when the other frame has a sprite-sized blob within 2 px of it (in x and in y, at 64 px).
-  Frames without the sprite in the real footage are not counted ("present where present in the
-  real frame").
+  kept when the other frame's sprite, its strongest blob as everywhere in this module, lies within
+  2 px of it (in x and in y, at 64 px). Any sprite-sized blob nearby would not do: a tokenizer
+  unsure where in its patch the ball is draws a cloud of dim dots there, and one of them lands
+  near the ball while the player sees a smudge. Frames without the sprite in the real footage are
+  not counted ("present where present in the real frame").
 - **Motion under the keys** (:func:`motion_check`): from a held-out frame, the dataset's own
   engine (a ``wm-video collect`` dataset records it, and episode *i* replays from seed
   ``seed + i`` with its recorded actions) and the world model are both driven with one button
@@ -183,15 +185,13 @@ class SpriteDetector:
         return centres.reshape(*frames.shape[:-3], 2)
 
     def keeps(self, real: np.ndarray, other: np.ndarray, sprite: Sprite) -> bool | None:
-        """Whether ``other`` keeps the sprite of the ``real`` frame: a sprite-sized blob within
-        :data:`KEPT_DISTANCE_PX` (at 64 px) of it. None when the real frame has no such sprite."""
+        """Whether ``other`` keeps the sprite of the ``real`` frame: its own sprite (strongest blob)
+        lies within :data:`KEPT_DISTANCE_PX` (at 64 px) of it. None when the real frame has none."""
         target = self.find(real, sprite)
         if target is None:
             return None
-        return any(
-            max(abs(blob.x - target.x), abs(blob.y - target.y)) <= self.tolerance
-            for blob in self.blobs(other, sprite)
-        )
+        found = self.find(other, sprite)
+        return found is not None and max(abs(found.x - target.x), abs(found.y - target.y)) <= self.tolerance
 
 
 def fit_detector(background: np.ndarray, game: str) -> SpriteDetector:
