@@ -258,7 +258,8 @@ def test_the_recipe_in_help_parses_with_the_tokenizer_phase_defaults(capsys: pyt
     command = " ".join(line.strip().rstrip("\\") for line in RECIPE.splitlines()[1:4]).split()
     assert command[:2] == ["wm-video", "finetune"]
     args = build_parser().parse_args(command[2:])
-    assert (args.tokenizer_steps, args.dynamics_steps, args.max_minutes) == (150, 100, 28.0)
+    assert (args.tokenizer_steps, args.dynamics_steps, args.max_minutes) == (1600, 500, 28.0)
+    assert args.fresh_tokenizer and not args.code_embedding
     assert (args.change_weight, args.change_reference, args.tokenizer_lr) == (50.0, "previous", 5e-4)
 
 
@@ -300,8 +301,8 @@ def test_the_sharpness_flags_reach_the_tokenizer_phase(tmp_path: Path, monkeypat
         return TokenizerTrainResult(options.session.out, 1, None, 1.0, True, True)  # Ctrl-C: no phase 2
 
     monkeypatch.setattr(ft, "train_tokenizer", fake_tokenizer)
-    flags = ["--adversarial-weight", "0.3", "--adversarial-start", "5", "--adversarial-ramp", "7", "--frequency-weight", "0.2", "--discriminator-lr", "1e-3"]
+    flags = ["--adversarial-weight", "0.3", "--adversarial-start", "5", "--adversarial-ramp", "7", "--frequency-weight", "0.2", "--discriminator-lr", "1e-3", "--code-embedding"]
     source = _source_world(tmp_path)
     assert ft.main(["--data", str(tmp_path / "data"), "--from", str(source), "--out", str(tmp_path / "ft"), *flags]) == 130
     assert seen[0].adversarial == AdversarialConfig(weight=0.3, start=5, ramp_steps=7, discriminator_lr=1e-3)
-    assert seen[0].frequency_weight == 0.2 and seen[0].init is not None
+    assert seen[0].frequency_weight == 0.2 and seen[0].init is not None and seen[0].code_embedding
