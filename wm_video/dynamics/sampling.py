@@ -14,6 +14,7 @@ state to capture or save.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
@@ -112,6 +113,17 @@ def update_sampling(model: DynamicsModel, settings: Mapping[str, Any] | None, wh
     model.sampling = SamplingConfig.from_dict({**model.sampling, **(settings or {})}, where).to_dict()
 
 
+@functools.cache
+def _padded_channels(levels: tuple[int, ...], device: torch.device) -> tuple[Tensor, Tensor]:
+    """Channels padded to the widest level count: the (C, Lmax) index into the ΣL logits, and which
+    entries are padding, so all channels are sampled by the same few ops. Made once per shape and
+    device: a sampler is built per training step by ``--own-frames``, and a copy to a GPU waits for it."""
+    widest, offsets = max(levels), [sum(levels[:c]) for c in range(len(levels))]
+    index = torch.tensor([[o + min(j, n - 1) for j in range(widest)] for o, n in zip(offsets, levels, strict=True)])
+    padding = torch.tensor([[j >= n for j in range(widest)] for n in levels])
+    return index.to(device), padding.to(device)
+
+
 class FrameSampler:
     """Decodes the next frame's tokens from trunk states with :class:`SamplingConfig`'s settings
     (by default the model's own, ``model.sampling``: what its checkpoint stores)."""
@@ -120,16 +132,7 @@ class FrameSampler:
         self.model, self.config = model, config or SamplingConfig.from_dict(model.sampling)
         self.passes = self.config.passes or model.config.decode_passes
         self.undecided = undecided_after(model.config.tokens_per_frame, self.passes)
-        # Channels padded to the widest level count: (C, Lmax) index into the ΣL logits, and
-        # which entries are padding. All channels are then sampled by the same few ops.
-        levels = model.config.levels
-        widest, offsets = max(levels), [sum(levels[:c]) for c in range(len(levels))]
-        index = torch.tensor(
-            [[o + min(j, n - 1) for j in range(widest)] for o, n in zip(offsets, levels, strict=True)]
-        )
-        padding = torch.tensor([[j >= n for j in range(widest)] for n in levels])
-        device = model.trunk_pos.device
-        self._index, self._padding = index.to(device), padding.to(device)
+        self._index, self._padding = _padded_channels(tuple(model.config.levels), model.trunk_pos.device)
 
     def sample_digits(self, logits: Tensor, seed: Tensor, counter: Tensor) -> tuple[Tensor, Tensor]:
         """(..., N, ΣL) logits → digits (..., N, C) and their log-probability (..., N)."""
