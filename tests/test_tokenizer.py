@@ -141,7 +141,7 @@ def test_config_dict_round_trip_and_unknown_keys() -> None:
 
 
 def test_a_code_embedding_starts_at_zero_and_gives_each_code_its_own_vector() -> None:
-    """Added to a trained tokenizer it decodes as before; a vector changes only the patches with its code."""
+    """Added to a trained tokenizer it decodes as before; a code's vector changes only clips with that code."""
     model = _model()
     extended = with_code_embedding(model)
     assert extended.config.code_embedding and with_code_embedding(extended) is extended

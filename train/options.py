@@ -258,7 +258,7 @@ def add_code_embedding_flag(group: argparse._ActionsContainer) -> None:
         help="give the tokenizer's decoder a learned vector per code (codes × width parameters: 0.8 M for "
         "tiny), so a rare code (a ball a pixel wide, a far monster) decodes to its own detail rather than a "
         "dim blend of similar codes; a tokenizer from --init without one gets one that starts at zero (it "
-        "decodes as before, then learns); the tokens, and so any dynamics model on them, are unchanged",
+        "decodes as before, then learns with the rest of the tokenizer)",
     )
 
 

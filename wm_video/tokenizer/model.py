@@ -17,8 +17,8 @@ Design choices:
   the decoder is a smooth function of the code, so a rare code (a ball a pixel wide at one of
   64 places in its patch, a far monster) decodes as a blend of its neighbours in code space: a dim
   smear. The vector lets each code carry its own detail. It starts at zero, so adding it to a
-  trained tokenizer (:func:`with_code_embedding`) leaves its output unchanged until it trains.
-  Decoding costs one table lookup more; encoding is unchanged, so the tokens mean what they did.
+  trained tokenizer (:func:`with_code_embedding`) leaves its output, and its tokens, unchanged
+  until it trains. The encoder has no part in it; decoding costs one table lookup more.
 - Streaming (:class:`TokenizerStream`) feeds one frame at a time through the same blocks with
   a cache of the window's keys and values (:class:`~wm_video.attention.KVCache`, a counter per
   stream on the device) and gives the whole-clip result.
