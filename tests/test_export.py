@@ -128,16 +128,19 @@ def test_export_command(
 def test_a_world_keeps_its_sampling_settings(
     tmp_path: Path, trained: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`export --temperature/--top-k/--passes` stores how the world draws its frames; play and eval
+    """`export --temperature/--top-k/--passes/--guidance` stores how the world draws its frames; play and eval
     use it, and their own flags replace single settings."""
     _, run = trained
     out = tmp_path / "world"
-    assert cli_main(["export", str(run), "--out", str(out), "--temperature", "0.7", "--top-k", "3"]) == 0
-    stored = {"temperature": 0.7, "top_k": 3, "passes": None, "choice_noise": 1.0}
+    flags = ["--temperature", "0.7", "--top-k", "3", "--guidance", "2"]
+    assert cli_main(["export", str(run), "--out", str(out), *flags]) == 0
+    stored = {"temperature": 0.7, "top_k": 3, "passes": None, "choice_noise": 1.0, "guidance": 2.0}
     assert json.loads((out / "world.json").read_text())["sampling"] == stored
     world = load_world(out)
     assert (world.sampler.config.temperature, world.sampler.config.top_k) == (0.7, 3)
-    world = load_world(out, sampling={"temperature": 1.0, "passes": 2})
+    assert world.sampler.guided and world.reference_cache is not None
+    world = load_world(out, sampling={"temperature": 1.0, "passes": 2, "guidance": 1.0})
+    assert not world.sampler.guided and world.reference_cache is None
     config = world.sampler.config
     assert (config.temperature, config.top_k, config.passes, world.sampler.passes) == (1.0, 3, 2, 2)
     assert load_world(run).sampler.config.temperature == 1.0  # a training run: the defaults

@@ -325,6 +325,7 @@ def test_non_finite_training_options_are_refused(
         (["--fps", "inf"], "--fps", "must be a finite number"),
         (["--rewind-seconds", "nan"], "--rewind-seconds", "must be a finite number"),
         (["--temperature", "nan"], "--temperature", "must be a finite number"),
+        (["--guidance", "inf"], "--guidance", "must be a finite number"),
     ],
 )
 def test_non_finite_play_options_are_refused(

@@ -228,7 +228,7 @@ def test_headless_run_writes_exactly_n_frames_and_a_dataset_to_start_from(tmp_pa
     start = tmp_path / "start.png"
     cv2.imwrite(str(start), np.full((64, 64, 3), 100, dtype=np.uint8))
     video, data = tmp_path / "run.mp4", tmp_path / "data"
-    argv = ["play", "--preset", "tiny", "--headless", "--start-from", str(start), "--frames", "12"]
+    argv = ["play", "--preset", "tiny", "--headless", "--start-from", str(start), "--frames", "12", "--guidance", "2"]
     assert main([*argv, "--actions", "random", "--record", str(video), "--record-dataset", str(data)]) == 0
     out = capsys.readouterr().out
     assert "played 12 frames" in out and "resident memory" in out

@@ -127,7 +127,7 @@ def add_threads_flag(group: FlagTarget) -> None:
 
 
 def add_sampling_flags(group: FlagTarget) -> None:
-    """``--temperature``, ``--top-k`` and ``--passes``: how a world draws its frames, replacing the
+    """``--temperature``, ``--top-k``, ``--passes`` and ``--guidance``: how a world draws its frames, replacing the
     world's own settings (what ``wm-video export`` stored; else temperature 1, no top-k and the
     model's passes). The same in play, eval and export."""
     group.add_argument(
@@ -149,11 +149,19 @@ def add_sampling_flags(group: FlagTarget) -> None:
         help="MaskGIT passes per frame, 1-8; more passes cost more model time per frame "
         "(default: the world's own, else the model's)",
     )
+    group.add_argument(
+        "--guidance",
+        type=non_negative_float,
+        default=None,
+        help="action guidance: draw each frame G times as far from what pressing nothing would give, "
+        "toward what the keys do (1: off; about twice the model time per frame; default: the world's own, else 1)",
+    )
 
 
 def sampling_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The sampling settings given by :func:`add_sampling_flags`' flags (those not given are left out)."""
-    return {name: getattr(args, name) for name in ("temperature", "top_k", "passes") if getattr(args, name) is not None}
+    names = ("temperature", "top_k", "passes", "guidance")
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
 def add_progress_flag(group: FlagTarget) -> None:

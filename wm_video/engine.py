@@ -7,6 +7,8 @@ a rolling window plus the attention sink) and a :class:`~wm_video.dynamics.Frame
 
 Per generated frame: one trunk pass over the current frame's N tokens (which also writes them
 into the cache), P head passes that decide the next frame's tokens, one tokenizer decoder step.
+With action guidance (:mod:`wm_video.dynamics.sampling`) a second trunk cache reads the same
+frames with no key pressed (the reference stream), and the head passes run on both.
 
 Many worlds: each world of the batch has its own frame counters (trunk and decoder), seed and
 sampling counter, all on the device, so worlds step together but stay independent: a world's
@@ -73,10 +75,12 @@ class WorldSnapshot:
     decoder: KVCache
     counter: Tensor  # (B,) generated frames since each world's reset (the sampling noise's frame number)
     seed: Tensor  # (B,)
+    reference: KVCache | None = None  # the trunk cache of the frames read with no key pressed (guidance)
 
     def tensors(self) -> list[Tensor]:
         """Every tensor, in the order :meth:`World.restore` copies them back."""
-        return [*self.trunk.tensors(), *self.decoder.tensors(), self.seed, self.counter, self.current]
+        reference = self.reference.tensors() if self.reference is not None else []
+        return [*self.trunk.tensors(), *reference, *self.decoder.tensors(), self.seed, self.counter, self.current]
 
     @property
     def nbytes(self) -> int:
@@ -129,6 +133,8 @@ class World:
         self.sampler = FrameSampler(dynamics, sampling)
         self.stream = tokenizer.stream(batch_size, encoder=False)
         self.cache = dynamics.new_cache(batch_size)
+        #: Action guidance's reference stream: the trunk cache of the same frames read with no key pressed.
+        self.reference_cache = dynamics.new_cache(batch_size) if self.sampler.guided else None
         self.seed = torch.arange(seed, seed + batch_size, dtype=torch.long, device=self.device)  # (B,)
         self.counter = torch.zeros(batch_size, dtype=torch.long, device=self.device)  # (B,) frames generated
         tokens = dynamics.config.tokens_per_frame
@@ -162,7 +168,8 @@ class World:
     def _state(self) -> list[Tensor]:
         """Every tensor a step reads or writes in place (in :meth:`WorldSnapshot.tensors`' order)."""
         cache = self.stream.decoder_cache
-        return [*self.cache.tensors(), *cache.tensors(), self.seed, self.counter, self.current]
+        reference = self.reference_cache.tensors() if self.reference_cache is not None else []
+        return [*self.cache.tensors(), *reference, *cache.tensors(), self.seed, self.counter, self.current]
 
     # -- inputs ----------------------------------------------------------------------------------------
     def _worlds_in(self, worlds: Sequence[int] | None) -> list[int]:
@@ -264,6 +271,9 @@ class World:
         tokens = encoding.tokens
         embedding = self.dynamics.embed_actions(taken[:, : context - 1])
         self.dynamics.context(tokens[:, :-1], embedding, self.cache, rows_tensor)
+        if self.reference_cache is not None:
+            nothing = self.dynamics.no_action((count, context - 1))
+            self.dynamics.context(tokens[:, :-1], nothing, self.reference_cache, rows_tensor)
         self.current.index_copy_(0, rows_tensor, tokens[:, -1])
         self.counter.index_fill_(0, rows_tensor, 0)
         if seeds is not None:
@@ -290,10 +300,20 @@ class World:
             waiting = [i for i, started in enumerate(self._started) if not started]
             raise InputError(f"reset the world with context frames before stepping it (worlds {waiting} were not)")
 
-    def _advance_eager(self, action: Tensor) -> None:
+    def trunk_step(self, action: Tensor) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor] | None]:
+        """The trunk's pass over the current frames with ``action`` (B, A) on the device, which writes
+        them into the cache(s): (state, embedded action, and with guidance the reference stream's
+        state and embedded action), what :attr:`sampler` reads."""
         embedding = self.dynamics.embed_actions(action)
         state = self.dynamics.context_step(self.current, embedding, self.cache)
-        tokens = self.sampler(state, embedding, self.seed, self.counter)
+        if self.reference_cache is None:
+            return state, embedding, None
+        nothing = self.dynamics.no_action((self.batch_size,))
+        return state, embedding, (self.dynamics.context_step(self.current, nothing, self.reference_cache), nothing)
+
+    def _advance_eager(self, action: Tensor) -> None:
+        state, embedding, reference = self.trunk_step(action)
+        tokens = self.sampler(state, embedding, self.seed, self.counter, reference)
         self.counter += 1
         self.current.copy_(tokens)
 
@@ -338,6 +358,7 @@ class World:
             decoder=self.stream.decoder_cache.clone(),
             counter=self.counter.clone(),
             seed=self.seed.clone(),
+            reference=self.reference_cache.clone() if self.reference_cache is not None else None,
         )
 
     @torch.inference_mode()

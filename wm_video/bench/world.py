@@ -10,7 +10,7 @@ window, as in play). Three timed loops of ``steps`` steps follow, each step read
 1. ``advance`` (the dynamics: one trunk pass, P head passes) and ``render`` (the tokenizer's
    decoder step, to uint8 pixels on the device), timed separately within each step;
 2. the dynamics split as :meth:`World._advance_eager` runs it: the trunk pass
-   (``embed_actions`` + ``context_step``) and the P head passes together (``world.sampler``).
+   (:meth:`World.trunk_step`: with guidance, both streams) and the P head passes together (``world.sampler``).
    With ``compile=True`` these are the eager pieces; loops 1 and 3 run the compiled step;
 3. ``step``: :meth:`World.step` as play calls it, advance + render + the copy to the host.
 
@@ -320,6 +320,7 @@ class _StepParts:
     def __init__(self, world: World, next_action: Callable[[], Tensor]) -> None:
         self.world, self.next_action = world, next_action
         self.tokens = self.embedding = self.state = torch.empty(0)
+        self.reference: tuple[Tensor, Tensor] | None = None
 
     def advance(self) -> None:
         self.tokens = self.world.advance(self.next_action())
@@ -328,13 +329,11 @@ class _StepParts:
         self.world.render(self.tokens)
 
     def trunk(self) -> None:
-        world = self.world
-        self.embedding = world.dynamics.embed_actions(self.next_action())
-        self.state = world.dynamics.context_step(world.current, self.embedding, world.cache)
+        self.state, self.embedding, self.reference = self.world.trunk_step(self.next_action())
 
     def head(self) -> None:
         world = self.world
-        world.current.copy_(world.sampler(self.state, self.embedding, world.seed, world.counter))
+        world.current.copy_(world.sampler(self.state, self.embedding, world.seed, world.counter, self.reference))
         world.counter += 1
 
 

@@ -85,6 +85,12 @@ class DynamicsModel(nn.Module):
             )
         return self.action_embed(actions.to(self._scales.dtype) / self._scales).to(self.trunk_pos.dtype)
 
+    def no_action(self, leading: tuple[int, ...]) -> Tensor:
+        """The embedded action of pressing nothing (every entry 0), shaped (*leading, D): the
+        reference stream of action guidance (:mod:`.sampling`)."""
+        zeros = torch.zeros(*leading, self.config.action_dim, device=self.trunk_pos.device)
+        return self.embed_actions(zeros)
+
     def _trunk_inputs(self, tokens: Tensor, action_embedding: Tensor) -> Tensor:
         """(..., N) tokens and (..., D) action embedding → (..., N, D)."""
         return self.token_embed(tokens) + self.trunk_pos + action_embedding.unsqueeze(-2)

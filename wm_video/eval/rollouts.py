@@ -171,8 +171,13 @@ def teacher_forced(
     embedding = dynamics.embed_actions(torch.from_numpy(actions[:, :-1]).to(device))
     state = dynamics.context(tokens[:, :-1], embedding)  # (B, T − 1, N, D)
     zero = torch.zeros((), dtype=torch.long, device=device)
-    predicted = FrameSampler(dynamics)(
-        state.flatten(0, 1), embedding.flatten(0, 1), torch.tensor(seed, device=device), zero
+    sampler = FrameSampler(dynamics)
+    reference = None
+    if sampler.guided:  # the same frames read with no key pressed
+        nothing = dynamics.no_action((batch, length - 1))
+        reference = (dynamics.context(tokens[:, :-1], nothing).flatten(0, 1), nothing.flatten(0, 1))
+    predicted = sampler(
+        state.flatten(0, 1), embedding.flatten(0, 1), torch.tensor(seed, device=device), zero, reference
     ).view(batch, length - 1, count)
     # Frame t + 1 decoded after the real codes of frames ≤ t: one clip per predicted frame.
     clips = tokens.unsqueeze(1).repeat(1, length - 1, 1, 1)  # (B, T − 1, T, N)
