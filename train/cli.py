@@ -22,8 +22,9 @@ RECIPE = """recipe (a new 64x64 game, e.g. Atari Breakout, on a 2-core CPU, at m
 A tokenizer trained from scratch on the new game beats the world's own fine-tuned in this time
 (sharper, and it keeps a moving paddle); its defaults (--tokenizer-lr 5e-4, --change-weight 50)
 weight its loss toward small moving objects; --max-minutes is the budget of both phases together.
-README.md, "Fine-tuning on your own footage", gives the figures this reaches (the ball is still
-mostly lost on a CPU's steps)."""
+Play or score the result with --guidance 1.5 (action guidance: the paddle follows the keys
+more often). README.md, "Fine-tuning on your own footage", gives the figures this reaches (the
+ball is still mostly lost on a CPU's steps)."""
 #: How the fine-tune parser describes itself, as ``wm-video finetune`` and as ``python -m wm_video.train.finetune``.
 FINETUNE_TEXT: dict[str, Any] = {
     "description": DESCRIPTION,
