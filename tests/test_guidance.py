@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from wm_video.actions import ActionSpace
-from wm_video.dynamics import DynamicsModel, FrameSampler, SamplingConfig, dynamics_config
+from wm_video.dynamics import DynamicsModel, FrameSampler, SamplingConfig, Stream, dynamics_config
 from wm_video.engine import World
 from wm_video.errors import InputError
 from wm_video.tokenizer import TokenizerConfig, VideoTokenizer
@@ -50,7 +50,7 @@ def test_guided_logits_are_pushed_away_from_pressing_nothing() -> None:
     with torch.no_grad():
         chosen = model.head_logits(state, action, partial)
         plain = model.head_logits(reference, nothing, partial)
-        guided = FrameSampler(model, SamplingConfig(guidance=3.0)).logits(state, action, partial, (reference, nothing))
+        guided = FrameSampler(model, SamplingConfig(guidance=3.0)).logits(state, action, partial, Stream(reference, nothing))
         off = FrameSampler(model, SamplingConfig()).logits(state, action, partial, None)
     assert torch.allclose(guided, plain + 3.0 * (chosen - plain))
     assert torch.equal(off, chosen)  # 1: the plain model, no reference read
@@ -76,15 +76,15 @@ def test_a_guided_world_keeps_its_reference_stream_exactly() -> None:
             embedding = dynamics.embed_actions(taken)
             nothing = dynamics.no_action((1, len(history)))
             state = dynamics.context(clip, embedding)[:, -1]
-            reference = (dynamics.context(clip, nothing)[:, -1], nothing[:, -1])
+            reference = Stream(dynamics.context(clip, nothing)[:, -1], nothing[:, -1])
             expected = sampler(state, embedding[:, -1], world.seed, torch.tensor(t), reference)[0]
         assert torch.equal(tokens, expected), f"step {t}"
         history.append(tokens)
 
 
-def test_guidance_changes_frames_only_where_a_key_is_pressed() -> None:
-    """Pressing nothing, the guided world draws the plain world's frames (the two streams agree);
-    pressing keys, it draws others."""
+def test_guidance_agrees_with_the_plain_world_while_nothing_was_ever_pressed() -> None:
+    """Pressing nothing from the start, the guided world draws the plain world's frames (its two
+    streams agree); pressing keys, it draws others."""
     tokenizer, dynamics = models()
 
     def rollout(guidance: float, actions: np.ndarray) -> np.ndarray:
@@ -109,6 +109,50 @@ def test_a_guided_world_rewinds_to_the_same_frames() -> None:
     first = np.stack([world.step(a) for a in actions[3:]])
     world.restore(saved)
     assert np.array_equal(np.stack([world.step(a) for a in actions[3:]]), first)
+
+
+def test_guided_worlds_restart_alone_and_keep_to_their_kind_of_snapshot() -> None:
+    """Restarting one world of a guided batch gives it the frames a fresh world gives from the same
+    context and seed, and leaves the others as they were; a plain world's snapshot is refused."""
+    tokenizer, dynamics = models()
+    guided = SamplingConfig(guidance=2.0)
+    batch = World(tokenizer, dynamics, batch_size=2, sampling=guided, seed=0)
+    batch.reset(np.stack([footage(seed=1), footage(seed=2)]))
+    actions = np.stack([keys(9, seed=5), keys(9, seed=6)], axis=1)  # (steps, worlds, A)
+    for a in actions[:3]:
+        batch.step(a)
+    untouched = World(tokenizer, dynamics, batch_size=2, sampling=guided, seed=0)
+    untouched.reset(np.stack([footage(seed=1), footage(seed=2)]))
+    for a in actions[:3]:
+        untouched.step(a)
+    batch.reset(footage(seed=3), worlds=[0], seed=40)
+    fresh = World(tokenizer, dynamics, sampling=guided, seed=40)
+    fresh.reset(footage(seed=3))
+    for a in actions[3:]:
+        both = batch.step(a)
+        assert np.array_equal(both[0], fresh.step(a[0]))
+        assert np.array_equal(both[1], untouched.step(a)[1])
+    plain = World(tokenizer, dynamics, seed=0)
+    plain.reset(footage())
+    with pytest.raises(InputError, match="without action guidance, and this one draws with"):
+        fresh.restore(plain.snapshot())
+
+
+def test_teacher_forced_scores_draw_with_the_worlds_guidance() -> None:
+    from wm_video.dynamics import update_sampling
+    from wm_video.eval.rollouts import teacher_forced
+
+    tokenizer, dynamics = models()
+    frames = np.stack([footage(4, seed=s) for s in range(2)])
+    actions = np.ones((2, 4, 3), np.float32)
+    _, plain = teacher_forced(tokenizer, dynamics, frames, actions, seed=0)
+    update_sampling(dynamics, {"guidance": 4.0})
+    _, guided = teacher_forced(tokenizer, dynamics, frames, actions, seed=0)
+    assert guided.shape == plain.shape == (2, 3, 16, 16, 3)
+    assert not np.array_equal(guided, plain)
+    update_sampling(dynamics, {"guidance": 1.0})
+    _, again = teacher_forced(tokenizer, dynamics, frames, actions, seed=0)
+    assert np.array_equal(again, plain)
 
 
 @pytest.mark.parametrize("value", [-1.0, float("nan"), 17.0])

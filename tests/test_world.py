@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from wm_video.actions import ActionSpace
-from wm_video.dynamics import DynamicsModel, dynamics_config
+from wm_video.dynamics import DynamicsModel, SamplingConfig, dynamics_config
 from wm_video.engine import World
 from wm_video.errors import InputError
 from wm_video.tokenizer import TokenizerConfig, VideoTokenizer
@@ -106,12 +106,16 @@ def test_a_reset_reallocates_nothing() -> None:
     assert [t.data_ptr() for t in world._state()] == addresses
 
 
-def test_the_whole_step_traces_as_one_graph_across_resets() -> None:
+@pytest.mark.parametrize("guidance", [1.0, 2.0])
+def test_the_whole_step_traces_as_one_graph_across_resets(guidance: float) -> None:
     """No host read and no Python-side frame counter in a step (advance and the decoder's render): it
     traces into one graph (functionalised: its in-place writes to the state hold), and resets (all
-    worlds or some) never make it trace again. The inductor test below compiles it for real."""
+    worlds or some) never make it trace again; with action guidance too (a second trunk stream).
+    The inductor test below compiles it for real."""
     tokenizer, dynamics = models(torch.float32)
-    eager, compiled = World(tokenizer, dynamics, batch_size=2), World(tokenizer, dynamics, batch_size=2)
+    sampling = SamplingConfig(guidance=guidance)
+    eager = World(tokenizer, dynamics, batch_size=2, sampling=sampling)
+    compiled = World(tokenizer, dynamics, batch_size=2, sampling=sampling)
     compiled._step = torch.compile(compiled._step_eager, backend="aot_eager", fullgraph=True)
     actions = program(9, 2)
     contexts = np.stack([footage(3, seed=0), footage(3, seed=1)])

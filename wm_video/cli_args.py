@@ -153,8 +153,9 @@ def add_sampling_flags(group: FlagTarget) -> None:
         "--guidance",
         type=non_negative_float,
         default=None,
-        help="action guidance: draw each frame G times as far from what pressing nothing would give, "
-        "toward what the keys do (1: off; about twice the model time per frame; default: the world's own, else 1)",
+        help="action guidance, 0-16: draw each frame G times as far from what pressing nothing would have "
+        "given, toward what the keys pressed do (1: off; twice the dynamics' work per frame; "
+        "default: the world's own, else 1)",
     )
 
 

@@ -29,7 +29,7 @@ gives the frames before it; a single image has none, which is what training sees
 episode's first frame.
 
 :meth:`World.snapshot` and :meth:`World.restore` copy the state a rollout depends on (the trunk
-cache, the decoder's cache, the current tokens, seeds and counters) on the device, so a player
+cache and, with guidance, the reference cache, the decoder's cache, the current tokens, seeds and counters) on the device, so a player
 can rewind; ``restore`` writes into the existing tensors, so captured graphs stay valid.
 """
 
@@ -48,7 +48,7 @@ from torch import Tensor
 
 from wm_video.actions import ActionSpace
 from wm_video.attention import KVCache
-from wm_video.dynamics import DynamicsModel, FrameSampler, SamplingConfig, update_sampling
+from wm_video.dynamics import DynamicsModel, FrameSampler, SamplingConfig, Stream, update_sampling
 from wm_video.errors import InputError
 from wm_video.memory import FLOAT_BYTES, check_fits
 from wm_video.tokenizer import VideoTokenizer
@@ -64,6 +64,15 @@ def check_pair(tokenizer: VideoTokenizer, dynamics: DynamicsModel) -> None:
             f"dynamics model reads {d.grid_size}×{d.grid_size} with levels {list(d.levels)}: "
             "use the tokenizer the dynamics model was trained with"
         )
+
+
+@dataclass(frozen=True)
+class TrunkStep:
+    """One trunk pass of :meth:`World.trunk_step`: the stream of the keys pressed and, with action
+    guidance, the reference stream (the same frames, nothing pressed)."""
+
+    stream: Stream
+    reference: Stream | None
 
 
 @dataclass(frozen=True)
@@ -89,15 +98,17 @@ class WorldSnapshot:
 
 
 def check_batch_fits(
-    tokenizer: VideoTokenizer, dynamics: DynamicsModel, batch: int, frames: int, fix: str
+    tokenizer: VideoTokenizer, dynamics: DynamicsModel, batch: int, frames: int, fix: str, guided: bool | None = None
 ) -> None:
     """Refuse ``batch`` clips of ``frames`` frames that cannot fit: a lower bound of what scoring
     them needs (their pixels as float32, one layer's token states over them, the worlds' KV caches:
-    trunk and decoder)."""
+    trunk and decoder). With action guidance (``guided``; None: the model's own sampling) the
+    states and the trunk cache are kept twice: the reference stream."""
     config, size, t = dynamics.config, tokenizer.config.image_size, tokenizer.config
+    streams = 2 if (FrameSampler(dynamics).guided if guided is None else guided) else 1
     pixels = batch * frames * size * size * 3 * FLOAT_BYTES
-    states = batch * frames * config.tokens_per_frame * config.dim * FLOAT_BYTES
-    trunk = config.trunk_layers * (config.context_frames + config.sink_frames) * config.dim
+    states = streams * batch * frames * config.tokens_per_frame * config.dim * FLOAT_BYTES
+    trunk = streams * config.trunk_layers * (config.context_frames + config.sink_frames) * config.dim
     decoder = t.decoder_layers * t.temporal_window * t.dim
     kv_cache = 2 * batch * config.tokens_per_frame * (trunk + decoder) * FLOAT_BYTES
     device = str(dynamics.trunk_pos.device)
@@ -126,11 +137,12 @@ class World:
         check_pair(tokenizer, dynamics)
         if batch_size < 1:
             raise InputError(f"batch size must be ≥ 1, got {batch_size}")
-        check_batch_fits(tokenizer, dynamics, batch_size, 1, "ask for fewer parallel worlds (--clips)")
+        self.sampler = FrameSampler(dynamics, sampling)
+        fix = "ask for fewer parallel worlds (--clips)"
+        check_batch_fits(tokenizer, dynamics, batch_size, 1, fix, guided=self.sampler.guided)
         self.tokenizer, self.dynamics = tokenizer.eval(), dynamics.eval()
         self.batch_size = batch_size
         self.device = dynamics.trunk_pos.device
-        self.sampler = FrameSampler(dynamics, sampling)
         self.stream = tokenizer.stream(batch_size, encoder=False)
         self.cache = dynamics.new_cache(batch_size)
         #: Action guidance's reference stream: the trunk cache of the same frames read with no key pressed.
@@ -300,20 +312,19 @@ class World:
             waiting = [i for i, started in enumerate(self._started) if not started]
             raise InputError(f"reset the world with context frames before stepping it (worlds {waiting} were not)")
 
-    def trunk_step(self, action: Tensor) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor] | None]:
+    def trunk_step(self, action: Tensor) -> TrunkStep:
         """The trunk's pass over the current frames with ``action`` (B, A) on the device, which writes
-        them into the cache(s): (state, embedded action, and with guidance the reference stream's
-        state and embedded action), what :attr:`sampler` reads."""
+        them into the cache (and, with guidance, the reference cache): what :attr:`sampler` reads."""
         embedding = self.dynamics.embed_actions(action)
-        state = self.dynamics.context_step(self.current, embedding, self.cache)
+        stream = Stream(self.dynamics.context_step(self.current, embedding, self.cache), embedding)
         if self.reference_cache is None:
-            return state, embedding, None
+            return TrunkStep(stream, None)
         nothing = self.dynamics.no_action((self.batch_size,))
-        return state, embedding, (self.dynamics.context_step(self.current, nothing, self.reference_cache), nothing)
+        return TrunkStep(stream, Stream(self.dynamics.context_step(self.current, nothing, self.reference_cache), nothing))
 
     def _advance_eager(self, action: Tensor) -> None:
-        state, embedding, reference = self.trunk_step(action)
-        tokens = self.sampler(state, embedding, self.seed, self.counter, reference)
+        step = self.trunk_step(action)
+        tokens = self.sampler(step.stream.state, step.stream.action_embedding, self.seed, self.counter, step.reference)
         self.counter += 1
         self.current.copy_(tokens)
 
@@ -367,7 +378,15 @@ class World:
 
         Copies into the tensors the world already holds, so a compiled step keeps working.
         """
-        pairs = list(zip(self._state(), snapshot.tensors(), strict=True))
+        state, saved_state = self._state(), snapshot.tensors()
+        if len(state) != len(saved_state) or (snapshot.reference is None) != (self.reference_cache is None):
+            raise InputError(
+                "this snapshot belongs to another world: one drawn "
+                + ("with" if snapshot.reference is not None else "without")
+                + " action guidance, and this one draws "
+                + ("with" if self.reference_cache is not None else "without")
+            )
+        pairs = list(zip(state, saved_state, strict=True))
         for target, saved in pairs:
             if target.shape != saved.shape:
                 raise InputError(

@@ -50,7 +50,7 @@ from wm_video.bench.tokenizer import (
     time_steps,
 )
 from wm_video.dynamics import DYNAMICS_PRESETS, DynamicsConfig, DynamicsModel, dynamics_config
-from wm_video.engine import World
+from wm_video.engine import TrunkStep, World
 from wm_video.errors import InputError
 from wm_video.threads import settle
 from wm_video.tokenizer import VideoTokenizer, tokenizer_preset
@@ -78,6 +78,7 @@ class WorldBenchResult:
     image_size: int
     tokens_per_frame: int
     passes: int  # head passes per generated frame
+    guidance: float  # action guidance (1: off); on, the trunk and the head each run on two streams
     context_frames: int  # frames in the trunk's rolling window
     sink_frames: int
     trunk_gflop_per_frame: float  # estimates, see trunk_flops(), head_pass_flops(), frame_flops()
@@ -157,7 +158,8 @@ class WorldBenchResult:
             f"params       trunk {self.params_trunk / 1e6:.2f} M, head {self.params_head / 1e6:.2f} M, "
             f"tokenizer decoder {self.params_decoder / 1e6:.2f} M",
             f"tokens/frame {self.tokens_per_frame} ({self.image_size} px), {self.passes} passes, "
-            f"context {self.context_frames} frames + {self.sink_frames} sink",
+            f"context {self.context_frames} frames + {self.sink_frames} sink"
+            + (f", guidance {self.guidance:g} (trunk and head on 2 streams)" if self.guidance != 1 else ""),
             f"peak memory  {self.peak_memory_bytes / 2**20:,.1f} MiB ({self.peak_memory_kind})",
         ]
         return "\n".join(lines)
@@ -319,8 +321,8 @@ class _StepParts:
 
     def __init__(self, world: World, next_action: Callable[[], Tensor]) -> None:
         self.world, self.next_action = world, next_action
-        self.tokens = self.embedding = self.state = torch.empty(0)
-        self.reference: tuple[Tensor, Tensor] | None = None
+        self.tokens = torch.empty(0)
+        self.step: TrunkStep | None = None
 
     def advance(self) -> None:
         self.tokens = self.world.advance(self.next_action())
@@ -329,11 +331,13 @@ class _StepParts:
         self.world.render(self.tokens)
 
     def trunk(self) -> None:
-        self.state, self.embedding, self.reference = self.world.trunk_step(self.next_action())
+        self.step = self.world.trunk_step(self.next_action())
 
     def head(self) -> None:
-        world = self.world
-        world.current.copy_(world.sampler(self.state, self.embedding, world.seed, world.counter, self.reference))
+        world, step = self.world, self.step
+        assert step is not None, "trunk() runs before head()"
+        stream = step.stream
+        world.current.copy_(world.sampler(stream.state, stream.action_embedding, world.seed, world.counter, step.reference))
         world.counter += 1
 
 
@@ -391,6 +395,7 @@ def bench_world(
 
         decoder_side = tokenizer_model.decoder_parts()
         t = tokenizer_model.config
+        streams = 2 if world.sampler.guided else 1  # action guidance's reference stream doubles the dynamics
         return WorldBenchResult(
             model=label,
             device=str(where),
@@ -405,10 +410,11 @@ def bench_world(
             image_size=world.image_size,
             tokens_per_frame=config.tokens_per_frame,
             passes=world.sampler.passes,
+            guidance=world.sampler.config.guidance,
             context_frames=config.context_frames,
             sink_frames=config.sink_frames,
-            trunk_gflop_per_frame=trunk_flops(dynamics) / 1e9,
-            head_gflop_per_frame=world.sampler.passes * head_pass_flops(dynamics) / 1e9,
+            trunk_gflop_per_frame=streams * trunk_flops(dynamics) / 1e9,
+            head_gflop_per_frame=streams * world.sampler.passes * head_pass_flops(dynamics) / 1e9,
             decode_gflop_per_frame=frame_flops(t, decoder_side, t.decoder_layers) / 1e9,
             matmul_size=matmul_size,
             peak_tflops=peak_flops / 1e12,

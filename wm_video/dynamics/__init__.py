@@ -9,7 +9,7 @@ from wm_video.dynamics.objective import (
     masked_token_loss,
     token_weights,
 )
-from wm_video.dynamics.sampling import FrameSampler, SamplingConfig, update_sampling
+from wm_video.dynamics.sampling import FrameSampler, SamplingConfig, Stream, update_sampling
 
 __all__ = [
     "DYNAMICS_PRESETS",
@@ -19,6 +19,7 @@ __all__ = [
     "DynamicsModel",
     "FrameSampler",
     "SamplingConfig",
+    "Stream",
     "TokenWeightConfig",
     "dynamics_config",
     "masked_token_loss",

@@ -6,11 +6,12 @@ fades over the passes (MaskGIT's choice temperature), and keeps the most confide
 pass k, ``round(N · cos(π/2 · k/P))`` tokens stay undecided, none after the last.
 
 **Action guidance** (``guidance`` g ≠ 1): each pass also runs the head on a reference stream, the
-same frames read with no key pressed, and samples from ``ref + g · (logits − ref)`` (per FSQ
-channel; a softmax ignores the constant each channel's logits may shift by). g = 1 is the plain
-model; g > 1 pushes the frame away from what pressing nothing would give, toward what the key
-does, as classifier-free guidance does with a text prompt, but against a real action, so worlds
-trained without action dropout can use it. It costs a second trunk stream and doubles the head's
+same frames read with no key pressed at any of them (its own trunk cache over the whole window),
+and samples from ``ref + g · (logits − ref)`` (per FSQ channel; a softmax ignores the constant
+each channel's logits may shift by). g = 1 is the plain model; g > 1 pushes the frame away from
+what pressing nothing would have given, toward what the keys pressed in the window do (a key just
+released still counts while its frames are in the window), as classifier-free guidance does with a
+text prompt, but against a real action, so worlds trained without action dropout can use it. It costs a second trunk stream and doubles the head's
 rows: about twice the dynamics' work per frame.
 
 Everything has a shape fixed in advance (how many tokens each pass keeps is a Python table),
@@ -118,6 +119,15 @@ def _gumbel(seed: Tensor, counter: Tensor, shape: tuple[int, ...], device: torch
     return -torch.log(-torch.log(hashed_uniform(seed, counter, shape, device)))
 
 
+@dataclass(frozen=True)
+class Stream:
+    """What the head reads for the next frame of one stream: trunk states (B, N, D) and the
+    embedded action (B, D). Action guidance's reference stream is one (:class:`FrameSampler`)."""
+
+    state: Tensor
+    action_embedding: Tensor
+
+
 def update_sampling(model: DynamicsModel, settings: Mapping[str, Any] | None, where: str = "sampling") -> None:
     """Replace single settings of the model's own sampling (``model.sampling``: what its checkpoint
     stores, else the defaults) by ``settings``, checked; ``where`` names them in an error."""
@@ -150,18 +160,23 @@ class FrameSampler:
         """True when frames are drawn with action guidance: the caller keeps a reference stream."""
         return self.config.guidance != 1.0
 
-    def logits(
-        self, state: Tensor, action_embedding: Tensor, partial: Tensor, reference: tuple[Tensor, Tensor] | None
-    ) -> Tensor:
-        """The head's logits (..., N, ΣL) for ``partial``, guided against ``reference`` (its state and
-        embedded action, shaped as ``state`` and ``action_embedding``) when :attr:`guided`."""
+    def logits(self, state: Tensor, action_embedding: Tensor, partial: Tensor, reference: Stream | None) -> Tensor:
+        """The head's logits (..., N, ΣL) for ``partial``, guided against ``reference`` when :attr:`guided`."""
+        return self._head(*self._rows(state, action_embedding, reference), partial)
+
+    def _rows(self, state: Tensor, action_embedding: Tensor, reference: Stream | None) -> tuple[Tensor, Tensor]:
+        """The head's state and action rows: the stream's (B, …), then with guidance the reference's (2B, …)."""
         if not self.guided:
-            return self.model.head_logits(state, action_embedding, partial)
+            return state, action_embedding
         if reference is None:
             raise InputError("action guidance needs the reference stream's state (pressing nothing)")
-        both = self.model.head_logits(
-            torch.cat([state, reference[0]]), torch.cat([action_embedding, reference[1]]), torch.cat([partial, partial])
-        )
+        return torch.cat([state, reference.state]), torch.cat([action_embedding, reference.action_embedding])
+
+    def _head(self, state: Tensor, action_embedding: Tensor, partial: Tensor) -> Tensor:
+        """Logits (B, N, ΣL) of :meth:`_rows`' rows for ``partial`` (B, N), combined when guided."""
+        if not self.guided:
+            return self.model.head_logits(state, action_embedding, partial)
+        both = self.model.head_logits(state, action_embedding, torch.cat([partial, partial]))  # (2B, N, ΣL)
         chosen, plain = both.to(torch.promote_types(both.dtype, torch.float32)).chunk(2)  # bf16 would round
         return plain + self.config.guidance * (chosen - plain)
 
@@ -188,12 +203,12 @@ class FrameSampler:
         action_embedding: Tensor,
         seed: Tensor,
         counter: Tensor,
-        reference: tuple[Tensor, Tensor] | None = None,
+        reference: Stream | None = None,
     ) -> Tensor:
         """state (B, N, D), action_embedding (B, D) → the next frame's tokens (B, N) int64.
 
-        ``reference``: the state and embedded action of the same frames read with no key pressed
-        (:meth:`DynamicsModel.no_action`), needed when :attr:`guided`.
+        ``reference``: the trunk's state of the same frames read with no key pressed, and that
+        embedded action (:meth:`DynamicsModel.no_action`), needed when :attr:`guided`.
 
         ``seed`` and ``counter`` are int64 device tensors, () or (B,) (one per world: see
         :func:`hashed_bits`); pass k of a frame draws its noise with counter ``2·(8·counter + k)``
@@ -201,11 +216,12 @@ class FrameSampler:
         """
         model, mask_id = self.model, self.model.mask_id
         batch, count = state.shape[:2]
+        rows = self._rows(state, action_embedding, reference)  # joined once for all passes
         tokens = torch.full((batch, count), mask_id, dtype=torch.long, device=state.device)
         decided = torch.zeros((batch, count), dtype=torch.bool, device=state.device)
         for k, still_undecided in enumerate(self.undecided):
             pass_counter = 2 * (counter * 8 + k)
-            logits = self.logits(state, action_embedding, tokens, reference)
+            logits = self._head(*rows, tokens)
             digits, confidence = self.sample_digits(logits, seed, pass_counter)
             proposal = model.tokens_from_digits(digits)
             if still_undecided == 0:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from wm_video.dynamics import DynamicsModel, FrameSampler
+from wm_video.dynamics import DynamicsModel, FrameSampler, Stream
 from wm_video.engine import World
 from wm_video.errors import InputError
 from wm_video.eval.clips import EvalClips, check_stop
@@ -175,7 +175,7 @@ def teacher_forced(
     reference = None
     if sampler.guided:  # the same frames read with no key pressed
         nothing = dynamics.no_action((batch, length - 1))
-        reference = (dynamics.context(tokens[:, :-1], nothing).flatten(0, 1), nothing.flatten(0, 1))
+        reference = Stream(dynamics.context(tokens[:, :-1], nothing).flatten(0, 1), nothing.flatten(0, 1))
     predicted = sampler(
         state.flatten(0, 1), embedding.flatten(0, 1), torch.tensor(seed, device=device), zero, reference
     ).view(batch, length - 1, count)
