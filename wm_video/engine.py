@@ -145,8 +145,11 @@ class World:
         self.device = dynamics.trunk_pos.device
         self.stream = tokenizer.stream(batch_size, encoder=False)
         self.cache = dynamics.new_cache(batch_size)
-        #: Action guidance's reference stream: the trunk cache of the same frames read with no key pressed.
+        #: Action guidance's reference stream: the trunk cache of the same frames read with no key pressed,
+        #: and that action embedded once (D,): a frame step does not run the action MLP on zeros again.
         self.reference_cache = dynamics.new_cache(batch_size) if self.sampler.guided else None
+        with torch.no_grad():
+            self._nothing = dynamics.no_action(()) if self.sampler.guided else None
         self.seed = torch.arange(seed, seed + batch_size, dtype=torch.long, device=self.device)  # (B,)
         self.counter = torch.zeros(batch_size, dtype=torch.long, device=self.device)  # (B,) frames generated
         tokens = dynamics.config.tokens_per_frame
@@ -283,8 +286,8 @@ class World:
         tokens = encoding.tokens
         embedding = self.dynamics.embed_actions(taken[:, : context - 1])
         self.dynamics.context(tokens[:, :-1], embedding, self.cache, rows_tensor)
-        if self.reference_cache is not None:
-            nothing = self.dynamics.no_action((count, context - 1))
+        if self.reference_cache is not None and self._nothing is not None:
+            nothing = self._nothing.expand(count, context - 1, -1)
             self.dynamics.context(tokens[:, :-1], nothing, self.reference_cache, rows_tensor)
         self.current.index_copy_(0, rows_tensor, tokens[:, -1])
         self.counter.index_fill_(0, rows_tensor, 0)
@@ -317,10 +320,11 @@ class World:
         them into the cache (and, with guidance, the reference cache): what :attr:`sampler` reads."""
         embedding = self.dynamics.embed_actions(action)
         stream = Stream(self.dynamics.context_step(self.current, embedding, self.cache), embedding)
-        if self.reference_cache is None:
+        if self.reference_cache is None or self._nothing is None:
             return TrunkStep(stream, None)
-        nothing = self.dynamics.no_action((self.batch_size,))
-        return TrunkStep(stream, Stream(self.dynamics.context_step(self.current, nothing, self.reference_cache), nothing))
+        nothing = self._nothing.expand(self.batch_size, -1)
+        reference = self.dynamics.context_step(self.current, nothing, self.reference_cache)
+        return TrunkStep(stream, Stream(reference, nothing))
 
     def _advance_eager(self, action: Tensor) -> None:
         step = self.trunk_step(action)
@@ -379,7 +383,7 @@ class World:
         Copies into the tensors the world already holds, so a compiled step keeps working.
         """
         state, saved_state = self._state(), snapshot.tensors()
-        if len(state) != len(saved_state) or (snapshot.reference is None) != (self.reference_cache is None):
+        if (snapshot.reference is None) != (self.reference_cache is None):
             raise InputError(
                 "this snapshot belongs to another world: one drawn "
                 + ("with" if snapshot.reference is not None else "without")

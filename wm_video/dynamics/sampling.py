@@ -11,8 +11,8 @@ and samples from ``ref + g · (logits − ref)`` (per FSQ channel; a softmax ign
 each channel's logits may shift by). g = 1 is the plain model; g > 1 pushes the frame away from
 what pressing nothing would have given, toward what the keys pressed in the window do (a key just
 released still counts while its frames are in the window), as classifier-free guidance does with a
-text prompt, but against a real action, so worlds trained without action dropout can use it. It costs a second trunk stream and doubles the head's
-rows: about twice the dynamics' work per frame.
+text prompt, but against a real action, so worlds trained without action dropout can use it. It
+costs a second trunk stream and doubles the head's rows: about twice the dynamics' work per frame.
 
 Everything has a shape fixed in advance (how many tokens each pass keeps is a Python table),
 so a pass never reads a value back to the host and can be captured in a graph. Randomness is a
