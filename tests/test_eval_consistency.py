@@ -145,6 +145,7 @@ def test_quick_dynamics_check_is_the_consistency_run_with_a_short_horizon(
     assert cli_main(["eval", "dynamics", *clips, "--json", str(quick)]) == 0
     out = capsys.readouterr().out
     assert "teacher-forced next frame" in out and "ΔPSNR(t=3)" in out and "held-out episodes [2]" in out
+    assert "its tokens decoded again" in out
     full = tmp_path / "full"
     assert cli_main(["eval", *clips, "--out", str(full), "--skip", "actions,loops,soak"]) == 0
     quick_numbers, model = json.loads(quick.read_text()), json.loads((full / "metrics.json").read_text())
@@ -232,3 +233,31 @@ def test_the_help_states_the_soak_default_the_run_uses() -> None:
     from wm_video.eval.consistency import ConsistencyConfig
 
     assert ConsistencyConfig().soak == SOAK_FRAMES
+
+
+@torch.inference_mode()
+def test_the_token_repeat_reference_decodes_the_frame_befores_tokens_in_place_of_the_next() -> None:
+    from wm_video.eval.rollouts import frame_scores, teacher_forced
+    from wm_video.tokenizer.pixels import to_uint8_frames
+
+    torch.manual_seed(0)
+    tokenizer = VideoTokenizer(TOKENIZER).eval()
+    with torch.no_grad():  # let the decoder read earlier frames, as a trained one does
+        tokenizer.decoder.time_bias.normal_()
+    config = DynamicsConfig(
+        grid_size=TOKENIZER.grid_size, levels=TOKENIZER.levels, action_names=("forward",), action_buttons=1,
+        dim=32, heads=2, trunk_layers=1, head_layers=1, context_frames=3,
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    still = np.repeat(rng.integers(0, 256, (1, 1, 32, 32, 3), dtype=np.uint8), 4, axis=1)
+    frames = np.concatenate([still, rng.integers(0, 256, (1, 4, 32, 32, 3), dtype=np.uint8)])
+    scores, _ = teacher_forced(tokenizer, DynamicsModel(config).eval(), frames, np.zeros((2, 4, 1), np.float32), 0)
+    tokens = tokenizer.encode_footage(frames).tokens.long()
+    by_hand = []
+    for t in range(1, 4):  # frame t − 1's tokens at t, after the real ones, decoded causally
+        clip = tokens[:, : t + 1].clone()
+        clip[:, t] = tokens[:, t - 1]
+        shown = to_uint8_frames(tokenizer.decode_tokens(clip))[:, t].numpy()
+        by_hand.append(frame_scores(shown, frames[:, t])[0])
+    assert scores.token_repeat_psnr == pytest.approx(float(np.mean(by_hand)), abs=1e-4)
+    assert scores.token_repeat_psnr != pytest.approx(scores.tokenizer_psnr, abs=1e-3)

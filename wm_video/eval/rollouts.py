@@ -13,7 +13,10 @@ Design choices:
   the real frames ≤ t and action a_t (the full MaskGIT decode, as in play), then decoded by the
   tokenizer after the real codes of the frames before it. Two references come with it: the
   tokenizer's own reconstruction of the real tokens (the ceiling) and simply repeating frame t
-  (what a model that learnt nothing about motion would score). It reads the first
+  (what a model that learnt nothing about motion would score), in pixels and in tokens: frame t's
+  real tokens decoded again in place of frame t + 1's. The second is the floor in the tokenizer's
+  own space: where frames barely change (Breakout), repeating the real frame scores above any
+  tokenizer's ceiling, while a world that beats repeating its tokens has learnt motion. It reads the first
   ``context_frames + 1`` frames of each clip: the model's whole window.
 - Clips are encoded after the frames of their episode before them (:attr:`EvalClips.history`),
   in teacher forcing and in the worlds' resets alike, so the model reads the tokens it was
@@ -31,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 from tqdm import tqdm
 
 from wm_video.dynamics import DynamicsModel, FrameSampler, Stream
@@ -76,6 +80,7 @@ class TeacherForcedScores:
     token_accuracy: float  # predicted tokens equal to the real frame's
     tokenizer_psnr: float  # dB, the real tokens decoded: the ceiling
     repeat_psnr: float  # dB, frame t shown again as t + 1: the floor
+    token_repeat_psnr: float  # dB, frame t's real tokens decoded as t + 1: the floor in token space
 
 
 @dataclass
@@ -182,10 +187,15 @@ def teacher_forced(
     # Frame t + 1 decoded after the real codes of frames ≤ t: one clip per predicted frame.
     clips = tokens.unsqueeze(1).repeat(1, length - 1, 1, 1)  # (B, T − 1, T, N)
     target = torch.arange(1, length, device=device)
+    repeated = clips.clone()
+    repeated[:, torch.arange(length - 1), target] = tokens[:, :-1]
     clips[:, torch.arange(length - 1), target] = predicted
-    decoded = to_uint8_frames(tokenizer.decode_tokens(clips.flatten(0, 1)))  # (B·(T − 1), T, H, W, 3)
-    generated = decoded.view(batch, length - 1, *decoded.shape[1:])[:, torch.arange(length - 1), target]
-    generated_np = generated.cpu().numpy()
+
+    def decoded_targets(chosen: Tensor) -> np.ndarray:
+        decoded = to_uint8_frames(tokenizer.decode_tokens(chosen.flatten(0, 1)))  # (B·(T − 1), T, H, W, 3)
+        return decoded.view(batch, length - 1, *decoded.shape[1:])[:, torch.arange(length - 1), target].cpu().numpy()
+
+    generated_np = decoded_targets(clips)
     ceiling = to_uint8_frames(tokenizer.decode_tokens(tokens))[:, 1:].cpu().numpy()
     real_next = frames[:, 1:]
     psnr_values, ssim_values = frame_scores(generated_np, real_next)
@@ -196,6 +206,7 @@ def teacher_forced(
         token_accuracy=float((predicted == tokens[:, 1:]).float().mean()),
         tokenizer_psnr=float(frame_scores(ceiling, real_next)[0].mean()),
         repeat_psnr=float(frame_scores(np.ascontiguousarray(frames[:, :-1]), real_next)[0].mean()),
+        token_repeat_psnr=float(frame_scores(decoded_targets(repeated), real_next)[0].mean()),
     )
     return scores, generated_np
 
