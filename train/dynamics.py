@@ -160,7 +160,7 @@ class Probe:
             "heldout_token_accuracy": teacher.token_accuracy,
             "heldout_tokenizer_psnr": teacher.tokenizer_psnr,
             "heldout_repeat_psnr": teacher.repeat_psnr,
-            "heldout_token_repeat_psnr": teacher.token_repeat_psnr,
+            "heldout_tokenized_repeat_psnr": teacher.tokenized_repeat_psnr,
             "heldout_delta_psnr_t4": scores.control.delta_psnr_t4,
         }
         return metrics, scores.teacher_generated
@@ -342,7 +342,7 @@ def train_dynamics(options: DynamicsTrainOptions) -> DynamicsTrainResult:
         tqdm.write(
             f"step {at}: held-out next-frame PSNR {metrics['heldout_next_psnr']:.2f} dB "
             f"(tokenizer {metrics['heldout_tokenizer_psnr']:.2f}, repeat {metrics['heldout_repeat_psnr']:.2f}, "
-            f"its tokens {metrics['heldout_token_repeat_psnr']:.2f}), "
+            f"tokenized {metrics['heldout_tokenized_repeat_psnr']:.2f}), "
             f"ΔPSNR(t=4) {metrics['heldout_delta_psnr_t4']:+.2f} dB"
         )
         return metrics

@@ -7,7 +7,7 @@ instead of writing a report folder. The numbers are those the full run gives for
 seed and horizon: one implementation of each measurement.
 
 - **Teacher-forced next frame**: frame t + 1 generated from the real frames ≤ t, beside the
-  tokenizer's ceiling and "repeat the previous frame" (as pixels, and as its tokens decoded again).
+  tokenizer's ceiling and "repeat the previous frame" (as it is, and encoded and decoded by the tokenizer).
 - **Controllability**, Genie's ΔtPSNR: PSNR(real, generated with the real actions) − PSNR(real,
   generated with actions drawn from elsewhere in the data), same context and seed, at t = 4.
 - **Drift**: PSNR along the rollout under the real actions, beside the last real context frame
@@ -56,7 +56,7 @@ def summary(result: ConsistencyResult) -> str:
             f"  teacher-forced next frame  {tf.psnr:7.2f} dB   SSIM {tf.ssim:.3f}   token accuracy "
             f"{100 * tf.token_accuracy:.1f} %",
             f"    tokenizer ceiling        {tf.tokenizer_psnr:7.2f} dB   (real tokens decoded)",
-            f"    repeat previous frame    {tf.repeat_psnr:7.2f} dB   (its tokens decoded again: {tf.token_repeat_psnr:.2f})",
+            f"    repeat previous frame    {tf.repeat_psnr:7.2f} dB   (through the tokenizer: {tf.tokenized_repeat_psnr:.2f})",
             f"  ΔPSNR(t={control.t})              {control.delta_psnr_t4:+7.2f} dB   "
             f"(real actions {drift.psnr.mean[control.t - 1]:.2f}, random {control.random_psnr.mean[control.t - 1]:.2f})",
             "  rollout under real actions (drift):",

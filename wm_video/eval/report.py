@@ -241,14 +241,14 @@ def render_markdown(result: ConsistencyResult, files: dict[str, str]) -> str:
         "Every frame generated from the real frames before it and the real action; decoded after the real codes.",
         "",
         "| | PSNR (dB) | SSIM | token accuracy | tokenizer ceiling (dB) | repeat last frame (dB) "
-        "| repeat its tokens (dB) |",
+        "| repeat, tokenized (dB) |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in result.results:
         t = r.clips.teacher
         lines.append(
             f"| {r.model.label} | {_f(t.psnr)} | {_f(t.ssim, 3)} | {100 * t.token_accuracy:.1f} % | "
-            f"{_f(t.tokenizer_psnr)} | {_f(t.repeat_psnr)} | {_f(t.token_repeat_psnr)} |"
+            f"{_f(t.tokenizer_psnr)} | {_f(t.repeat_psnr)} | {_f(t.tokenized_repeat_psnr)} |"
         )
     marks = _marks(horizon, fps)
     lines += [

@@ -13,11 +13,11 @@ Design choices:
   the real frames ≤ t and action a_t (the full MaskGIT decode, as in play), then decoded by the
   tokenizer after the real codes of the frames before it. Two references come with it: the
   tokenizer's own reconstruction of the real tokens (the ceiling) and simply repeating frame t
-  (what a model that learnt nothing about motion would score), in pixels and in tokens: frame t's
-  real tokens decoded again in place of frame t + 1's. The second is the floor in the tokenizer's
-  own space: where frames barely change (Breakout), repeating the real frame scores above any
-  tokenizer's ceiling, while a world that beats repeating its tokens has learnt motion. It reads the first
-  ``context_frames + 1`` frames of each clip: the model's whole window.
+  (what a model that learnt nothing about motion would score), as it is and as the tokenizer shows it:
+  frame t encoded again as t + 1, after the real frames, and decoded. The second is the floor in
+  the tokenizer's own space: where frames barely change (Breakout) the real frame repeated scores
+  above any tokenizer's ceiling, while a world that beats the tokenized repeat has learnt motion.
+  It reads the first ``context_frames + 1`` frames of each clip: the model's whole window.
 - Clips are encoded after the frames of their episode before them (:attr:`EvalClips.history`),
   in teacher forcing and in the worlds' resets alike, so the model reads the tokens it was
   trained on (the token cache's).
@@ -80,7 +80,7 @@ class TeacherForcedScores:
     token_accuracy: float  # predicted tokens equal to the real frame's
     tokenizer_psnr: float  # dB, the real tokens decoded: the ceiling
     repeat_psnr: float  # dB, frame t shown again as t + 1: the floor
-    token_repeat_psnr: float  # dB, frame t's real tokens decoded as t + 1: the floor in token space
+    tokenized_repeat_psnr: float  # dB, frame t encoded again as t + 1 and decoded: the floor in token space
 
 
 @dataclass
@@ -153,6 +153,19 @@ def rollout(
     return out
 
 
+def held_tokens(tokenizer: VideoTokenizer, frames: np.ndarray, history: Sequence[np.ndarray] | None) -> Tensor:
+    """(B, T − 1, T, N): for each clip of uint8 ``frames`` (B, T, H, W, 3) and each t < T − 1, the clip's
+    tokens with frame t shown again in place of t + 1 (encoded after the real frames ≤ t and the clip's
+    ``history``); what a world that holds frame t still would hand its tokenizer's decoder."""
+    batch, length = frames.shape[:2]
+    held = np.repeat(frames[:, None], length - 1, axis=1)  # (B, T − 1, T, H, W, 3)
+    steps = np.arange(length - 1)
+    held[:, steps, steps + 1] = frames[:, :-1]
+    before = None if history is None else [h for h in history for _ in steps]
+    tokens = tokenizer.encode_footage(held.reshape(-1, *frames.shape[1:]), before).tokens.long()
+    return tokens.view(batch, length - 1, length, -1)
+
+
 @torch.inference_mode()
 def teacher_forced(
     tokenizer: VideoTokenizer,
@@ -187,8 +200,6 @@ def teacher_forced(
     # Frame t + 1 decoded after the real codes of frames ≤ t: one clip per predicted frame.
     clips = tokens.unsqueeze(1).repeat(1, length - 1, 1, 1)  # (B, T − 1, T, N)
     target = torch.arange(1, length, device=device)
-    repeated = clips.clone()
-    repeated[:, torch.arange(length - 1), target] = tokens[:, :-1]
     clips[:, torch.arange(length - 1), target] = predicted
 
     def decoded_targets(chosen: Tensor) -> np.ndarray:
@@ -206,7 +217,7 @@ def teacher_forced(
         token_accuracy=float((predicted == tokens[:, 1:]).float().mean()),
         tokenizer_psnr=float(frame_scores(ceiling, real_next)[0].mean()),
         repeat_psnr=float(frame_scores(np.ascontiguousarray(frames[:, :-1]), real_next)[0].mean()),
-        token_repeat_psnr=float(frame_scores(decoded_targets(repeated), real_next)[0].mean()),
+        tokenized_repeat_psnr=float(frame_scores(decoded_targets(held_tokens(tokenizer, frames, history)), real_next)[0].mean()),
     )
     return scores, generated_np
 
