@@ -117,6 +117,8 @@ def test_report_files_exist_parse_and_a_second_run_reuses_the_idm(runs: Runs, tm
         "### Texture",
         "## Headline",
         "## Drift",
+        "| repeat, tokenized (dB) |",
+        "of these frames are",
         "ΔPSNR(t=4)",
         "## Soak",
         "the same, through the model's tokenizer (1 episode): episodes flagged",
@@ -145,7 +147,7 @@ def test_quick_dynamics_check_is_the_consistency_run_with_a_short_horizon(
     assert cli_main(["eval", "dynamics", *clips, "--json", str(quick)]) == 0
     out = capsys.readouterr().out
     assert "teacher-forced next frame" in out and "ΔPSNR(t=3)" in out and "held-out episodes [2]" in out
-    assert "through the tokenizer" in out
+    assert "through the tokenizer" in out and "of frames equal the one before" in out
     full = tmp_path / "full"
     assert cli_main(["eval", *clips, "--out", str(full), "--skip", "actions,loops,soak"]) == 0
     quick_numbers, model = json.loads(quick.read_text()), json.loads((full / "metrics.json").read_text())
@@ -268,3 +270,4 @@ def test_the_tokenized_repeat_is_the_frame_before_encoded_again_and_decoded() ->
     still = np.repeat(moving[:, :1], 4, axis=1)  # held still, the repeat is the real clip: the ceiling
     scores, _ = teacher_forced(tokenizer, dynamics, still, keys, 0)
     assert scores.tokenized_repeat_psnr == pytest.approx(scores.tokenizer_psnr, abs=1e-6)
+    assert scores.unchanged == 1.0 and scores.repeat_psnr == 100.0

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from wm_video.eval.consistency import ConsistencyConfig, ConsistencyResult
+from wm_video.eval.rollouts import PSNR_CAP_DB
 
 QUICK_HORIZON = 16  # frames generated per rollout
 QUICK_SKIP = frozenset({"actions", "loops", "soak", "player"})  # the parts the quick check leaves to `wm-video eval`
@@ -56,7 +57,10 @@ def summary(result: ConsistencyResult) -> str:
             f"  teacher-forced next frame  {tf.psnr:7.2f} dB   SSIM {tf.ssim:.3f}   token accuracy "
             f"{100 * tf.token_accuracy:.1f} %",
             f"    tokenizer ceiling        {tf.tokenizer_psnr:7.2f} dB   (real tokens decoded)",
-            f"    repeat previous frame    {tf.repeat_psnr:7.2f} dB   (through the tokenizer: {tf.tokenized_repeat_psnr:.2f})",
+            f"    repeat previous frame    {tf.repeat_psnr:7.2f} dB   ({100 * tf.unchanged:.1f} % of frames equal the one "
+            f"before: {PSNR_CAP_DB:.0f} dB each)",
+            f"      through the tokenizer  {tf.tokenized_repeat_psnr:7.2f} dB   (encoded again and decoded: a world holding "
+            "it still)",
             f"  ΔPSNR(t={control.t})              {control.delta_psnr_t4:+7.2f} dB   "
             f"(real actions {drift.psnr.mean[control.t - 1]:.2f}, random {control.random_psnr.mean[control.t - 1]:.2f})",
             "  rollout under real actions (drift):",

@@ -81,6 +81,7 @@ class TeacherForcedScores:
     tokenizer_psnr: float  # dB, the real tokens decoded: the ceiling
     repeat_psnr: float  # dB, frame t shown again as t + 1: the floor
     tokenized_repeat_psnr: float  # dB, frame t encoded again as t + 1 and decoded: the floor in token space
+    unchanged: float  # share of frames t + 1 equal to frame t (each scores the PSNR cap when repeated)
 
 
 @dataclass
@@ -218,6 +219,7 @@ def teacher_forced(
         tokenizer_psnr=float(frame_scores(ceiling, real_next)[0].mean()),
         repeat_psnr=float(frame_scores(np.ascontiguousarray(frames[:, :-1]), real_next)[0].mean()),
         tokenized_repeat_psnr=float(frame_scores(decoded_targets(held_tokens(tokenizer, frames, history)), real_next)[0].mean()),
+        unchanged=float((frames[:, 1:] == frames[:, :-1]).all(axis=(2, 3, 4)).mean()),
     )
     return scores, generated_np
 
