@@ -235,6 +235,36 @@ def test_sampler_top_k_1_is_greedy() -> None:
     assert int(greedy.min()) >= 0 and int(greedy.max()) < model.config.codebook_size
 
 
+@pytest.mark.parametrize("order", ["drawn", "certain"])
+def test_certain_order_keeps_a_rare_value_as_often_as_it_is_drawn(order: str) -> None:
+    """A head that gives every token the same odds, 30 % for a rare value: MaskGIT's order ("drawn")
+    puts off the tokens where it drew the rare value and draws them again, so it keeps about half;
+    "certain" keeps whatever was drawn."""
+    model = small_model()
+    with torch.no_grad():  # logits that ignore the input: channel 0 is 70 / 30 % on levels 0 / 1
+        model.to_logits.weight.zero_()
+        model.to_logits.bias.copy_(torch.tensor([0.7, 0.3, 1e-9, 1.0, 1e-9, 1.0, 1e-9]).log())
+    frames, count = 64, model.config.tokens_per_frame
+    state = torch.randn(frames, count, model.config.dim)
+    embedding = model.embed_actions(torch.zeros(frames, model.config.action_dim))
+    sampler = FrameSampler(model, SamplingConfig(order=order))
+    with torch.no_grad():
+        tokens = sampler(state, embedding, torch.tensor(0), torch.arange(frames))
+    rare = int(model.tokens_from_digits(torch.tensor([1, 0, 0])))
+    share = float((tokens == rare).float().mean())
+    assert (0.25 < share < 0.35) if order == "certain" else share < 0.22, share
+
+
+def test_an_unknown_order_is_refused() -> None:
+    from wm_video.cli_args import SAMPLING_ORDERS
+    from wm_video.dynamics.sampling import ORDERS
+
+    assert SAMPLING_ORDERS == ORDERS
+    with pytest.raises(InputError, match="order must be one of drawn, certain"):
+        SamplingConfig.from_dict({"order": "random"})
+    assert SamplingConfig.from_dict({"order": "certain"}).order == "certain"
+
+
 # Seed 0, frame counter 418,181 (pass 0): the hash's largest value (2^24 − 1) lands on position 71 of a
 # (1, 16, 3, 3) draw, the padding slot of token 7's 2-level channel 2, the most significant digit
 # (found by a search over the counters).

@@ -128,16 +128,17 @@ def test_export_command(
 def test_a_world_keeps_its_sampling_settings(
     tmp_path: Path, trained: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`export --temperature/--top-k/--passes/--guidance` stores how the world draws its frames; play and eval
+    """`export --temperature/--top-k/--passes/--guidance/--order` stores how the world draws its frames; play and eval
     use it, and their own flags replace single settings."""
     _, run = trained
     out = tmp_path / "world"
-    flags = ["--temperature", "0.7", "--top-k", "3", "--guidance", "2"]
+    flags = ["--temperature", "0.7", "--top-k", "3", "--guidance", "2", "--order", "certain"]
     assert cli_main(["export", str(run), "--out", str(out), *flags]) == 0
-    stored = {"temperature": 0.7, "top_k": 3, "passes": None, "choice_noise": 1.0, "guidance": 2.0}
+    stored = {"temperature": 0.7, "top_k": 3, "passes": None, "choice_noise": 1.0, "guidance": 2.0, "order": "certain"}
     assert json.loads((out / "world.json").read_text())["sampling"] == stored
     world = load_world(out)
     assert (world.sampler.config.temperature, world.sampler.config.top_k) == (0.7, 3)
+    assert world.sampler.config.order == "certain"
     assert world.sampler.guided and world.reference_cache is not None
     world = load_world(out, sampling={"temperature": 1.0, "passes": 2, "guidance": 1.0})
     assert not world.sampler.guided and world.reference_cache is None

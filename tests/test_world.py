@@ -106,14 +106,14 @@ def test_a_reset_reallocates_nothing() -> None:
     assert [t.data_ptr() for t in world._state()] == addresses
 
 
-@pytest.mark.parametrize("guidance", [1.0, 2.0])
-def test_the_whole_step_traces_as_one_graph_across_resets(guidance: float) -> None:
+@pytest.mark.parametrize(("guidance", "order"), [(1.0, "drawn"), (2.0, "certain")])
+def test_the_whole_step_traces_as_one_graph_across_resets(guidance: float, order: str) -> None:
     """No host read and no Python-side frame counter in a step (advance and the decoder's render): it
     traces into one graph (functionalised: its in-place writes to the state hold), and resets (all
     worlds or some) never make it trace again; with action guidance too (a second trunk stream).
     The inductor test below compiles it for real."""
     tokenizer, dynamics = models(torch.float32)
-    sampling = SamplingConfig(guidance=guidance)
+    sampling = SamplingConfig(guidance=guidance, order=order)
     eager = World(tokenizer, dynamics, batch_size=2, sampling=sampling)
     compiled = World(tokenizer, dynamics, batch_size=2, sampling=sampling)
     compiled._step = torch.compile(compiled._step_eager, backend="aot_eager", fullgraph=True)

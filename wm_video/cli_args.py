@@ -126,8 +126,12 @@ def add_threads_flag(group: FlagTarget) -> None:
     )
 
 
+#: ``SamplingConfig.order``'s values, kept here so that parsing flags does not import torch (a test checks).
+SAMPLING_ORDERS = ("drawn", "certain")
+
+
 def add_sampling_flags(group: FlagTarget) -> None:
-    """``--temperature``, ``--top-k``, ``--passes`` and ``--guidance``: how a world draws its frames, replacing the
+    """``--temperature``, ``--top-k``, ``--passes``, ``--guidance`` and ``--order``: how a world draws its frames, replacing the
     world's own settings (what ``wm-video export`` stored; else temperature 1, no top-k and the
     model's passes). The same in play, eval and export."""
     group.add_argument(
@@ -157,11 +161,19 @@ def add_sampling_flags(group: FlagTarget) -> None:
         "given, toward what the keys pressed do (1: off; twice the dynamics' work per frame; "
         "default: the world's own, else 1)",
     )
+    group.add_argument(
+        "--order",
+        choices=SAMPLING_ORDERS,
+        default=None,
+        help="which tokens each MaskGIT pass keeps: 'drawn', those whose drawn value is most likely "
+        "(MaskGIT; favours common codes over small objects), or 'certain', those where the model is surest, "
+        "whatever was drawn (default: the world's own, else drawn)",
+    )
 
 
 def sampling_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The sampling settings given by :func:`add_sampling_flags`' flags (those not given are left out)."""
-    names = ("temperature", "top_k", "passes", "guidance")
+    names = ("temperature", "top_k", "passes", "guidance", "order")
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 

@@ -5,6 +5,15 @@ channel, with temperature and top-k), scores it by its log-probability plus Gumb
 fades over the passes (MaskGIT's choice temperature), and keeps the most confident ones: after
 pass k, ``round(N · cos(π/2 · k/P))`` tokens stay undecided, none after the last.
 
+**Which tokens a pass keeps** (``order``). MaskGIT keeps the tokens whose *drawn* value is most
+likely ("drawn", the default). That biases every frame toward common codes: where the model gives a
+small object 30 % and empty floor 70 %, a pass that draws the object ranks it low and draws that
+token again next pass, while a pass that draws the floor keeps it, so the object is kept far less
+often than 30 % of the time (a ball a pixel wide, a far monster, a muzzle flash). "certain" ranks
+a token by how sure the model is there (the most likely value's log-probability) and keeps whatever
+was drawn: the uncertain places are decided last, with the most context, and a rare value is kept
+as often as the model draws it. With temperature 0 the two agree.
+
 **Action guidance** (``guidance`` g ≠ 1): each pass also runs the head on a reference stream, the
 same frames read with no key pressed at any of them (its own trunk cache over the whole window),
 and samples from ``ref + g · (logits − ref)`` (per FSQ channel; a softmax ignores the constant
@@ -38,6 +47,10 @@ from wm_video.errors import InputError
 _MASK32 = 0xFFFFFFFF
 
 
+#: How a pass ranks the undecided tokens it may keep (``SamplingConfig.order``, the module docstring).
+ORDERS = ("drawn", "certain")
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
     temperature: float = 1.0  # 0: always the most likely digit
@@ -45,6 +58,7 @@ class SamplingConfig:
     passes: int | None = None  # None: the model's decode_passes
     choice_noise: float = 1.0  # randomness in which tokens are decided first (faded to 0 by the last pass)
     guidance: float = 1.0  # action guidance against pressing nothing; 1: off (see the module docstring)
+    order: str = "drawn"  # which tokens a pass keeps: "drawn" (MaskGIT) or "certain" (see the module docstring)
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -57,6 +71,8 @@ class SamplingConfig:
             raise InputError(f"choice noise must be ≥ 0, got {self.choice_noise}")
         if not (math.isfinite(self.guidance) and 0 <= self.guidance <= 16):
             raise InputError(f"guidance must lie in 0..16 (1: off), got {self.guidance}")
+        if self.order not in ORDERS:
+            raise InputError(f"order must be one of {', '.join(ORDERS)}, got {self.order!r}")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], where: str = "sampling") -> SamplingConfig:
@@ -181,7 +197,8 @@ class FrameSampler:
         return plain + self.config.guidance * (chosen - plain)
 
     def sample_digits(self, logits: Tensor, seed: Tensor, counter: Tensor) -> tuple[Tensor, Tensor]:
-        """(..., N, ΣL) logits → digits (..., N, C) and their log-probability (..., N)."""
+        """(..., N, ΣL) logits → digits (..., N, C) and each token's confidence (..., N): the drawn digits'
+        log-probability, or with ``order`` "certain" that of the most likely ones."""
         padded = logits.float()[..., self._index].masked_fill(self._padding, float("-inf"))  # (B, N, C, Lmax)
         top_k = self.config.top_k
         if top_k is not None and top_k < padded.shape[-1]:
@@ -194,8 +211,10 @@ class FrameSampler:
             digits = noisy.masked_fill(self._padding, float("-inf")).argmax(-1)
         else:
             digits = padded.argmax(-1)
-        log_prob = padded.log_softmax(-1).gather(-1, digits.unsqueeze(-1)).squeeze(-1).sum(-1)
-        return digits, log_prob
+        log_probs = padded.log_softmax(-1)
+        if self.config.order == "certain":
+            return digits, log_probs.amax(-1).sum(-1)
+        return digits, log_probs.gather(-1, digits.unsqueeze(-1)).squeeze(-1).sum(-1)
 
     def __call__(
         self,

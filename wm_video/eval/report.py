@@ -194,11 +194,15 @@ def _action_table(scores: dict[str, ActionScores], heldout: ActionScores | None)
 
 
 def _sampling_text(sampling: dict[str, Any]) -> str:
-    """``temperature 1, top-k all, passes model's`` (and ``, guidance 2`` when on) from a world's sampling settings."""
+    """``temperature 1, top-k all, passes model's`` (and ``, guidance 2``, ``, order certain`` when not the
+    defaults) from a world's sampling settings."""
     top_k, passes, guidance = sampling.get("top_k"), sampling.get("passes"), sampling.get("guidance", 1.0)
+    order = sampling.get("order", "drawn")
     return (
         f"temperature {sampling.get('temperature', 1.0):g}, top-k {top_k or 'all'}, "
-        f"passes {passes or 'the model’s'}" + (f", guidance {guidance:g}" if guidance != 1.0 else "")
+        f"passes {passes or 'the model’s'}"
+        + (f", guidance {guidance:g}" if guidance != 1.0 else "")
+        + (f", order {order}" if order != "drawn" else "")
     )
 
 def render_markdown(result: ConsistencyResult, files: dict[str, str]) -> str:
