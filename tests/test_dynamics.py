@@ -252,7 +252,7 @@ def test_certain_order_keeps_a_rare_value_as_often_as_it_is_drawn(order: str) ->
         tokens = sampler(state, embedding, torch.tensor(0), torch.arange(frames))
     rare = int(model.tokens_from_digits(torch.tensor([1, 0, 0])))
     share = float((tokens == rare).float().mean())
-    assert (0.25 < share < 0.35) if order == "certain" else share < 0.22, share
+    assert (0.25 < share < 0.35) if order == "certain" else 0.1 < share < 0.22, share
 
 
 def test_an_unknown_order_is_refused() -> None:
@@ -263,6 +263,8 @@ def test_an_unknown_order_is_refused() -> None:
     with pytest.raises(InputError, match="order must be one of drawn, certain"):
         SamplingConfig.from_dict({"order": "random"})
     assert SamplingConfig.from_dict({"order": "certain"}).order == "certain"
+    assert SamplingConfig.from_dict({"temperature": 0.7}).order == "drawn"  # a world stored before the setting
+    assert "order" not in SamplingConfig().to_dict()  # nor stored when the default
 
 
 # Seed 0, frame counter 418,181 (pass 0): the hash's largest value (2^24 − 1) lands on position 71 of a

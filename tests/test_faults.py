@@ -326,6 +326,7 @@ def test_non_finite_training_options_are_refused(
         (["--rewind-seconds", "nan"], "--rewind-seconds", "must be a finite number"),
         (["--temperature", "nan"], "--temperature", "must be a finite number"),
         (["--guidance", "inf"], "--guidance", "must be a finite number"),
+        (["--order", "random"], "--order", "invalid choice"),
     ],
 )
 def test_non_finite_play_options_are_refused(

@@ -106,7 +106,7 @@ def test_a_reset_reallocates_nothing() -> None:
     assert [t.data_ptr() for t in world._state()] == addresses
 
 
-@pytest.mark.parametrize(("guidance", "order"), [(1.0, "drawn"), (2.0, "certain")])
+@pytest.mark.parametrize(("guidance", "order"), [(1.0, "drawn"), (2.0, "drawn"), (1.0, "certain")])
 def test_the_whole_step_traces_as_one_graph_across_resets(guidance: float, order: str) -> None:
     """No host read and no Python-side frame counter in a step (advance and the decoder's render): it
     traces into one graph (functionalised: its in-place writes to the state hold), and resets (all

@@ -106,7 +106,7 @@ def export_world(
         raise InputError(f"{out}: exists and is not an exported world; choose an empty or new folder")
 
     stored = source.meta.get("sampling") or {}
-    world_sampling = SamplingConfig.from_dict({**stored, **(sampling or {})}, "--temperature/--top-k/--passes/--guidance")
+    world_sampling = SamplingConfig.from_dict({**stored, **(sampling or {})}, "--temperature/--top-k/--passes/--guidance/--order")
     data = Path(source.meta["data"]) if source.meta.get("data") else None
     context = int(source.config.get("context_frames", 8))
     facts, start = _dataset_facts(data, list(source.meta.get("heldout_episodes") or []), context)

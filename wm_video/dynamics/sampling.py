@@ -87,7 +87,10 @@ class SamplingConfig:
             raise InputError(f"{where}: {err}") from None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if self.order == "drawn":  # left out when the default: such worlds read in versions without it
+            del data["order"]
+        return data
 
 
 def undecided_after(tokens_per_frame: int, passes: int) -> tuple[int, ...]:

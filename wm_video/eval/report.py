@@ -244,9 +244,8 @@ def render_markdown(result: ConsistencyResult, files: dict[str, str]) -> str:
         "## Next frame, teacher-forced",
         "",
         "Every frame generated from the real frames before it and the real action; decoded after the real codes. "
-        f"Repeated, a frame equal to the one before scores {PSNR_CAP_DB:.0f} dB: "
-        f"{100 * result.results[0].clips.teacher.unchanged:.1f} % of these frames are. 'Tokenized': the last frame "
-        "encoded again and decoded, what a world holding it still shows.",
+        f"Repeated, a frame equal to the one before scores {PSNR_CAP_DB:.0f} dB (in brackets: the share of such "
+        "frames). 'Tokenized': the last frame encoded again and decoded, what a world holding it still shows.",
         "",
         "| | PSNR (dB) | SSIM | token accuracy | tokenizer ceiling (dB) | repeat last frame (dB) "
         "| repeat, tokenized (dB) |",
@@ -256,7 +255,8 @@ def render_markdown(result: ConsistencyResult, files: dict[str, str]) -> str:
         t = r.clips.teacher
         lines.append(
             f"| {r.model.label} | {_f(t.psnr)} | {_f(t.ssim, 3)} | {100 * t.token_accuracy:.1f} % | "
-            f"{_f(t.tokenizer_psnr)} | {_f(t.repeat_psnr)} | {_f(t.tokenized_repeat_psnr)} |"
+            f"{_f(t.tokenizer_psnr)} | {_f(t.repeat_psnr)} ({100 * t.unchanged:.0f} % unchanged) | "
+            f"{_f(t.tokenized_repeat_psnr)} |"
         )
     marks = _marks(horizon, fps)
     lines += [

@@ -154,17 +154,17 @@ def rollout(
     return out
 
 
+@torch.inference_mode()
 def held_tokens(tokenizer: VideoTokenizer, frames: np.ndarray, history: Sequence[np.ndarray] | None) -> Tensor:
-    """(B, T − 1, T, N): for each clip of uint8 ``frames`` (B, T, H, W, 3) and each t < T − 1, the clip's
-    tokens with frame t shown again in place of t + 1 (encoded after the real frames ≤ t and the clip's
-    ``history``); what a world that holds frame t still would hand its tokenizer's decoder."""
-    batch, length = frames.shape[:2]
-    held = np.repeat(frames[:, None], length - 1, axis=1)  # (B, T − 1, T, H, W, 3)
-    steps = np.arange(length - 1)
-    held[:, steps, steps + 1] = frames[:, :-1]
-    before = None if history is None else [h for h in history for _ in steps]
-    tokens = tokenizer.encode_footage(held.reshape(-1, *frames.shape[1:]), before).tokens.long()
-    return tokens.view(batch, length - 1, length, -1)
+    """(B, T − 1, N): for each clip of uint8 ``frames`` (B, T, H, W, 3) and each t < T − 1, the tokens of
+    frame t shown again in place of t + 1 (encoded after the clip's ``history`` and its real frames ≤ t):
+    what a world that holds frame t still would hand its tokenizer's decoder. One encode of B clips
+    per t, so memory stays that of encoding the clips once."""
+    held = []
+    for t in range(frames.shape[1] - 1):
+        clip = np.concatenate([frames[:, : t + 1], frames[:, t : t + 1]], axis=1)
+        held.append(tokenizer.encode_footage(clip, history).tokens[:, -1].long())
+    return torch.stack(held, dim=1)
 
 
 @torch.inference_mode()
@@ -201,6 +201,8 @@ def teacher_forced(
     # Frame t + 1 decoded after the real codes of frames ≤ t: one clip per predicted frame.
     clips = tokens.unsqueeze(1).repeat(1, length - 1, 1, 1)  # (B, T − 1, T, N)
     target = torch.arange(1, length, device=device)
+    repeated = clips.clone()
+    repeated[:, torch.arange(length - 1), target] = held_tokens(tokenizer, frames, history).to(device)
     clips[:, torch.arange(length - 1), target] = predicted
 
     def decoded_targets(chosen: Tensor) -> np.ndarray:
@@ -209,6 +211,7 @@ def teacher_forced(
 
     generated_np = decoded_targets(clips)
     ceiling = to_uint8_frames(tokenizer.decode_tokens(tokens))[:, 1:].cpu().numpy()
+    held_still = decoded_targets(repeated)
     real_next = frames[:, 1:]
     psnr_values, ssim_values = frame_scores(generated_np, real_next)
     scores = TeacherForcedScores(
@@ -218,7 +221,7 @@ def teacher_forced(
         token_accuracy=float((predicted == tokens[:, 1:]).float().mean()),
         tokenizer_psnr=float(frame_scores(ceiling, real_next)[0].mean()),
         repeat_psnr=float(frame_scores(np.ascontiguousarray(frames[:, :-1]), real_next)[0].mean()),
-        tokenized_repeat_psnr=float(frame_scores(decoded_targets(held_tokens(tokenizer, frames, history)), real_next)[0].mean()),
+        tokenized_repeat_psnr=float(frame_scores(held_still, real_next)[0].mean()),
         unchanged=float((frames[:, 1:] == frames[:, :-1]).all(axis=(2, 3, 4)).mean()),
     )
     return scores, generated_np
