@@ -246,6 +246,56 @@ def test_max_minutes_is_one_budget_for_both_phases(
         assert 9.0 < seen["dynamics"].max_minutes <= 10.0  # what is left of the whole budget
 
 
+def test_table_steps_make_a_second_tokenizer_phase_with_its_share_of_the_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--table-steps: RUN/first without the code table, then RUN/tokenizer from it with the table,
+    then the dynamics model on RUN/tokenizer; each tokenizer phase gets its steps' share of the budget."""
+    import wm_video.train.finetune as ft
+    from wm_video.train.dynamics import DynamicsTrainResult
+    from wm_video.train.tokenizer import TokenizerTrainResult
+
+    seen: list[ft.TokenizerTrainOptions] = []
+    dynamics: list[ft.DynamicsTrainOptions] = []
+
+    def fake_tokenizer(options: ft.TokenizerTrainOptions) -> TokenizerTrainResult:
+        seen.append(options)
+        return TokenizerTrainResult(options.session.out, options.session.max_steps or 0, None, 1.0, False)
+
+    def fake_dynamics(options: ft.DynamicsTrainOptions) -> DynamicsTrainResult:
+        dynamics.append(options)
+        return DynamicsTrainResult(options.session.out, 5, {}, 1.0, False)
+
+    monkeypatch.setattr(ft, "train_tokenizer", fake_tokenizer)
+    monkeypatch.setattr(ft, "train_dynamics", fake_dynamics)
+    options = ft.FinetuneOptions(
+        data=tmp_path / "data",
+        source=_source_world(tmp_path),
+        session=ft.SessionOptions(out=tmp_path / "ft", max_minutes=10.0, warmup_steps=20),
+        tokenizer_steps=100,
+        table_steps=300,
+        dynamics_steps=100,
+        fresh_tokenizer=True,
+    )
+    result = ft.finetune(options)
+    first, table = seen
+    assert (first.session.out, table.session.out) == (tmp_path / "ft" / "first", tmp_path / "ft" / "tokenizer")
+    assert (first.session.max_steps, table.session.max_steps) == (100, 300)
+    assert first.session.max_minutes == pytest.approx(2.0) and table.session.max_minutes == pytest.approx(6.0)
+    assert first.init is None and first.config == TOKENIZER and not first.code_embedding
+    assert table.init == tmp_path / "ft" / "first" and table.code_embedding and table.config is None
+    assert first.session.batch_size == table.session.batch_size == 8 and table.session.warmup_steps == 20
+    assert dynamics[0].tokenizer == tmp_path / "ft" / "tokenizer" and result.tokenizer_step == 300
+
+    for bad, message in [
+        ({"code_embedding": True}, "give one of them"),
+        ({"tokenizer_steps": 0}, "give --tokenizer-steps too"),
+        ({"table_steps": -1}, "--table-steps must be ≥ 0"),
+    ]:
+        with pytest.raises(ft.InputError, match=message):
+            ft.finetune(replace(options, **bad))
+
+
 def test_the_recipe_in_help_parses_with_the_tokenizer_phase_defaults(capsys: pytest.CaptureFixture[str]) -> None:
     """`finetune --help` ends with the README's recipe; its flags parse, and the tokenizer phase
     weights changed pixels (--change-weight 50) at --tokenizer-lr 5e-4 unless told otherwise."""
@@ -261,6 +311,10 @@ def test_the_recipe_in_help_parses_with_the_tokenizer_phase_defaults(capsys: pyt
     assert (args.tokenizer_steps, args.dynamics_steps, args.max_minutes) == (1600, 500, 28.0)
     assert args.fresh_tokenizer and not args.code_embedding
     assert (args.change_weight, args.change_reference, args.tokenizer_lr) == (50.0, "previous", 5e-4)
+    long_run = " ".join(line.strip().rstrip("\\") for line in RECIPE.splitlines()[-3:]).split()
+    args = build_parser().parse_args(long_run[2:])
+    assert (args.tokenizer_steps, args.table_steps, args.dynamics_steps, args.max_minutes) == (2500, 1500, 2000, None)
+    assert args.fresh_tokenizer and not args.code_embedding and args.tokenizer_batch_size == 8
 
 
 def test_train_commands_start_from_a_checkpoint_with_init(
@@ -306,3 +360,29 @@ def test_the_sharpness_flags_reach_the_tokenizer_phase(tmp_path: Path, monkeypat
     assert ft.main(["--data", str(tmp_path / "data"), "--from", str(source), "--out", str(tmp_path / "ft"), *flags]) == 130
     assert seen[0].adversarial == AdversarialConfig(weight=0.3, start=5, ramp_steps=7, discriminator_lr=1e-3)
     assert seen[0].frequency_weight == 0.2 and seen[0].init is not None and seen[0].code_embedding
+
+
+def test_the_long_recipe_trains_first_then_the_table_then_the_dynamics_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`finetune --table-steps`: RUN/first has no code table; RUN/tokenizer starts from it with one and
+    is what RUN/dynamics reads, and a second run skips both tokenizer phases."""
+    source = _source_world(tmp_path)
+    data = make_dataset(tmp_path / "data", [12, 12])
+    command = ["finetune", "--data", str(data.root), "--from", str(source), "--out", str(tmp_path / "ft")]
+    command += ["--fresh-tokenizer", "--tokenizer-steps", "1", "--table-steps", "1", "--dynamics-steps", "1"]
+    command += ["--batch-size", "2", "--tokenizer-batch-size", "2", "--clip-len", "4", "--eval-every", "0"]
+    command += ["--no-progress"]
+    assert cli_main([*command, "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "phase 1/3: training a fresh tokenizer" in out and "phase 3/3: fine-tuning" in out
+    assert f"phase 2/3: adding a code table to {tmp_path / 'ft' / 'first'}" in out
+    first = load_checkpoint(tmp_path / "ft" / "first", kind="tokenizer")
+    table = load_checkpoint(tmp_path / "ft" / "tokenizer", kind="tokenizer")
+    assert not first.config.get("code_embedding") and table.config["code_embedding"]
+    assert table.meta["run"]["program"]["init"] == str(resolve_checkpoint(tmp_path / "ft" / "first"))
+    assert (first.step, table.step) == (1, 1)
+    dynamics = load_checkpoint(tmp_path / "ft" / "dynamics", kind="dynamics")
+    assert recorded_tokenizer(dynamics).resolve() == resolve_checkpoint(tmp_path / "ft" / "tokenizer").resolve()
+    assert cli_main(command) == 0  # again: both tokenizer phases are behind the dynamics model's start
+    assert "phases 1-2/3 done" in capsys.readouterr().out

@@ -12,7 +12,8 @@ from wm_video.train.options import add_finetune_flags
 
 DESCRIPTION = (
     "Fine-tune a trained tokenizer and dynamics model on new footage (another game or action set too): "
-    "RUN/tokenizer, then RUN/dynamics. Run the same command again to resume."
+    "RUN/tokenizer (after RUN/first with --table-steps), then RUN/dynamics. Run the same command again "
+    "to resume."
 )
 #: The fine-tune recipe ``finetune --help`` ends with; the README's walkthrough measures it.
 RECIPE = """recipe (a new 64x64 game, e.g. Atari Breakout, on a 2-core CPU, at most 30 minutes):
@@ -24,8 +25,11 @@ A tokenizer trained from scratch on the new game beats the world's own fine-tune
 weight its loss toward small moving objects; --max-minutes is the budget of both phases together.
 Play or score the result with --guidance 1.5 (action guidance: the paddle follows the keys
 more often). README.md, "Fine-tuning on your own footage", gives the figures this reaches (the
-ball is still mostly lost on a CPU's steps), and a longer run, three commands and about two hours
-here, whose tokenizer keeps the ball and whose paddle follows the keys."""
+ball is still mostly lost on a CPU's steps). The longer run there (about two hours here) keeps the
+ball in the tokenizer and makes the paddle follow the keys:
+  wm-video finetune --data DATA --from checkpoints/default --out RUN \\
+    --fresh-tokenizer --tokenizer-steps 2500 --table-steps 1500 --dynamics-steps 2000 \\
+    --batch-size 4 --clip-len 10 --lr 6e-4 --warmup-steps 20"""
 #: How the fine-tune parser describes itself, as ``wm-video finetune`` and as ``python -m wm_video.train.finetune``.
 FINETUNE_TEXT: dict[str, Any] = {
     "description": DESCRIPTION,

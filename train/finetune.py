@@ -1,11 +1,16 @@
 """``wm-video finetune --data DIR --from CKPT --out RUN``: adapt a trained world to new footage.
 
-One command, two phases, each a normal training run that resumes when the command is run again:
+One command, two phases (three with ``--table-steps``), each a normal training run that resumes
+when the command is run again:
 
 1. ``RUN/tokenizer``: the tokenizer that ``CKPT`` was trained with (found through its
    ``meta.tokenizer``, relative paths read from the checkpoint's folder, as
-   :func:`wm_video.engine.load_world` does) fine-tuned on the new frames. Footage of another size
-   is resized to the tokenizer's (the training cache does it), so any resolution works.
+   :func:`wm_video.engine.load_world` does) fine-tuned on the new frames, or one of its shape
+   trained from scratch (``--fresh-tokenizer``). Footage of another size is resized to the
+   tokenizer's (the training cache does it), so any resolution works. With ``--table-steps N``
+   this phase trains ``RUN/first`` instead, and ``RUN/tokenizer`` is that tokenizer with a code
+   table added to its decoder (:func:`wm_video.tokenizer.model.with_code_embedding`), trained N
+   steps more: the long recipe's tokenizer, which keeps a ball a pixel wide.
 2. ``RUN/dynamics``: ``CKPT``'s dynamics model fine-tuned on the new tokens and actions. The
    action set may differ: actions matched by name keep their embedding, new ones start from zero
    (:mod:`wm_video.train.remap`); the delta scales are measured on the new data.
@@ -34,7 +39,12 @@ from wm_video.train.cli import FINETUNE_TEXT
 from wm_video.train.dynamics import DynamicsTrainOptions, train_dynamics
 from wm_video.train.options import SessionOptions, add_finetune_flags, session_options
 from wm_video.train.session import run_training_program
-from wm_video.train.tokenizer import TokenizerTrainOptions, adversarial_config, train_tokenizer
+from wm_video.train.tokenizer import (
+    TokenizerTrainOptions,
+    TokenizerTrainResult,
+    adversarial_config,
+    train_tokenizer,
+)
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,7 @@ class FinetuneOptions:
     fresh_tokenizer: bool = False  # train a tokenizer of the world's shape from scratch instead
     tokenizer_object_weight: float = 0.0  # the tokenizer loss's weight on object pixels (the labels)
     code_embedding: bool = False  # the tokenizer's decoder reads a vector per code (wm_video.tokenizer.model)
+    table_steps: int = 0  # > 0: RUN/first without the code table, then these steps with it in RUN/tokenizer
     weighting: TokenWeightConfig = TokenWeightConfig()  # the dynamics loss's weight on object/changed tokens
 
 
@@ -80,31 +91,56 @@ def _dynamics_started(run: Path) -> Checkpoint | None:
         return None
 
 
-def finetune(options: FinetuneOptions) -> FinetuneResult:
-    """Both phases. ``--max-minutes`` is the budget of the whole command: the tokenizer phase may use
-    its share (tokenizer steps / all steps) and the dynamics phase the rest; a tokenizer phase that
-    runs out of its share hands over to the dynamics phase with the tokenizer it reached. Once the
-    dynamics phase has saved a checkpoint, its tokenizer is fixed: running the command again skips
-    the tokenizer phase and continues the dynamics model."""
-    for name in ("tokenizer_steps", "dynamics_steps"):
+def _check(options: FinetuneOptions) -> None:
+    for name in ("tokenizer_steps", "dynamics_steps", "table_steps"):
         if getattr(options, name) < 0 or (name == "dynamics_steps" and options.dynamics_steps < 1):
             raise InputError(f"--{name.replace('_', '-')} must be ≥ {int(name == 'dynamics_steps')}")
+    if options.table_steps > 0 and options.code_embedding:
+        raise InputError(
+            "--code-embedding trains the code table from the first step and --table-steps adds it after "
+            "--tokenizer-steps; give one of them"
+        )
+    if options.table_steps > 0 and options.tokenizer_steps == 0:
+        raise InputError(
+            "--table-steps continues the tokenizer phase; give --tokenizer-steps too (the long recipe: 2500)"
+        )
     if options.tokenizer_object_weight > 0 and options.tokenizer_steps > 0:
         require_labels(options.data, "--tokenizer-object-weight")
     if options.weighting.needs_objects:
         require_labels(options.data)
+
+
+def finetune(options: FinetuneOptions) -> FinetuneResult:
+    """All phases. ``--max-minutes`` is the budget of the whole command: each tokenizer phase may use
+    its share (its steps / all steps, and never more than is left) and the dynamics phase the rest;
+    a tokenizer phase that runs out of its share hands over to the next phase with the tokenizer it
+    reached. Once the dynamics phase has saved a checkpoint, its tokenizer is fixed: running the
+    command again skips the tokenizer phases and continues the dynamics model."""
+    _check(options)
     started = time.monotonic()
     budget = options.session.max_minutes
+    total_steps = options.tokenizer_steps + options.table_steps + options.dynamics_steps
+
+    def minutes_left() -> float | None:
+        return None if budget is None else budget - (time.monotonic() - started) / 60
+
+    def share(steps: int) -> float | None:
+        left = minutes_left()
+        return None if budget is None or left is None else min(budget * steps / total_steps, left)
+
     source = load_checkpoint(options.source, kind="dynamics", with_training_state=False)
     tokenizer = recorded_tokenizer(source)
     tokenizer_checkpoint = load_checkpoint(tokenizer, kind="tokenizer", with_training_state=False)
     out = Path(options.session.out)
+    phases = 3 if options.table_steps > 0 else 2
     tokenizer_step: int | None = None
     begun = _dynamics_started(out / "dynamics")
     if begun is not None and options.tokenizer_steps > 0:
         tokenizer = recorded_tokenizer(begun)
         print(
-            f"phase 1/2 done: {out / 'dynamics'} trains on the tokenizer {tokenizer}; continuing the dynamics model",
+            f"{'phases 1-2/3' if phases == 3 else 'phase 1/2'} done: {out / 'dynamics'} trains on the "
+            f"tokenizer {tokenizer}; "
+            "continuing the dynamics model",
             flush=True,
         )
     elif options.tokenizer_steps > 0:
@@ -113,43 +149,49 @@ def finetune(options: FinetuneOptions) -> FinetuneResult:
             if options.fresh_tokenizer
             else f"the tokenizer {resolve_checkpoint(tokenizer)}"
         )
-        print(f"phase 1/2: training {origin} on {options.data}", flush=True)
-        share = options.tokenizer_steps / (options.tokenizer_steps + options.dynamics_steps)
-        phase1 = train_tokenizer(
-            TokenizerTrainOptions(
-                data=options.data,
-                session=replace(
+        first = out / ("first" if options.table_steps > 0 else "tokenizer")
+        print(f"phase 1/{phases}: training {origin} on {options.data}", flush=True)
+        phase = _train_tokenizer_phase(
+            options,
+            tokenizer_checkpoint,
+            replace(
+                options.session,
+                out=first,
+                max_steps=options.tokenizer_steps,
+                max_minutes=share(options.tokenizer_steps),
+            ),
+            init=None if options.fresh_tokenizer else tokenizer,
+            code_embedding=options.code_embedding,
+        )
+        if phase.stopped_by_signal:  # a stop for time hands over to the next phase
+            return FinetuneResult(first, out / "dynamics", phase.step, None, True, True)
+        tokenizer, tokenizer_step = first, phase.step
+        if options.table_steps > 0:
+            print(f"phase 2/3: adding a code table to {first} and training it on {options.data}", flush=True)
+            phase = _train_tokenizer_phase(
+                options,
+                tokenizer_checkpoint,
+                replace(
                     options.session,
                     out=out / "tokenizer",
-                    max_steps=options.tokenizer_steps,
-                    lr=options.tokenizer_lr or options.session.lr,
-                    batch_size=options.tokenizer_batch_size or options.session.batch_size,
-                    max_minutes=None if budget is None else budget * share,
+                    max_steps=options.table_steps,
+                    max_minutes=share(options.table_steps),
                 ),
-                clip_len=int(_program_option(tokenizer_checkpoint, "clip_len", 8)),
-                change_weight=options.change_weight,
-                change_reference=options.change_reference,
-                object_weight=options.tokenizer_object_weight,
-                frequency_weight=options.frequency_weight,
-                adversarial=options.adversarial,
-                init=None if options.fresh_tokenizer else tokenizer,
-                config=TokenizerConfig.from_dict(tokenizer_checkpoint.config)
-                if options.fresh_tokenizer
-                else None,
-                code_embedding=options.code_embedding,
+                init=first,
+                code_embedding=True,
             )
-        )
-        if phase1.stopped_by_signal:  # a stop for time hands over to the dynamics phase
-            return FinetuneResult(out / "tokenizer", out / "dynamics", phase1.step, None, True, True)
-        tokenizer, tokenizer_step = out / "tokenizer", phase1.step
-    left = None if budget is None else budget - (time.monotonic() - started) / 60
+            if phase.stopped_by_signal:
+                return FinetuneResult(out / "tokenizer", out / "dynamics", phase.step, None, True, True)
+            tokenizer, tokenizer_step = out / "tokenizer", phase.step
+    left = minutes_left()
     if left is not None and left <= 0:
         print(
-            "no time left for phase 2/2; run the same command again to train the dynamics model", flush=True
+            f"no time left for phase {phases}/{phases}; run the same command again to train the dynamics model",
+            flush=True,
         )
         return FinetuneResult(tokenizer, out / "dynamics", tokenizer_step, None, True)
     corruption = _program_option(source, "corruption", {})
-    print(f"phase 2/2: fine-tuning the dynamics model {source.path} on {options.data}", flush=True)
+    print(f"phase {phases}/{phases}: fine-tuning the dynamics model {source.path} on {options.data}", flush=True)
     phase2 = train_dynamics(
         DynamicsTrainOptions(
             data=options.data,
@@ -171,6 +213,36 @@ def finetune(options: FinetuneOptions) -> FinetuneResult:
         phase2.step,
         phase2.stopped_early,
         phase2.stopped_by_signal,
+    )
+
+
+def _train_tokenizer_phase(
+    options: FinetuneOptions,
+    world_tokenizer: Checkpoint,
+    session: SessionOptions,
+    *,
+    init: Path | None,
+    code_embedding: bool,
+) -> TokenizerTrainResult:
+    """One tokenizer phase: from ``init``, or fresh in the shape of the world's tokenizer."""
+    return train_tokenizer(
+        TokenizerTrainOptions(
+            data=options.data,
+            session=replace(
+                session,
+                lr=options.tokenizer_lr or options.session.lr,
+                batch_size=options.tokenizer_batch_size or options.session.batch_size,
+            ),
+            clip_len=int(_program_option(world_tokenizer, "clip_len", 8)),
+            change_weight=options.change_weight,
+            change_reference=options.change_reference,
+            object_weight=options.tokenizer_object_weight,
+            frequency_weight=options.frequency_weight,
+            adversarial=options.adversarial,
+            init=init,
+            config=TokenizerConfig.from_dict(world_tokenizer.config) if init is None else None,
+            code_embedding=code_embedding,
+        )
     )
 
 
@@ -201,6 +273,7 @@ def run_finetune(args: argparse.Namespace, prog: str = "wm-video finetune") -> i
                 fresh_tokenizer=args.fresh_tokenizer,
                 tokenizer_object_weight=args.tokenizer_object_weight,
                 code_embedding=args.code_embedding,
+                table_steps=args.table_steps,
                 weighting=TokenWeightConfig(
                     object_weight=args.object_weight, change_weight=args.token_change_weight
                 ),

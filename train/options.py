@@ -411,6 +411,15 @@ def add_finetune_flags(parser: argparse.ArgumentParser) -> None:
         help="train a tokenizer of the world's shape from scratch instead of fine-tuning the world's",
     )
     add_code_embedding_flag(tokenizer)
+    tokenizer.add_argument(
+        "--table-steps",
+        type=int,
+        default=0,
+        help="after --tokenizer-steps (kept in RUN/first), add the code table of --code-embedding to that "
+        "tokenizer and train it this many steps more into RUN/tokenizer: the long recipe's tokenizer "
+        "(1500), which keeps a ball a pixel wide where one trained with the table from the start does not "
+        "(default 0: one tokenizer phase)",
+    )
     add_change_flags(tokenizer, default_weight=50.0)
     add_object_weight_flag(tokenizer, "--tokenizer-object-weight")
     add_token_weight_flags(parser.add_argument_group("dynamics phase: loss weighting (where the game happens)"))
