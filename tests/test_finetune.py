@@ -4,8 +4,9 @@ actions matched by name keep their embedding, so the model reads them exactly as
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -25,9 +26,13 @@ from wm_video.data.video import VideoSettings
 from wm_video.data.writer import DatasetWriter
 from wm_video.dynamics import DYNAMICS_PRESETS, DynamicsConfig, DynamicsModel
 from wm_video.engine import load_world
+from wm_video.errors import InputError
 from wm_video.tokenizer import TokenizerConfig, VideoTokenizer
-from wm_video.train.dynamics import initial_model
+from wm_video.train.dynamics import DynamicsTrainOptions, DynamicsTrainResult, initial_model
+from wm_video.train.finetune import FinetuneOptions, finetune
+from wm_video.train.options import SessionOptions
 from wm_video.train.remap import remap_action_weights
+from wm_video.train.tokenizer import TokenizerTrainOptions, TokenizerTrainResult
 
 TOKENIZER = TokenizerConfig(
     image_size=32, patch_size=8, dim=32, heads=2, encoder_layers=1, decoder_layers=1, temporal_window=3
@@ -208,42 +213,56 @@ def _source_world(tmp_path: Path) -> Path:
     return tmp_path / "source"
 
 
+@dataclass
+class Phases:
+    """What each faked phase of `finetune` was asked to do, in order."""
+
+    tokenizer: list[TokenizerTrainOptions] = field(default_factory=list)
+    dynamics: list[DynamicsTrainOptions] = field(default_factory=list)
+
+
+def _fake_phases(monkeypatch: pytest.MonkeyPatch, *, stopped: bool = False, by_signal: bool = False) -> Phases:
+    """Replace the training programs that `finetune` runs by ones that record their options; each
+    tokenizer phase reports its max steps, or step 40 when ``stopped`` early (by a signal or for time)."""
+    import wm_video.train.finetune as ft
+
+    phases = Phases()
+
+    def fake_tokenizer(options: TokenizerTrainOptions) -> TokenizerTrainResult:
+        phases.tokenizer.append(options)
+        step = 40 if stopped else options.session.max_steps
+        return TokenizerTrainResult(options.session.out, step, None, 151.0, stopped, by_signal)
+
+    def fake_dynamics(options: DynamicsTrainOptions) -> DynamicsTrainResult:
+        phases.dynamics.append(options)
+        return DynamicsTrainResult(options.session.out, 5, {}, 1.0, False)
+
+    monkeypatch.setattr(ft, "train_tokenizer", fake_tokenizer)
+    monkeypatch.setattr(ft, "train_dynamics", fake_dynamics)
+    return phases
+
+
 @pytest.mark.parametrize(("by_signal", "second_phase"), [(False, True), (True, False)])
 def test_max_minutes_is_one_budget_for_both_phases(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, by_signal: bool, second_phase: bool
 ) -> None:
     """The tokenizer phase gets its share of --max-minutes (steps 100 of 400: 2.5 of 10 minutes); when
     it runs out, the dynamics phase starts with what is left. Ctrl-C or SIGTERM ends the command."""
-    import wm_video.train.finetune as ft
-    from wm_video.train.dynamics import DynamicsTrainResult
-    from wm_video.train.options import SessionOptions
-    from wm_video.train.tokenizer import TokenizerTrainResult
-
-    seen: dict[str, SessionOptions] = {}
-
-    def fake_tokenizer(options: ft.TokenizerTrainOptions) -> TokenizerTrainResult:
-        seen["tokenizer"] = options.session
-        return TokenizerTrainResult(options.session.out, 40, None, 151.0, True, by_signal)  # stopped early
-
-    def fake_dynamics(options: ft.DynamicsTrainOptions) -> DynamicsTrainResult:
-        seen["dynamics"] = options.session
-        return DynamicsTrainResult(options.session.out, 5, {}, 1.0, False)
-
-    monkeypatch.setattr(ft, "train_tokenizer", fake_tokenizer)
-    monkeypatch.setattr(ft, "train_dynamics", fake_dynamics)
-    options = ft.FinetuneOptions(
+    phases = _fake_phases(monkeypatch, stopped=True, by_signal=by_signal)
+    options = FinetuneOptions(
         data=tmp_path / "data",
         source=_source_world(tmp_path),
         session=SessionOptions(out=tmp_path / "ft", max_minutes=10.0),
         tokenizer_steps=100,
         dynamics_steps=300,
     )
-    result = ft.finetune(options)
-    assert seen["tokenizer"].max_minutes == pytest.approx(2.5)
-    assert ("dynamics" in seen) == second_phase and result.stopped_early != second_phase
+    result = finetune(options)
+    assert phases.tokenizer[0].session.max_minutes == pytest.approx(2.5)
+    assert bool(phases.dynamics) == second_phase and result.stopped_early != second_phase
     assert result.stopped_by_signal == by_signal
     if second_phase:
-        assert 9.0 < seen["dynamics"].max_minutes <= 10.0  # what is left of the whole budget
+        left = phases.dynamics[0].session.max_minutes
+        assert left is not None and 9.0 < left <= 10.0  # what is left of the whole budget
 
 
 def test_table_steps_make_a_second_tokenizer_phase_with_its_share_of_the_budget(
@@ -251,49 +270,34 @@ def test_table_steps_make_a_second_tokenizer_phase_with_its_share_of_the_budget(
 ) -> None:
     """--table-steps: RUN/first without the code table, then RUN/tokenizer from it with the table,
     then the dynamics model on RUN/tokenizer; each tokenizer phase gets its steps' share of the budget."""
-    import wm_video.train.finetune as ft
-    from wm_video.train.dynamics import DynamicsTrainResult
-    from wm_video.train.tokenizer import TokenizerTrainResult
-
-    seen: list[ft.TokenizerTrainOptions] = []
-    dynamics: list[ft.DynamicsTrainOptions] = []
-
-    def fake_tokenizer(options: ft.TokenizerTrainOptions) -> TokenizerTrainResult:
-        seen.append(options)
-        return TokenizerTrainResult(options.session.out, options.session.max_steps or 0, None, 1.0, False)
-
-    def fake_dynamics(options: ft.DynamicsTrainOptions) -> DynamicsTrainResult:
-        dynamics.append(options)
-        return DynamicsTrainResult(options.session.out, 5, {}, 1.0, False)
-
-    monkeypatch.setattr(ft, "train_tokenizer", fake_tokenizer)
-    monkeypatch.setattr(ft, "train_dynamics", fake_dynamics)
-    options = ft.FinetuneOptions(
+    phases = _fake_phases(monkeypatch)
+    options = FinetuneOptions(
         data=tmp_path / "data",
         source=_source_world(tmp_path),
-        session=ft.SessionOptions(out=tmp_path / "ft", max_minutes=10.0, warmup_steps=20),
+        session=SessionOptions(out=tmp_path / "ft", max_minutes=10.0, warmup_steps=20),
         tokenizer_steps=100,
         table_steps=300,
         dynamics_steps=100,
         fresh_tokenizer=True,
     )
-    result = ft.finetune(options)
-    first, table = seen
+    result = finetune(options)
+    first, table = phases.tokenizer
     assert (first.session.out, table.session.out) == (tmp_path / "ft" / "first", tmp_path / "ft" / "tokenizer")
     assert (first.session.max_steps, table.session.max_steps) == (100, 300)
     assert first.session.max_minutes == pytest.approx(2.0) and table.session.max_minutes == pytest.approx(6.0)
     assert first.init is None and first.config == TOKENIZER and not first.code_embedding
     assert table.init == tmp_path / "ft" / "first" and table.code_embedding and table.config is None
     assert first.session.batch_size == table.session.batch_size == 8 and table.session.warmup_steps == 20
-    assert dynamics[0].tokenizer == tmp_path / "ft" / "tokenizer" and result.tokenizer_step == 300
+    assert phases.dynamics[0].tokenizer == tmp_path / "ft" / "tokenizer" and result.tokenizer_step == 300
 
-    for bad, message in [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"code_embedding": True}, "give one of them"),
         ({"tokenizer_steps": 0}, "give --tokenizer-steps too"),
         ({"table_steps": -1}, "--table-steps must be ≥ 0"),
-    ]:
-        with pytest.raises(ft.InputError, match=message):
-            ft.finetune(replace(options, **bad))
+    ]
+    for bad, message in cases:
+        with pytest.raises(InputError, match=message):
+            finetune(replace(options, **bad))
 
 
 def test_the_recipe_in_help_parses_with_the_tokenizer_phase_defaults(capsys: pytest.CaptureFixture[str]) -> None:
@@ -346,18 +350,12 @@ def test_the_sharpness_flags_reach_the_tokenizer_phase(tmp_path: Path, monkeypat
     """--adversarial-* and --frequency-weight configure the tokenizer phase (its discriminator starts fresh)."""
     import wm_video.train.finetune as ft
     from wm_video.tokenizer.adversarial import AdversarialConfig
-    from wm_video.train.tokenizer import TokenizerTrainResult
 
-    seen: list[ft.TokenizerTrainOptions] = []
-
-    def fake_tokenizer(options: ft.TokenizerTrainOptions) -> TokenizerTrainResult:
-        seen.append(options)
-        return TokenizerTrainResult(options.session.out, 1, None, 1.0, True, True)  # Ctrl-C: no phase 2
-
-    monkeypatch.setattr(ft, "train_tokenizer", fake_tokenizer)
+    phases = _fake_phases(monkeypatch, stopped=True, by_signal=True)  # Ctrl-C: no phase 2
     flags = ["--adversarial-weight", "0.3", "--adversarial-start", "5", "--adversarial-ramp", "7", "--frequency-weight", "0.2", "--discriminator-lr", "1e-3", "--code-embedding"]
     source = _source_world(tmp_path)
     assert ft.main(["--data", str(tmp_path / "data"), "--from", str(source), "--out", str(tmp_path / "ft"), *flags]) == 130
+    seen = phases.tokenizer
     assert seen[0].adversarial == AdversarialConfig(weight=0.3, start=5, ramp_steps=7, discriminator_lr=1e-3)
     assert seen[0].frequency_weight == 0.2 and seen[0].init is not None and seen[0].code_embedding
 
