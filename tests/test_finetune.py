@@ -28,6 +28,7 @@ from wm_video.dynamics import DYNAMICS_PRESETS, DynamicsConfig, DynamicsModel
 from wm_video.engine import load_world
 from wm_video.errors import InputError
 from wm_video.tokenizer import TokenizerConfig, VideoTokenizer
+from wm_video.tokenizer.config import TOKENIZER_PRESETS
 from wm_video.train.dynamics import DynamicsTrainOptions, DynamicsTrainResult, initial_model
 from wm_video.train.finetune import FinetuneOptions, finetune
 from wm_video.train.options import SessionOptions
@@ -361,26 +362,48 @@ def test_the_sharpness_flags_reach_the_tokenizer_phase(tmp_path: Path, monkeypat
 
 
 def test_the_long_recipe_trains_first_then_the_table_then_the_dynamics_model(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`finetune --table-steps`: RUN/first has no code table; RUN/tokenizer starts from it with one and
-    is what RUN/dynamics reads, and a second run skips both tokenizer phases."""
+    is what RUN/dynamics reads; a second run skips both tokenizer phases. The three phases are the
+    README's three `train` commands: the same settings give the same weights."""
     source = _source_world(tmp_path)
     data = make_dataset(tmp_path / "data", [12, 12])
-    command = ["finetune", "--data", str(data.root), "--from", str(source), "--out", str(tmp_path / "ft")]
-    command += ["--fresh-tokenizer", "--tokenizer-steps", "1", "--table-steps", "1", "--dynamics-steps", "1"]
-    command += ["--batch-size", "2", "--tokenizer-batch-size", "2", "--clip-len", "4", "--eval-every", "0"]
-    command += ["--no-progress"]
-    assert cli_main([*command, "--threads", "1"]) == 0
-    out = capsys.readouterr().out
-    assert "phase 1/3: training a fresh tokenizer" in out and "phase 3/3: fine-tuning" in out
-    assert f"phase 2/3: adding a code table to {tmp_path / 'ft' / 'first'}" in out
-    first = load_checkpoint(tmp_path / "ft" / "first", kind="tokenizer")
-    table = load_checkpoint(tmp_path / "ft" / "tokenizer", kind="tokenizer")
+    out = tmp_path / "ft"
+    command = ["finetune", "--data", str(data.root), "--from", str(source), "--out", str(out)]
+    command += ["--fresh-tokenizer", "--tokenizer-steps", "2", "--table-steps", "2", "--dynamics-steps", "2"]
+    common = ["--eval-every", "1", "--save-every", "1", "--warmup-steps", "1", "--threads", "1", "--no-progress"]
+    dynamics_flags = ["--batch-size", "2", "--clip-len", "4", "--lr", "6e-4"]
+    command += [*dynamics_flags, "--tokenizer-batch-size", "3", *common]
+    assert cli_main(command) == 0
+    printed = capsys.readouterr().out
+    assert "phase 1/3: training a fresh tokenizer" in printed and "phase 3/3: fine-tuning" in printed
+    assert f"phase 2/3: adding a code table to {out / 'first'}" in printed
+    first = load_checkpoint(out / "first", kind="tokenizer")
+    table = load_checkpoint(out / "tokenizer", kind="tokenizer")
     assert not first.config.get("code_embedding") and table.config["code_embedding"]
-    assert table.meta["run"]["program"]["init"] == str(resolve_checkpoint(tmp_path / "ft" / "first"))
-    assert (first.step, table.step) == (1, 1)
-    dynamics = load_checkpoint(tmp_path / "ft" / "dynamics", kind="dynamics")
-    assert recorded_tokenizer(dynamics).resolve() == resolve_checkpoint(tmp_path / "ft" / "tokenizer").resolve()
+    assert table.meta["run"]["program"]["init"] == str(resolve_checkpoint(out / "first"))
+    dynamics = load_checkpoint(out / "dynamics", kind="dynamics")
+    assert recorded_tokenizer(dynamics).resolve() == resolve_checkpoint(out / "tokenizer").resolve()
+    assert (first.step, table.step, dynamics.step) == (2, 2, 2)
     assert cli_main(command) == 0  # again: both tokenizer phases are behind the dynamics model's start
     assert "phases 1-2/3 done" in capsys.readouterr().out
+
+    monkeypatch.setitem(TOKENIZER_PRESETS, "tiny", TOKENIZER)  # the world's tokenizer shape
+    by_hand = tmp_path / "by-hand"
+    tokenizer = ["train", "tokenizer", "--data", str(data.root), "--change-weight", "50", "--batch-size", "3"]
+    tokenizer += ["--max-steps", "2", *common]
+    assert cli_main([*tokenizer, "--out", str(by_hand / "first")]) == 0
+    with_table = ["--init", str(by_hand / "first"), "--code-embedding", "--out", str(by_hand / "tokenizer")]
+    assert cli_main([*tokenizer, *with_table]) == 0
+    train_dynamics = ["train", "dynamics", "--data", str(data.root), "--tokenizer", str(by_hand / "tokenizer")]
+    train_dynamics += ["--init", str(source), "--max-steps", "2", "--out", str(by_hand / "dynamics")]
+    assert cli_main([*train_dynamics, *dynamics_flags, *common]) == 0
+    for phase, kind in [("first", "tokenizer"), ("tokenizer", "tokenizer"), ("dynamics", "dynamics")]:
+        ours, theirs = load_checkpoint(out / phase, kind=kind), load_checkpoint(by_hand / phase, kind=kind)
+        assert ours.weights.keys() == theirs.weights.keys() and ours.ema_weights is not None
+        for name, weight in ours.weights.items():
+            torch.testing.assert_close(weight, theirs.weights[name], rtol=0, atol=0, msg=f"{phase}: {name}")
+        assert theirs.ema_weights is not None
+        for name, weight in ours.ema_weights.items():
+            torch.testing.assert_close(weight, theirs.ema_weights[name], rtol=0, atol=0, msg=f"{phase}: {name}")
