@@ -139,8 +139,7 @@ def finetune(options: FinetuneOptions) -> FinetuneResult:
         tokenizer = recorded_tokenizer(begun)
         print(
             f"{'phases 1-2/3' if phases == 3 else 'phase 1/2'} done: {out / 'dynamics'} trains on the "
-            f"tokenizer {tokenizer}; "
-            "continuing the dynamics model",
+            f"tokenizer {tokenizer}; continuing the dynamics model",
             flush=True,
         )
     elif options.tokenizer_steps > 0:
