@@ -25,8 +25,9 @@ A tokenizer trained from scratch on the new game beats the world's own fine-tune
 weight its loss toward small moving objects; --max-minutes is the budget of both phases together.
 Play or score the result with --guidance 1.5 (action guidance: the paddle follows the keys
 more often). README.md, "Fine-tuning on your own footage", gives the figures this reaches (the
-ball is still mostly lost on a CPU's steps). The longer run there (about two hours here) keeps the
-ball in the tokenizer and makes the paddle follow the keys:
+ball is still mostly lost on a CPU's steps). The longer run there (2.3-2.5 hours here, beside
+other work) keeps the ball in the tokenizer and, played with --guidance 1.5, makes the paddle
+follow the keys:
   wm-video finetune --data DATA --from checkpoints/default --out RUN \\
     --fresh-tokenizer --tokenizer-steps 2500 --table-steps 1500 --dynamics-steps 2000 \\
     --batch-size 4 --clip-len 10 --lr 6e-4 --warmup-steps 20"""
