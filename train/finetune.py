@@ -124,10 +124,6 @@ def finetune(options: FinetuneOptions) -> FinetuneResult:
     def minutes_left() -> float | None:
         return None if budget is None else budget - (time.monotonic() - started) / 60
 
-    def share(steps: int) -> float | None:
-        left = minutes_left()
-        return None if budget is None or left is None else min(budget * steps / total_steps, left)
-
     source = load_checkpoint(options.source, kind="dynamics", with_training_state=False)
     tokenizer = recorded_tokenizer(source)
     tokenizer_checkpoint = load_checkpoint(tokenizer, kind="tokenizer", with_training_state=False)
@@ -149,39 +145,28 @@ def finetune(options: FinetuneOptions) -> FinetuneResult:
             else f"the tokenizer {resolve_checkpoint(tokenizer)}"
         )
         first = out / ("first" if options.table_steps > 0 else "tokenizer")
-        print(f"phase 1/{phases}: training {origin} on {options.data}", flush=True)
-        phase = _train_tokenizer_phase(
-            options,
-            tokenizer_checkpoint,
-            replace(
-                options.session,
-                out=first,
-                max_steps=options.tokenizer_steps,
-                max_minutes=share(options.tokenizer_steps),
-            ),
-            init=None if options.fresh_tokenizer else tokenizer,
-            code_embedding=options.code_embedding,
-        )
-        if phase.stopped_by_signal:  # a stop for time hands over to the next phase
-            return FinetuneResult(first, out / "dynamics", phase.step, None, True, True)
-        tokenizer, tokenizer_step = first, phase.step
+        # (folder, steps, init, code table, what it does): the table phase continues the first one
+        plan: list[tuple[Path, int, Path | None, bool, str]] = [
+            (first, options.tokenizer_steps, None if options.fresh_tokenizer else tokenizer,
+             options.code_embedding, f"training {origin}"),
+        ]  # fmt: skip
         if options.table_steps > 0:
-            print(f"phase 2/3: adding a code table to {first} and training it on {options.data}", flush=True)
+            doing = f"adding a code table to {first} and training it"
+            plan.append((out / "tokenizer", options.table_steps, first, True, doing))
+        for number, (folder, steps, init, code_embedding, doing) in enumerate(plan, start=1):
+            print(f"phase {number}/{phases}: {doing} on {options.data}", flush=True)
+            left = minutes_left()
+            minutes = None if budget is None or left is None else min(budget * steps / total_steps, left)
             phase = _train_tokenizer_phase(
                 options,
                 tokenizer_checkpoint,
-                replace(
-                    options.session,
-                    out=out / "tokenizer",
-                    max_steps=options.table_steps,
-                    max_minutes=share(options.table_steps),
-                ),
-                init=first,
-                code_embedding=True,
+                replace(options.session, out=folder, max_steps=steps, max_minutes=minutes),
+                init=init,
+                code_embedding=code_embedding,
             )
-            if phase.stopped_by_signal:
-                return FinetuneResult(out / "tokenizer", out / "dynamics", phase.step, None, True, True)
-            tokenizer, tokenizer_step = out / "tokenizer", phase.step
+            if phase.stopped_by_signal:  # a stop for time hands over to the next phase
+                return FinetuneResult(folder, out / "dynamics", phase.step, None, True, True)
+            tokenizer, tokenizer_step = folder, phase.step
     left = minutes_left()
     if left is not None and left <= 0:
         print(
