@@ -48,6 +48,7 @@ from wm_video.dynamics import (
     TokenWeightConfig,
     dynamics_config,
     masked_token_loss,
+    with_digit_chain,
 )
 from wm_video.engine import World
 from wm_video.errors import EXIT_STOPPED, InputError
@@ -83,6 +84,7 @@ class DynamicsTrainOptions:
     corruption: CorruptionConfig = CorruptionConfig()
     weighting: TokenWeightConfig = TokenWeightConfig()  # extra loss weight on object and changed tokens
     init: Path | None = None  # start from this dynamics checkpoint (fine-tuning; actions matched by name)
+    chain_digits: bool = False  # draw a token's digits in turn (added at zero to an init without a chain)
 
 
 @dataclass(frozen=True)
@@ -179,8 +181,11 @@ class Probe:
         return np.concatenate([self.frames[0], generated], axis=2).transpose(0, 3, 1, 2)
 
 
-def initial_model(init: Path, config: DynamicsConfig) -> tuple[DynamicsModel, DynamicsConfig, ActionMapping]:
-    """A model of ``init``'s shape (its EMA weights) for this data's ``config`` actions and scales."""
+def initial_model(
+    init: Path, config: DynamicsConfig, chain_digits: bool = False
+) -> tuple[DynamicsModel, DynamicsConfig, ActionMapping]:
+    """A model of ``init``'s shape (its EMA weights) for this data's ``config`` actions and scales,
+    given chained digits (at zero) when ``chain_digits`` and it has none."""
     source = load_checkpoint(init, kind="dynamics", with_training_state=False)
     source_config = DynamicsConfig.from_dict(source.config)
     if (source_config.grid_size, source_config.levels) != (config.grid_size, config.levels):
@@ -198,7 +203,9 @@ def initial_model(init: Path, config: DynamicsConfig) -> tuple[DynamicsModel, Dy
     weights, mapping = remap_action_weights(source.ema_weights or source.weights, source_config, target)
     model = DynamicsModel(target)
     load_weights(model, weights, source.path)
-    return model, target, mapping
+    if chain_digits:
+        model = with_digit_chain(model)
+    return model, model.config, mapping
 
 
 def train_dynamics(options: DynamicsTrainOptions) -> DynamicsTrainResult:
@@ -271,8 +278,9 @@ def train_dynamics(options: DynamicsTrainOptions) -> DynamicsTrainResult:
     torch.manual_seed(o.seed)
     mapping: ActionMapping | None = None
     if options.init is not None:
-        initial, config, mapping = initial_model(options.init, config)
+        initial, config, mapping = initial_model(options.init, config, options.chain_digits)
     else:
+        config = replace(config, chain_digits=options.chain_digits)
         initial = DynamicsModel(config)
     model, _, ema, _ = session.prepare(initial, config.to_dict(), sampler)
     core = session.core  # the unwrapped model: the loss reads its digits and mask id
@@ -378,6 +386,15 @@ def build_parser(prog: str = "wm-video train dynamics") -> argparse.ArgumentPars
         help="fraction of episodes held out, the last ones (default 0.1)",
     )
     add_init_flag(data, "dynamics")
+    data.add_argument(
+        "--chain-digits",
+        action="store_true",
+        help="draw each token's FSQ digits in turn, each given those before it (a small layer, run C − 1 "
+        "times per pass), so a token is a code the model means rather than a mix of two codes' digits: "
+        "where it hesitates between a monster and the floor it draws one or the other, not a tile of "
+        "neither; an --init model without the chain gets one that starts at zero (it predicts as before, "
+        "then learns)",
+    )
     robust = parser.add_argument_group("context corruption (robustness to the model's own mistakes)")
     defaults = CorruptionConfig()
     robust.add_argument(
@@ -420,6 +437,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "wm-video train dynamics
                 token_noise=args.token_noise, repeat_frames=args.repeat_frames, own_frames=args.own_frames
             ),
             init=args.init,
+            chain_digits=args.chain_digits,
             weighting=TokenWeightConfig(
                 object_weight=args.object_weight, change_weight=args.token_change_weight
             ),

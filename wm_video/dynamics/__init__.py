@@ -1,7 +1,7 @@
 """Tokens of frames and the keys pressed → the next frame's tokens (see :mod:`.model`)."""
 
 from wm_video.dynamics.config import DYNAMICS_PRESETS, DynamicsConfig, dynamics_config
-from wm_video.dynamics.model import DynamicsModel
+from wm_video.dynamics.model import DynamicsModel, with_digit_chain
 from wm_video.dynamics.objective import (
     CorruptionConfig,
     DynamicsLosses,
@@ -25,4 +25,5 @@ __all__ = [
     "masked_token_loss",
     "token_weights",
     "update_sampling",
+    "with_digit_chain",
 ]

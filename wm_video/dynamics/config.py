@@ -33,6 +33,7 @@ class DynamicsConfig:
     context_frames: int = 8  # frames a token attends to, its own included (a rolling window)
     sink_frames: int = 1  # first frames every later frame also attends to
     decode_passes: int = 4  # MaskGIT passes per generated frame
+    chain_digits: bool = False  # a token's digits drawn in turn, each given those before it (see the model)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "levels", tuple(int(v) for v in self.levels))
@@ -42,6 +43,8 @@ class DynamicsConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"dynamics config: {name} must be a positive integer, got {value!r}")
+        if not isinstance(self.chain_digits, bool):
+            raise InputError(f"dynamics config: chain_digits must be true or false, got {self.chain_digits!r}")
         if self.sink_frames < 0:
             raise InputError(f"dynamics config: sink_frames must be ≥ 0, got {self.sink_frames}")
         if not 1 <= self.decode_passes <= 8:

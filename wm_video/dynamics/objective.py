@@ -3,7 +3,8 @@
 For a clip of T frames, the trunk reads frames 0 … T − 2 with their actions, and the head
 predicts each frame 1 … T − 1 from a copy of it in which a random share of tokens is masked
 (MaskGIT: share = cos(π/2 · u), u uniform, at least one token). The loss is the cross-entropy
-of every masked token's digits, summed over FSQ channels, averaged over masked tokens.
+of every masked token's digits, summed over FSQ channels, averaged over masked tokens (with
+``chain_digits``, each digit's given the true digits before it: the code's whole log-likelihood).
 
 Context corruption (:class:`CorruptionConfig`) makes the model robust to its own mistakes in
 long rollouts, where it reads frames it generated rather than real ones (GameNGen adds noise to
@@ -116,8 +117,9 @@ def own_context(model: DynamicsModel, context: Tensor, actions: Tensor, share: f
     seed = torch.randint(0, 2**31, (), device=context.device)  # from torch's RNG: resumes exactly
     with torch.no_grad():
         partial = torch.full((batch, frames - 1, count), model.mask_id, dtype=context.dtype, device=context.device)
-        logits = model(context[:, :-1], actions[:, :-1], partial)  # frames 1 … T − 1
-        digits, _ = sampler.sample_digits(logits, seed, torch.zeros_like(seed))
+        embedding = model.embed_actions(actions[:, :-1])
+        hidden = model.head_hidden(model.context(context[:, :-1], embedding), embedding, partial)  # frames 1 … T − 1
+        digits, _ = sampler.draw(hidden, seed, torch.zeros_like(seed))
         own = model.tokens_from_digits(digits).to(context.dtype)
     use = torch.rand(batch, frames - 1, 1, device=context.device) < share
     return torch.cat([context[:, :1], torch.where(use, own, context[:, 1:])], dim=1)
@@ -174,8 +176,8 @@ def masked_token_loss(
     context = corrupt_context(context, corruption, model.config.codebook_size)
     targets = tokens[:, 1:]
     partial, masked = mask_targets(targets, model.mask_id)
-    logits = (forward or model)(context, actions[:, :-1], partial).float()  # (B, T−1, N, ΣL)
-    digits = model.digits(targets)  # (B, T−1, N, C)
+    digits = model.digits(targets)  # (B, T−1, N, C): what a chained model's logits are given
+    logits = (forward or model)(context, actions[:, :-1], partial, digits).float()  # (B, T−1, N, ΣL)
     weights = masked.float()  # (B, T−1, N)
     extra = token_weights(tokens, weighting, objects)
     if extra is not None:  # Σ w·loss / Σ w over masked tokens: weights of mean 1 there

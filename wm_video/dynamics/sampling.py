@@ -180,8 +180,9 @@ class FrameSampler:
         return self.config.guidance != 1.0
 
     def logits(self, state: Tensor, action_embedding: Tensor, partial: Tensor, reference: Stream | None) -> Tensor:
-        """The head's logits (..., N, ΣL) for ``partial``, guided against ``reference`` when :attr:`guided`."""
-        return self._head(*self._rows(state, action_embedding, reference), partial)
+        """The head's logits (..., N, ΣL) for ``partial``, guided against ``reference`` when :attr:`guided`
+        (an unchained model's: a chained one's depend on the digits drawn, :meth:`draw`)."""
+        return self._combine(self.model.digit_logits(self._hidden(*self._rows(state, action_embedding, reference), partial)))
 
     def _rows(self, state: Tensor, action_embedding: Tensor, reference: Stream | None) -> tuple[Tensor, Tensor]:
         """The head's state and action rows: the stream's (B, …), then with guidance the reference's (2B, …)."""
@@ -191,33 +192,76 @@ class FrameSampler:
             raise InputError("action guidance needs the reference stream's state (pressing nothing)")
         return torch.cat([state, reference.state]), torch.cat([action_embedding, reference.action_embedding])
 
-    def _head(self, state: Tensor, action_embedding: Tensor, partial: Tensor) -> Tensor:
-        """Logits (B, N, ΣL) of :meth:`_rows`' rows for ``partial`` (B, N), combined when guided."""
+    def _hidden(self, state: Tensor, action_embedding: Tensor, partial: Tensor) -> Tensor:
+        """The head's states (R, N, D) of :meth:`_rows`' rows for ``partial`` (B, N)."""
+        both = torch.cat([partial, partial]) if self.guided else partial
+        return self.model.head_hidden(state, action_embedding, both)
+
+    def _combine(self, logits: Tensor) -> Tensor:
+        """Logits of :meth:`_rows`' rows (R, …) → the ones drawn from (B, …): guided when :attr:`guided`."""
         if not self.guided:
-            return self.model.head_logits(state, action_embedding, partial)
-        both = self.model.head_logits(state, action_embedding, torch.cat([partial, partial]))  # (2B, N, ΣL)
-        chosen, plain = both.to(torch.promote_types(both.dtype, torch.float32)).chunk(2)  # bf16 would round
+            return logits
+        chosen, plain = logits.to(torch.promote_types(logits.dtype, torch.float32)).chunk(2)  # bf16 would round
         return plain + self.config.guidance * (chosen - plain)
 
-    def sample_digits(self, logits: Tensor, seed: Tensor, counter: Tensor) -> tuple[Tensor, Tensor]:
-        """(..., N, ΣL) logits → digits (..., N, C) and each token's confidence (..., N): the drawn digits'
-        log-probability, or with ``order`` "certain" that of the most likely ones."""
-        padded = logits.float()[..., self._index].masked_fill(self._padding, float("-inf"))  # (B, N, C, Lmax)
+    def _pick(self, padded: Tensor, noise: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Logits (..., C', L) of C' channels (``-inf`` on padding) → digits (..., C') and their scores
+        (..., C'): the drawn digit's log-probability, or with ``order`` "certain" the most likely one's.
+        ``noise``: Gumbel noise of ``padded``'s shape (None at temperature 0)."""
         top_k = self.config.top_k
         if top_k is not None and top_k < padded.shape[-1]:
             kth = padded.topk(top_k, dim=-1).values[..., -1:]
             padded = padded.masked_fill(padded < kth, float("-inf"))
-        if self.config.temperature > 0:
+        if noise is not None:
             padded = padded / self.config.temperature
-            noisy = padded + _gumbel(seed, counter, tuple(padded.shape), padded.device)
             # Padding stays out of reach whatever the noise (−inf + inf would be NaN, which argmax picks).
-            digits = noisy.masked_fill(self._padding, float("-inf")).argmax(-1)
+            digits = (padded + noise).masked_fill(padded == float("-inf"), float("-inf")).argmax(-1)
         else:
             digits = padded.argmax(-1)
         log_probs = padded.log_softmax(-1)
         if self.config.order == "certain":
-            return digits, log_probs.amax(-1).sum(-1)
-        return digits, log_probs.gather(-1, digits.unsqueeze(-1)).squeeze(-1).sum(-1)
+            return digits, log_probs.amax(-1)
+        return digits, log_probs.gather(-1, digits.unsqueeze(-1)).squeeze(-1)
+
+    def _noise(self, shape: tuple[int, ...], seed: Tensor, counter: Tensor, device: torch.device) -> Tensor | None:
+        """Gumbel noise for digits of ``shape`` (..., C, Lmax), or None at temperature 0."""
+        return _gumbel(seed, counter, shape, device) if self.config.temperature > 0 else None
+
+    def sample_digits(self, logits: Tensor, seed: Tensor, counter: Tensor) -> tuple[Tensor, Tensor]:
+        """(..., N, ΣL) logits of independent channels → digits (..., N, C) and each token's confidence
+        (..., N): the drawn digits' log-probability, or with ``order`` "certain" that of the most likely ones."""
+        padded = logits.float()[..., self._index].masked_fill(self._padding, float("-inf"))  # (B, N, C, Lmax)
+        digits, scores = self._pick(padded, self._noise(tuple(padded.shape), seed, counter, padded.device))
+        return digits, scores.sum(-1)
+
+    def draw(self, hidden: Tensor, seed: Tensor, counter: Tensor) -> tuple[Tensor, Tensor]:
+        """The head's states (..., N, D) of :meth:`_rows`' rows → digits (..., N, C) and confidence (..., N)
+        (see :meth:`sample_digits`). A chained model draws its channels in turn, each given the
+        digits before it, with the noise the independent draw would give the same digit."""
+        model = self.model
+        base = self._combine(model.to_logits(hidden)).float()
+        if not model.config.chain_digits:
+            return self.sample_digits(base, seed, counter)
+        levels = model.config.levels
+        noise = self._noise((*base.shape[:-1], len(levels), max(levels)), seed, counter, base.device)
+        start = model.chain_start(hidden)
+        prefix: Tensor | None = None
+        digits, scores, offset = [], [], 0
+        for channel, level in enumerate(levels):
+            logits = base[..., offset : offset + level]
+            offset += level
+            if prefix is not None:
+                logits = logits + self._combine(model.chain_term(start, prefix, channel)).float()
+            digit, score = self._pick(
+                logits.unsqueeze(-2), None if noise is None else noise[..., channel : channel + 1, :level]
+            )
+            digits.append(digit.squeeze(-1))
+            scores.append(score.squeeze(-1))
+            if channel < len(levels) - 1:
+                vector = model.digit_vector(channel, digits[-1])
+                vector = torch.cat([vector, vector]) if self.guided else vector
+                prefix = vector if prefix is None else prefix + vector
+        return torch.stack(digits, dim=-1), torch.stack(scores, dim=-1).sum(-1)
 
     def __call__(
         self,
@@ -243,8 +287,7 @@ class FrameSampler:
         decided = torch.zeros((batch, count), dtype=torch.bool, device=state.device)
         for k, still_undecided in enumerate(self.undecided):
             pass_counter = 2 * (counter * 8 + k)
-            logits = self._head(*rows, tokens)
-            digits, confidence = self.sample_digits(logits, seed, pass_counter)
+            digits, confidence = self.draw(self._hidden(*rows, tokens), seed, pass_counter)
             proposal = model.tokens_from_digits(digits)
             if still_undecided == 0:
                 return torch.where(decided, tokens, proposal)
