@@ -21,7 +21,7 @@ from wm_video.bench.tokenizer import count_parameters, frame_flops
 from wm_video.bench.world import WorldBenchResult, head_pass_flops, trunk_flops
 from wm_video.checkpoint import save_checkpoint
 from wm_video.cli import main
-from wm_video.dynamics import DYNAMICS_PRESETS, DynamicsModel, dynamics_config
+from wm_video.dynamics import DYNAMICS_PRESETS, DynamicsModel, dynamics_config, with_digit_chain
 from wm_video.errors import InputError
 from wm_video.sources.vizdoom import ACTION_SPACE
 from wm_video.tokenizer import VideoTokenizer
@@ -138,8 +138,14 @@ def test_flops_follow_the_formulas() -> None:
     assert frame_flops(tokenizer.config, [tokenizer.decoder], 1) > 0
 
 
-def test_trunk_and_head_parameters_cover_the_dynamics_model() -> None:
+@pytest.mark.parametrize("chain", [False, True])
+def test_trunk_and_head_parameters_cover_the_dynamics_model(chain: bool) -> None:
     _, dynamics = small_models()
+    if chain:
+        dynamics = with_digit_chain(dynamics)
+        head = sum(p.weight.numel() for p in (dynamics.chain_in, dynamics.chain_out))
+        tokens = dynamics.config.tokens_per_frame
+        assert head_pass_flops(dynamics) == head_pass_flops(small_models()[1]) + 2 * head * tokens
     trunk = world_bench._count(world_bench._trunk_side(dynamics))
     head = world_bench._count(world_bench._head_side(dynamics))
     assert trunk + head == count_parameters(dynamics)

@@ -361,6 +361,17 @@ def test_the_sharpness_flags_reach_the_tokenizer_phase(tmp_path: Path, monkeypat
     assert seen[0].frequency_weight == 0.2 and seen[0].init is not None and seen[0].code_embedding
 
 
+def test_chain_digits_reaches_the_dynamics_phase(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import wm_video.train.finetune as ft
+
+    phases = _fake_phases(monkeypatch)
+    source = _source_world(tmp_path)
+    command = ["--data", str(tmp_path / "data"), "--from", str(source), "--tokenizer-steps", "0"]
+    assert ft.main([*command, "--out", str(tmp_path / "plain")]) == 0
+    assert ft.main([*command, "--out", str(tmp_path / "chained"), "--chain-digits"]) == 0
+    assert [options.chain_digits for options in phases.dynamics] == [False, True]
+
+
 def test_the_long_recipe_trains_first_then_the_table_then_the_dynamics_model(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -56,7 +56,7 @@ from wm_video.eval.clips import EvalClips, clip_history
 from wm_video.eval.rollouts import evaluate_clips
 from wm_video.tokenizer import VideoTokenizer
 from wm_video.train.common import save_comparison_grid
-from wm_video.train.options import add_init_flag, add_token_weight_flags
+from wm_video.train.options import add_chain_digits_flag, add_init_flag, add_token_weight_flags
 from wm_video.train.prefetch import Batch
 from wm_video.train.remap import ActionMapping, remap_action_weights
 from wm_video.train.session import (
@@ -386,15 +386,7 @@ def build_parser(prog: str = "wm-video train dynamics") -> argparse.ArgumentPars
         help="fraction of episodes held out, the last ones (default 0.1)",
     )
     add_init_flag(data, "dynamics")
-    data.add_argument(
-        "--chain-digits",
-        action="store_true",
-        help="draw each token's FSQ digits in turn, each given those before it (a small layer, run C − 1 "
-        "times per pass), so a token is a code the model means rather than a mix of two codes' digits: "
-        "where it hesitates between a monster and the floor it draws one or the other, not a tile of "
-        "neither; an --init model without the chain gets one that starts at zero (it predicts as before, "
-        "then learns)",
-    )
+    add_chain_digits_flag(data)
     robust = parser.add_argument_group("context corruption (robustness to the model's own mistakes)")
     defaults = CorruptionConfig()
     robust.add_argument(

@@ -66,6 +66,7 @@ class FinetuneOptions:
     code_embedding: bool = False  # the tokenizer's decoder reads a vector per code (wm_video.tokenizer.model)
     table_steps: int = 0  # > 0: RUN/first without the code table, then these steps with it in RUN/tokenizer
     weighting: TokenWeightConfig = TokenWeightConfig()  # the dynamics loss's weight on object/changed tokens
+    chain_digits: bool = False  # the dynamics model draws a token's digits in turn (added to the source's)
 
 
 @dataclass(frozen=True)
@@ -188,6 +189,7 @@ def finetune(options: FinetuneOptions) -> FinetuneResult:
             corruption=CorruptionConfig(**corruption) if corruption else CorruptionConfig(),
             weighting=options.weighting,
             init=source.path,
+            chain_digits=options.chain_digits,
         )
     )
     return FinetuneResult(
@@ -261,6 +263,7 @@ def run_finetune(args: argparse.Namespace, prog: str = "wm-video finetune") -> i
                 weighting=TokenWeightConfig(
                     object_weight=args.object_weight, change_weight=args.token_change_weight
                 ),
+                chain_digits=args.chain_digits,
             )
         )
         if not result.stopped_early:

@@ -268,6 +268,19 @@ OBJECT_WEIGHT_HELP = (
 )
 
 
+def add_chain_digits_flag(group: argparse._ActionsContainer) -> None:
+    """``--chain-digits``: the dynamics model draws a token's digits in turn (wm_video.dynamics.model)."""
+    group.add_argument(
+        "--chain-digits",
+        action="store_true",
+        help="draw each token's FSQ digits in turn, each given those before it (a small layer, run C − 1 "
+        "times per pass), so a token is a code the model means rather than a mix of two codes' digits: "
+        "where it hesitates between a monster and the floor it draws one or the other, not a tile of "
+        "neither; an --init model without the chain gets one that starts at zero (it predicts as before, "
+        "then learns)",
+    )
+
+
 def add_token_weight_flags(group: argparse._ActionsContainer) -> None:
     """The dynamics-loss flags that weight the tokens where the game happens (wm_video.dynamics.objective)."""
     group.add_argument(
@@ -422,7 +435,9 @@ def add_finetune_flags(parser: argparse.ArgumentParser) -> None:
     )
     add_change_flags(tokenizer, default_weight=50.0)
     add_object_weight_flag(tokenizer, "--tokenizer-object-weight")
-    add_token_weight_flags(parser.add_argument_group("dynamics phase: loss weighting (where the game happens)"))
+    dynamics = parser.add_argument_group("dynamics phase: loss weighting (where the game happens) and the model")
+    add_token_weight_flags(dynamics)
+    add_chain_digits_flag(dynamics)
     add_sharpness_flags(tokenizer)
     add_session_flags(parser, FINETUNE_DEFAULTS, with_max_steps=False)
 

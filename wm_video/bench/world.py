@@ -189,12 +189,19 @@ def trunk_flops(model: DynamicsModel) -> int:
 def head_pass_flops(model: DynamicsModel) -> int:
     """Estimated FLOPs of one head pass: ``2 × W × N + 4 × N × N × dim × head_layers``.
 
-    W = the weights of ``head_condition``, the head blocks and the output layer ``to_logits``
-    (all run on every pass); each token attends to the N tokens of the frame being decided.
+    W = the weights of ``head_condition``, the head blocks, the output layer ``to_logits`` and
+    the chained digits' layers where the model has them (all run on every pass); each token
+    attends to the N tokens of the frame being decided.
     """
     c = model.config
-    weights = _linear_weights([model.head_condition, model.head_blocks, model.to_logits])
+    weights = _linear_weights([model.head_condition, model.head_blocks, model.to_logits, *_chain(model)])
     return 2 * weights * c.tokens_per_frame + 4 * c.tokens_per_frame**2 * c.dim * c.head_layers
+
+
+def _chain(model: DynamicsModel) -> list[nn.Module]:
+    """The chained digits' layers (``chain_in`` once a pass; ``chain_out``'s slices add up to one
+    run of it over the C − 1 channels), where the model has them."""
+    return [model.chain_in, model.chain_out] if model.config.chain_digits else []
 
 
 def _trunk_side(model: DynamicsModel) -> list[nn.Module | nn.Parameter]:
@@ -209,6 +216,8 @@ def _head_side(model: DynamicsModel) -> list[nn.Module | nn.Parameter]:
         model.head_blocks,
         model.head_norm,
         model.to_logits,
+        *([model.digit_embed] if model.config.chain_digits else []),
+        *_chain(model),
     ]
 
 

@@ -158,7 +158,7 @@ def masked_token_loss(
     tokens: Tensor,
     actions: Tensor,
     corruption: CorruptionConfig,
-    forward: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
+    forward: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor] | None = None,
     *,
     weighting: TokenWeightConfig = TokenWeightConfig(),
     objects: Tensor | None = None,
