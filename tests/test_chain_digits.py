@@ -14,6 +14,7 @@ from test_train_dynamics import Setup, setup, small_preset, train  # noqa: F401 
 from wm_video.checkpoint import load_dynamics
 from wm_video.dynamics import (
     CorruptionConfig,
+    DynamicsConfig,
     DynamicsModel,
     FrameSampler,
     SamplingConfig,
@@ -21,6 +22,7 @@ from wm_video.dynamics import (
     masked_token_loss,
     with_digit_chain,
 )
+from wm_video.errors import InputError
 
 
 def _draw(model: DynamicsModel, config: SamplingConfig, batch: int = 3) -> torch.Tensor:
@@ -67,8 +69,47 @@ def test_a_channel_reads_only_the_digits_before_it() -> None:
         for channel in range(len(levels)):
             same = torch.equal(logits[channel], moved[channel])
             assert same == (channel <= changed), (changed, channel)
-    with pytest.raises(Exception, match="chained digits"):
+    with pytest.raises(InputError, match="chained digits"):
         model.digit_logits(hidden)
+
+
+@pytest.mark.parametrize("guidance", [1.0, 2.0])
+@pytest.mark.parametrize("order", ["drawn", "certain"])
+def test_a_chained_draw_is_the_greedy_code_of_the_trained_logits(guidance: float, order: str) -> None:
+    """At temperature 0 each drawn digit is the likeliest given the digits drawn before it, by the
+    same logits training scores (guided against the reference rows alike), and the confidence is
+    their log-probabilities' sum."""
+    model = small_model(seed=3, chain_digits=True)
+    with torch.no_grad():
+        for weights in (model.chain_in.weight, model.chain_out.weight, model.chain_out.bias, model.digit_embed.weight):
+            weights.normal_()
+    sampler = FrameSampler(model, SamplingConfig(temperature=0.0, guidance=guidance, order=order))
+    rows = 2 if guidance != 1.0 else 1
+    hidden = torch.randn(rows * 3, model.config.tokens_per_frame, model.config.dim)
+    with torch.no_grad():
+        digits, confidence = sampler.draw(hidden, torch.tensor(0), torch.tensor(0))
+        logits = model.digit_logits(hidden, torch.cat([digits] * rows))
+        if rows == 2:
+            chosen, plain = logits.chunk(2)
+            logits = plain + guidance * (chosen - plain)
+    scores = []
+    for channel, channel_logits in enumerate(model.split_logits(logits)):
+        assert torch.equal(digits[..., channel], channel_logits.argmax(-1))
+        scores.append(channel_logits.log_softmax(-1).amax(-1))
+    torch.testing.assert_close(confidence, torch.stack(scores, -1).sum(-1))
+    with pytest.raises(InputError, match="use draw"):
+        sampler.logits(hidden[:3], torch.zeros(3, model.config.dim), torch.zeros(3, 4, dtype=torch.long), None)
+
+
+def test_the_config_names_the_chain_only_when_on() -> None:
+    """Runs saved before the chain existed resume (their config has no such key), and a world
+    without one reads in builds that predate it."""
+    plain = small_model().config
+    assert "chain_digits" not in plain.to_dict()
+    chained = small_model(chain_digits=True).config
+    assert chained.to_dict()["chain_digits"] is True
+    assert DynamicsConfig.from_dict(chained.to_dict()) == chained
+    assert DynamicsConfig.from_dict(plain.to_dict()) == plain
 
 
 def _share_of_two_codes(chain: bool) -> float:

@@ -277,7 +277,7 @@ def add_chain_digits_flag(group: argparse._ActionsContainer) -> None:
         "times per pass), so a token is a code the model means rather than a mix of two codes' digits: "
         "where it hesitates between a monster and the floor it draws one or the other, not a tile of "
         "neither; an --init model without the chain gets one that starts at zero (it predicts as before, "
-        "then learns)",
+        "then learns), and one with a chain keeps it with or without this flag",
     )
 
 

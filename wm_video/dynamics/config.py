@@ -102,6 +102,8 @@ class DynamicsConfig:
         data = asdict(self)
         for key in ("levels", "action_names", "action_scale"):
             data[key] = list(data[key])
+        if not self.chain_digits:  # left out when off: runs saved before it resume, older builds read it
+            del data["chain_digits"]
         return data
 
     @classmethod

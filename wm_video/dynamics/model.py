@@ -22,7 +22,7 @@ Design choices (the cost is counted per generated frame, N tokens, P passes):
   the independent channels give only its marginals). Where the model hesitates between a
   monster's code and the floor's, independent channels mix their digits into a third code, a
   tile of neither; chained, a drawn first digit commits the others to one of the two. Training
-  is teacher-forced with the true digits (one extra 256-wide layer over C − 1 rows per token);
+  is teacher-forced with the true digits (one extra layer of the model's width over C − 1 rows per token);
   sampling runs the term C − 1 times per pass, on the head's states already computed. The term's
   output layer starts at zero, so a model that gains a chain predicts as before until it trains
   (:func:`with_digit_chain`).

@@ -4,7 +4,7 @@ For a clip of T frames, the trunk reads frames 0 … T − 2 with their actions,
 predicts each frame 1 … T − 1 from a copy of it in which a random share of tokens is masked
 (MaskGIT: share = cos(π/2 · u), u uniform, at least one token). The loss is the cross-entropy
 of every masked token's digits, summed over FSQ channels, averaged over masked tokens (with
-``chain_digits``, each digit's given the true digits before it: the code's whole log-likelihood).
+``chain_digits``, each digit is given the true digits before it: the code's whole log-likelihood).
 
 Context corruption (:class:`CorruptionConfig`) makes the model robust to its own mistakes in
 long rollouts, where it reads frames it generated rather than real ones (GameNGen adds noise to
@@ -82,7 +82,9 @@ class TokenWeightConfig:
 @dataclass
 class DynamicsLosses:
     total: Tensor  # () float32, what is minimised
-    accuracy: Tensor  # () share of masked tokens whose every digit was predicted right (argmax)
+    # () share of masked tokens whose every digit was predicted right (argmax; chained digits: each
+    # given the true ones before it, which is the greedy chained draw's exact code)
+    accuracy: Tensor
     masked: Tensor  # () share of target tokens that were masked
     object_accuracy: Tensor | None = None  # () accuracy on masked object tokens (0 if none), given objects
 

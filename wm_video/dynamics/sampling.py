@@ -182,6 +182,8 @@ class FrameSampler:
     def logits(self, state: Tensor, action_embedding: Tensor, partial: Tensor, reference: Stream | None) -> Tensor:
         """The head's logits (..., N, ΣL) for ``partial``, guided against ``reference`` when :attr:`guided`
         (an unchained model's: a chained one's depend on the digits drawn, :meth:`draw`)."""
+        if self.model.config.chain_digits:
+            raise InputError("a model with chained digits has no logits before its digits are drawn: use draw")
         return self._combine(self.model.digit_logits(self._hidden(*self._rows(state, action_embedding, reference), partial)))
 
     def _rows(self, state: Tensor, action_embedding: Tensor, reference: Stream | None) -> tuple[Tensor, Tensor]:
@@ -237,7 +239,9 @@ class FrameSampler:
     def draw(self, hidden: Tensor, seed: Tensor, counter: Tensor) -> tuple[Tensor, Tensor]:
         """The head's states (..., N, D) of :meth:`_rows`' rows → digits (..., N, C) and confidence (..., N)
         (see :meth:`sample_digits`). A chained model draws its channels in turn, each given the
-        digits before it, with the noise the independent draw would give the same digit."""
+        digits before it, with the noise the independent draw would give the same digit; its
+        "certain" confidence sums each channel's likeliest digit's log-probability given the digits
+        drawn before it."""
         model = self.model
         base = self._combine(model.to_logits(hidden)).float()
         if not model.config.chain_digits:
