@@ -5,6 +5,7 @@ inverse-dynamics model and gives the same numbers, bad input is one clear line."
 from __future__ import annotations
 
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -272,3 +273,41 @@ def test_the_tokenized_repeat_is_the_frame_before_encoded_again_and_decoded() ->
     scores, _ = teacher_forced(tokenizer, dynamics, still, keys, 0)
     assert scores.tokenized_repeat_psnr == pytest.approx(scores.tokenizer_psnr, abs=1e-6)
     assert scores.unchanged == 1.0 and scores.repeat_psnr == 100.0
+
+
+@torch.inference_mode()
+@pytest.mark.parametrize("chain", [False, True])
+def test_bits_per_token_are_the_real_codes_likelihood(chain: bool) -> None:
+    """A head that gives every code the same odds needs log2(codes) bits for each; one sure of the
+    real frame's codes needs about none, on the tokens that change code as on the rest."""
+    from wm_video.eval.rollouts import teacher_forced
+
+    torch.manual_seed(0)
+    tokenizer = VideoTokenizer(TOKENIZER).eval()
+    config = DynamicsConfig(
+        grid_size=TOKENIZER.grid_size, levels=TOKENIZER.levels, action_names=("forward",), action_buttons=1,
+        dim=32, heads=2, trunk_layers=1, head_layers=1, context_frames=3, chain_digits=chain,
+    )  # fmt: skip
+    dynamics = DynamicsModel(config).eval()
+    frames = np.random.default_rng(0).integers(0, 256, (2, 4, 32, 32, 3), dtype=np.uint8)
+    keys = np.zeros((2, 4, 1), np.float32)
+    dynamics.to_logits.weight.zero_()
+    dynamics.to_logits.bias.zero_()
+    if chain:
+        dynamics.chain_out.weight.zero_()
+    scores, _ = teacher_forced(tokenizer, dynamics, frames, keys, 0)
+    assert scores.code_bits == pytest.approx(math.log2(config.codebook_size), abs=1e-4)
+    assert scores.changed_code_bits == pytest.approx(math.log2(config.codebook_size), abs=1e-4)
+    assert 0 < scores.changed_tokens <= 1
+    # A head whose odds ignore the context (random per digit): each real token costs its digits'
+    # bits, averaged over all tokens and over those that differ from the token before.
+    dynamics.to_logits.bias.normal_(0, 2)
+    scores, _ = teacher_forced(tokenizer, dynamics, frames, keys, 0)
+    tokens = tokenizer.encode_footage(frames, None).tokens.long()
+    log_odds = [channel.log_softmax(-1) for channel in dynamics.split_logits(dynamics.to_logits.bias)]
+    digits = dynamics.digits(tokens[:, 1:])
+    bits = -sum(odds[digits[..., c]] for c, odds in enumerate(log_odds)) / math.log(2)
+    changed = tokens[:, 1:] != tokens[:, :-1]
+    assert scores.code_bits == pytest.approx(float(bits.mean()), abs=1e-4)
+    assert scores.changed_code_bits == pytest.approx(float(bits[changed].mean()), abs=1e-4)
+    assert scores.changed_tokens == pytest.approx(float(changed.float().mean()))

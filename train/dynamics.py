@@ -21,6 +21,7 @@ labels (:mod:`wm_video.data.objects`), and with them the log also has ``object_t
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -160,6 +161,9 @@ class Probe:
         metrics = {
             "heldout_next_psnr": teacher.psnr,
             "heldout_token_accuracy": teacher.token_accuracy,
+            "heldout_code_bits": teacher.code_bits,
+            # nan when no token changed code: left out of the log
+            **({"heldout_changed_code_bits": teacher.changed_code_bits} if math.isfinite(teacher.changed_code_bits) else {}),
             "heldout_tokenizer_psnr": teacher.tokenizer_psnr,
             "heldout_repeat_psnr": teacher.repeat_psnr,
             "heldout_tokenized_repeat_psnr": teacher.tokenized_repeat_psnr,

@@ -6,6 +6,7 @@ from wm_video.dynamics.objective import (
     CorruptionConfig,
     DynamicsLosses,
     TokenWeightConfig,
+    code_nll,
     masked_token_loss,
     token_weights,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "SamplingConfig",
     "Stream",
     "TokenWeightConfig",
+    "code_nll",
     "dynamics_config",
     "masked_token_loss",
     "token_weights",

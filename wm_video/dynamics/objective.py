@@ -155,6 +155,19 @@ def token_weights(
     return weights
 
 
+def code_nll(model: DynamicsModel, logits: Tensor, digits: Tensor) -> tuple[Tensor, Tensor]:
+    """Logits (..., N, ΣL) and the true digits (..., N, C) → each token's negative log-likelihood of
+    its code in nats (..., N), summed over channels, and whether every digit is the likeliest
+    (..., N) bool (for a chained model, each given the true ones before it: the greedy code)."""
+    nll = torch.zeros(digits.shape[:-1], device=logits.device)
+    all_right = torch.ones(digits.shape[:-1], dtype=torch.bool, device=logits.device)
+    for channel, channel_logits in enumerate(model.split_logits(logits.float())):
+        target = digits[..., channel]
+        nll = nll + F.cross_entropy(channel_logits.flatten(0, -2), target.flatten(), reduction="none").view_as(nll)
+        all_right &= channel_logits.argmax(-1) == target
+    return nll, all_right
+
+
 def masked_token_loss(
     model: DynamicsModel,
     tokens: Tensor,
@@ -184,13 +197,8 @@ def masked_token_loss(
     extra = token_weights(tokens, weighting, objects)
     if extra is not None:  # Σ w·loss / Σ w over masked tokens: weights of mean 1 there
         weights = weights * extra
-    total = torch.zeros((), device=tokens.device)
-    all_right = torch.ones_like(masked)
-    for channel, channel_logits in enumerate(model.split_logits(logits)):
-        target = digits[..., channel]
-        loss = F.cross_entropy(channel_logits.flatten(0, -2), target.flatten(), reduction="none")
-        total = total + (loss.view_as(weights) * weights).sum()
-        all_right &= channel_logits.argmax(-1) == target
+    nll, all_right = code_nll(model, logits, digits)
+    total = (nll * weights).sum()
     count = masked.sum()
     object_accuracy = None
     if objects is not None:

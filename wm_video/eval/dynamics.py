@@ -16,9 +16,11 @@ seed and horizon: one implementation of each measurement.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from wm_video.eval.consistency import ConsistencyConfig, ConsistencyResult
+from wm_video.eval.report import finite_json
 from wm_video.eval.rollouts import PSNR_CAP_DB
 
 QUICK_HORIZON = 16  # frames generated per rollout
@@ -56,6 +58,9 @@ def summary(result: ConsistencyResult) -> str:
             f"{scores.horizon} generated ({result.seconds:.1f} s); PSNR is the per-frame mean in dB on uint8 frames",
             f"  teacher-forced next frame  {tf.psnr:7.2f} dB   SSIM {tf.ssim:.3f}   token accuracy "
             f"{100 * tf.token_accuracy:.1f} %",
+            f"    bits per real token      {tf.code_bits:7.2f}      ({tf.changed_code_bits:.2f} on the "
+            f"{100 * tf.changed_tokens:.0f} % that change code; a uniform guess: "
+            f"{math.log2(result.results[0].model.dynamics.config.codebook_size):.2f})",
             f"    tokenizer ceiling        {tf.tokenizer_psnr:7.2f} dB   (real tokens decoded)",
             f"    repeat previous frame    {tf.repeat_psnr:7.2f} dB   ({100 * tf.unchanged:.1f} % of frames equal the one "
             f"before: {PSNR_CAP_DB:.0f} dB each)",
@@ -75,14 +80,16 @@ def summary(result: ConsistencyResult) -> str:
 def summary_dict(result: ConsistencyResult) -> dict[str, Any]:
     """The quick check's numbers as JSON (``--json``): the consistency run's own fields."""
     first = result.results[0]
-    return {
-        "checkpoint": str(first.model.path),
-        "step": first.model.step,
-        "sampling": first.model.dynamics.sampling,
-        "data": str(result.data),
-        "clips_from": result.clips.origin,
-        "seed": result.config.seed,
-        **first.clips.to_dict(),
-        "seconds": result.seconds,
-        "incomplete": result.incomplete,
-    }
+    return finite_json(
+        {
+            "checkpoint": str(first.model.path),
+            "step": first.model.step,
+            "sampling": first.model.dynamics.sampling,
+            "data": str(result.data),
+            "clips_from": result.clips.origin,
+            "seed": result.config.seed,
+            **first.clips.to_dict(),
+            "seconds": result.seconds,
+            "incomplete": result.incomplete,
+        }
+    )

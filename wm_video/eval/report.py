@@ -40,14 +40,14 @@ def versions() -> dict[str, str]:
     }
 
 
-def _finite(value: Any) -> Any:
+def finite_json(value: Any) -> Any:
     """JSON has no NaN/inf: replace them by None, recursively."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
+        return {str(k): finite_json(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
+        return [finite_json(v) for v in value]
     return value
 
 
@@ -68,7 +68,7 @@ def metrics_dict(result: ConsistencyResult) -> dict[str, Any]:
             "soak": r.soak.to_dict() if r.soak else None,
             "seconds": r.seconds,
         }
-    return _finite(
+    return finite_json(
         {
             "data": str(result.data),
             "fps": result.fps,
@@ -245,16 +245,20 @@ def render_markdown(result: ConsistencyResult, files: dict[str, str]) -> str:
         "",
         "Every frame generated from the real frames before it and the real action; decoded after the real codes. "
         f"Repeated, a frame equal to the one before scores {PSNR_CAP_DB:.0f} dB (in brackets: the share of such "
-        "frames). 'Tokenized': the last frame encoded again and decoded, what a world holding it still shows.",
+        "frames). 'Tokenized': the last frame encoded again and decoded, what a world holding it still shows. "
+        "Bits per token: −log2 of the probability the model gives each real token, the whole frame masked "
+        f"(a uniform guess: {math.log2(result.results[0].model.dynamics.config.codebook_size):.1f}); 'changed': "
+        "the tokens whose code differs from the frame before.",
         "",
-        "| | PSNR (dB) | SSIM | token accuracy | tokenizer ceiling (dB) | repeat last frame (dB) "
-        "| repeat, tokenized (dB) |",
-        "|---|---|---|---|---|---|---|",
+        "| | PSNR (dB) | SSIM | token accuracy | bits per token: all / changed codes | tokenizer ceiling (dB) "
+        "| repeat last frame (dB) | repeat, tokenized (dB) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in result.results:
         t = r.clips.teacher
         lines.append(
             f"| {r.model.label} | {_f(t.psnr)} | {_f(t.ssim, 3)} | {100 * t.token_accuracy:.1f} % | "
+            f"{_f(t.code_bits)} / {_f(t.changed_code_bits)} ({100 * t.changed_tokens:.0f} % changed) | "
             f"{_f(t.tokenizer_psnr)} | {_f(t.repeat_psnr)} ({100 * t.unchanged:.0f} % unchanged) | "
             f"{_f(t.tokenized_repeat_psnr)} |"
         )

@@ -17,7 +17,10 @@ Design choices:
   frame t encoded again as t + 1, after the real frames, and decoded. The second is the floor in
   the tokenizer's own space: where frames barely change (Breakout) the real frame repeated scores
   above any tokenizer's ceiling, while a world that beats the tokenized repeat has learnt motion.
-  It reads the first ``context_frames + 1`` frames of each clip: the model's whole window.
+  It reads the first ``context_frames + 1`` frames of each clip: the model's whole window. With
+  it, the bits the model needs for each real token (``−log2 p(code)``, the whole frame masked),
+  over all tokens and over those that change code: where a world loses the small things a game is
+  about, this says whether its model gave them any probability at all, before any sampling.
 - Clips are encoded after the frames of their episode before them (:attr:`EvalClips.history`),
   in teacher forcing and in the worlds' resets alike, so the model reads the tokens it was
   trained on (the token cache's).
@@ -28,6 +31,7 @@ Design choices:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,7 +41,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from wm_video.dynamics import DynamicsModel, FrameSampler, Stream
+from wm_video.dynamics import DynamicsModel, FrameSampler, Stream, code_nll
 from wm_video.engine import World
 from wm_video.errors import InputError
 from wm_video.eval.clips import EvalClips, check_stop
@@ -78,6 +82,12 @@ class TeacherForcedScores:
     psnr: float  # dB, next frame generated from real history vs the real frame
     ssim: float
     token_accuracy: float  # predicted tokens equal to the real frame's
+    # Bits the model needs for each real token, the whole frame masked (−log2 p(code), the plain head's
+    # distribution, without guidance): over all tokens, and over those whose code differs from the
+    # frame before (what moved, appeared or vanished; nan where none does). A uniform guess: log2(codes).
+    code_bits: float
+    changed_code_bits: float
+    changed_tokens: float  # share of tokens whose code differs from the frame before
     tokenizer_psnr: float  # dB, the real tokens decoded: the ceiling
     repeat_psnr: float  # dB, frame t shown again as t + 1: the floor
     tokenized_repeat_psnr: float  # dB, frame t encoded again as t + 1 and decoded: the floor in token space
@@ -189,6 +199,11 @@ def teacher_forced(
     count = tokens.shape[2]
     embedding = dynamics.embed_actions(torch.from_numpy(actions[:, :-1]).to(device))
     state = dynamics.context(tokens[:, :-1], embedding)  # (B, T − 1, N, D)
+    targets = tokens[:, 1:]
+    hidden = dynamics.head_hidden(state, embedding, torch.full_like(targets, dynamics.mask_id))
+    digits = dynamics.digits(targets)
+    bits = code_nll(dynamics, dynamics.digit_logits(hidden, digits), digits)[0] / math.log(2)  # (B, T − 1, N)
+    changed = targets != tokens[:, :-1]
     zero = torch.zeros((), dtype=torch.long, device=device)
     sampler = FrameSampler(dynamics)
     reference = None
@@ -219,6 +234,9 @@ def teacher_forced(
         psnr=float(psnr_values.mean()),
         ssim=float(ssim_values.mean()),
         token_accuracy=float((predicted == tokens[:, 1:]).float().mean()),
+        code_bits=float(bits.mean()),
+        changed_code_bits=float(bits[changed].mean()) if bool(changed.any()) else math.nan,
+        changed_tokens=float(changed.float().mean()),
         tokenizer_psnr=float(frame_scores(ceiling, real_next)[0].mean()),
         repeat_psnr=float(frame_scores(np.ascontiguousarray(frames[:, :-1]), real_next)[0].mean()),
         tokenized_repeat_psnr=float(frame_scores(held_still, real_next)[0].mean()),
