@@ -163,15 +163,11 @@ class DynamicsModel(nn.Module):
             return logits
         if digits is None:
             raise InputError("a model with chained digits predicts each digit from those before it: pass the digits")
+        start = self.chain_start(hidden)
         prefix = self.digit_embed(digits[..., :-1] + self._digit_offsets).cumsum(-2)  # (..., N, C − 1, D)
-        terms = self.chain_out(F.silu(self.chain_in(hidden).unsqueeze(-2) + prefix))  # (..., N, C − 1, ΣL[1:])
-        levels = self.config.levels
-        pieces = [logits[..., : levels[0]]]
-        for channel in range(1, len(levels)):
-            start, end = self._chain_slice(channel)  # the term's slice; the logits' is ΣL[:c] … + L_c
-            own = logits[..., levels[0] + start : levels[0] + end]
-            pieces.append(own + terms[..., channel - 1, start:end])
-        return torch.cat(pieces, dim=-1)
+        first, *rest = self.split_logits(logits)
+        chained = [own + self.chain_term(start, prefix[..., c, :], c + 1) for c, own in enumerate(rest)]
+        return torch.cat([first, *chained], dim=-1)
 
     def _chain_slice(self, channel: int) -> tuple[int, int]:
         """Where channel ``channel`` (≥ 1)'s term lies in ``chain_out``'s output."""

@@ -250,10 +250,8 @@ class FrameSampler:
         noise = self._noise((*base.shape[:-1], len(levels), max(levels)), seed, counter, base.device)
         start = model.chain_start(hidden)
         prefix: Tensor | None = None
-        digits, scores, offset = [], [], 0
-        for channel, level in enumerate(levels):
-            logits = base[..., offset : offset + level]
-            offset += level
+        digits, scores = [], []
+        for channel, (level, logits) in enumerate(zip(levels, model.split_logits(base), strict=True)):
             if prefix is not None:
                 logits = logits + self._combine(model.chain_term(start, prefix, channel)).float()
             digit, score = self._pick(
